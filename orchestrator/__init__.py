@@ -1,0 +1,17 @@
+"""synthfleet: a distributed synthetic-data job orchestrator (Ray + vLLM + object storage)."""
+
+from orchestrator.errors import (
+    ConflictError,
+    EngineDeadError,
+    JobFailedError,
+    Problem,
+    SpecError,
+    StorageError,
+    SynthfleetError,
+)
+from orchestrator.spec import JobSpec, load_spec, parse_spec
+
+__all__ = [
+    "ConflictError", "EngineDeadError", "JobFailedError", "JobSpec", "Problem", "SpecError",
+    "StorageError", "SynthfleetError", "load_spec", "parse_spec",
+]

@@ -1,0 +1,114 @@
+"""`synthfleet` command line: run, validate, make-tiny-model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from orchestrator.errors import SpecError, SynthfleetError
+from orchestrator.spec import JobSpec, load_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+err = Console(stderr=True)
+out = Console()
+
+
+def _load(path: str, output: str | None) -> JobSpec:
+    spec = load_spec(path)
+    return spec.with_output(output) if output else spec
+
+
+def _report_problems(path: str, e: SpecError) -> int:
+    err.print(f"[bold red]{path}: {len(e.problems)} problem(s)[/]")
+    for p in e.problems:
+        err.print(f"  {p}", markup=False, highlight=False)
+    return EXIT_BAD_INPUT
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator.planner import make_plan
+    from orchestrator.validate import check_spec
+
+    try:
+        spec = _load(args.spec, args.output)
+        check_spec(spec)
+        plan = make_plan(spec)
+    except SpecError as e:
+        return _report_problems(args.spec, e)
+    out.print(f"{args.spec}: ok — job {plan.job_id}, {plan.total_rows} rows in {plan.num_shards} shards")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.coordinator import Progress as JobProgress
+    from orchestrator.coordinator import run_job
+
+    try:
+        spec = _load(args.spec, args.output)
+    except SpecError as e:
+        return _report_problems(args.spec, e)
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("rows  {task.fields[tps]:>8.0f} tokens/s"), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=args.quiet)
+    task = bar.add_task(spec.name, total=None, tps=0.0)
+
+    def on_progress(p: JobProgress) -> None:
+        tps = p.completion_tokens / p.seconds if p.seconds else 0.0
+        bar.update(task, total=p.rows_total, completed=p.rows_done, tps=tps)
+
+    try:
+        with bar:
+            result = run_job(spec, ray_address=args.ray_address, on_progress=on_progress,
+                             worker_logs=args.verbose)
+    except SpecError as e:
+        return _report_problems(args.spec, e)
+    except SynthfleetError as e:
+        err.print(f"[bold red]job failed:[/] {e}", highlight=False)
+        return EXIT_FAILED
+    out.print(f"[bold green]done[/] {result.job_id}: {result.rows_ok} rows ok, {result.rows_failed} failed; "
+              f"{result.completion_tokens} tokens; {result.shards_generated} of {result.shards} shards generated "
+              f"this run at {result.tokens_per_s:,.0f} tokens/s", highlight=False)
+    out.print(f"data: {result.uri}/data/  manifest: {result.uri}/_manifest.json", highlight=False)
+    return EXIT_OK
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from workers.tiny_model import build_tiny_model
+
+    path = build_tiny_model(args.dir, seed=args.seed)
+    out.print(f"tiny model written to {path}", highlight=False)
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="synthfleet", description="Distributed synthetic-data generation.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) a job spec")
+    run.add_argument("spec")
+    run.add_argument("--output", help="override output.uri (folder, file:// or s3://bucket/prefix)")
+    run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--verbose", action="store_true", help="stream the workers' logs (vLLM, Ray)")
+    run.set_defaults(fn=cmd_run)
+    val = sub.add_parser("validate", help="check a spec and its inputs without running it")
+    val.add_argument("spec")
+    val.add_argument("--output", help="override output.uri")
+    val.set_defaults(fn=cmd_validate)
+    tiny = sub.add_parser("make-tiny-model", help="build a tiny random-weight model for demos and tests")
+    tiny.add_argument("dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(fn=cmd_make_tiny_model)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

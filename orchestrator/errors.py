@@ -1,0 +1,73 @@
+"""Every error synthfleet raises, in one tree, each saying whether a retry can help.
+
+    SynthfleetError
+    ├── SpecError               bad job spec or input; never retriable; carries every problem
+    ├── StorageError            object storage or filesystem failure (retriable by default)
+    │   └── ConflictError       the job folder holds a different job; never retriable
+    ├── EngineDeadError         the inference engine died: replace the worker, retry the shard
+    ├── ShardError              a shard attempt failed for another reason: retry elsewhere
+    └── JobFailedError          shards failed after every retry; the job is not committed
+
+Per-row problems (over-long prompt, template failure, invalid structured output) are not
+exceptions that travel: they become rows in `errors/` with a code from `RowErrorCode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class RowErrorCode(StrEnum):
+    """Why a row went to `errors/` instead of the data shards."""
+
+    PROMPT_TOO_LONG = "prompt_too_long"
+    TEMPLATE_ERROR = "template_error"
+    INVALID_REQUEST = "invalid_request"
+    SCHEMA_VIOLATION = "schema_violation"
+    ENGINE_ERROR = "engine_error"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec: where (a dotted field path) and what to do about it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SynthfleetError(Exception):
+    retriable: bool = False
+
+
+class SpecError(SynthfleetError):
+    """The spec or one of its inputs is unusable; nothing has started or been written."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class StorageError(SynthfleetError):
+    retriable = True
+
+
+class ConflictError(StorageError):
+    retriable = False
+
+
+class EngineDeadError(SynthfleetError):
+    retriable = True
+
+
+class ShardError(SynthfleetError):
+    retriable = True
+
+
+class JobFailedError(SynthfleetError):
+    def __init__(self, message: str, failed_shards: list[int]):
+        self.failed_shards = failed_shards
+        super().__init__(message)

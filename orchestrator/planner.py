@@ -1,0 +1,147 @@
+"""Plan: turn a spec into shards of fixed row ranges, streamed, identical for identical specs.
+
+Row ids, shard boundaries and per-row seeds are pure functions of the spec (and, for prompt
+files, of the file's bytes), so a re-run or a resumed job reproduces the same plan. Nothing here
+holds rows: a 10-million-row seed expansion costs a few integers, a JSONL file one offset per shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from orchestrator.errors import Problem, SpecError, StorageError
+from orchestrator.spec import JobSpec, TemplateSource
+from orchestrator.storage import split_uri
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows [start, end) of the job; for JSONL sources also their bytes [byte_start, byte_end)."""
+
+    index: int
+    start: int
+    end: int
+    byte_start: int | None = None
+    byte_end: int | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Plan:
+    job_id: str
+    spec_hash: str
+    total_rows: int
+    rows_per_shard: int
+    source_fingerprint: str | None = None
+    line_offsets: tuple[int, ...] | None = None  # JSONL: byte offset of every shard's first line
+
+    @property
+    def num_shards(self) -> int:
+        return max(1, math.ceil(self.total_rows / self.rows_per_shard))
+
+    def shard(self, index: int) -> Shard:
+        start = index * self.rows_per_shard
+        end = min(start + self.rows_per_shard, self.total_rows)
+        if self.line_offsets is None:
+            return Shard(index, start, end)
+        return Shard(index, start, end, self.line_offsets[index], self.line_offsets[index + 1])
+
+    def shards(self) -> Iterator[Shard]:
+        for i in range(self.num_shards):
+            yield self.shard(i)
+
+
+def row_id(spec_hash: str, index: int) -> str:
+    return f"{spec_hash[:10]}-{index:010d}"
+
+
+def row_seed(base_seed: int, index: int) -> int:
+    """Per-row sampling seed: independent of batching, worker and attempt."""
+    digest = hashlib.blake2b(f"{base_seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def seed_names(source: TemplateSource) -> list[str]:
+    return sorted(source.seeds)
+
+
+def product_size(source: TemplateSource) -> int:
+    return math.prod(len(v) for v in source.seeds.values()) if source.seeds else 1
+
+
+def _sample_map(source: TemplateSource) -> tuple[int, int, int]:
+    """An affine permutation i -> (a*i + b) mod P of the product: N distinct rows, O(1) memory."""
+    size = product_size(source)
+    assert source.sample is not None
+    h = hashlib.sha256(f"sample:{source.sample.seed}".encode()).digest()
+    a = int.from_bytes(h[:8], "big") % size or 1
+    while math.gcd(a, size) != 1:
+        a = (a + 1) % size or 1
+    return a, int.from_bytes(h[8:16], "big") % size, size
+
+
+def template_variables(source: TemplateSource, index: int) -> dict[str, object]:
+    """The seed values of row `index`: a mixed-radix digit of the (possibly sampled) product."""
+    combo = index
+    if source.sample is not None:
+        a, b, size = _sample_map(source)
+        combo = (a * index + b) % size
+    values: dict[str, object] = {}
+    for name in reversed(seed_names(source)):
+        options = source.seeds[name]
+        combo, digit = divmod(combo, len(options))
+        values[name] = options[digit]
+    return values
+
+
+def _scan_jsonl(uri: str, rows_per_shard: int) -> tuple[int, tuple[int, ...], str]:
+    """Count non-blank lines, recording the byte offset where each shard's first line starts."""
+    from orchestrator.storage.reader import open_input
+
+    store, key = split_uri(uri)
+    if store.size(key) is None:
+        raise SpecError([Problem("prompts", f"input file {uri} does not exist")])
+    offsets, rows, pos = [0], 0, 0
+    with open_input(uri) as f:
+        for line in f:
+            pos += len(line)
+            if line.strip():
+                rows += 1
+                if rows % rows_per_shard == 0:
+                    offsets.append(pos)
+    if rows % rows_per_shard or rows == 0:
+        offsets.append(pos)
+    return rows, tuple(offsets), store.fingerprint(key)
+
+
+def _parquet_rows(uri: str) -> tuple[int, str]:
+    import pyarrow.parquet as pq
+
+    from orchestrator.storage.reader import open_input
+
+    store, key = split_uri(uri)
+    with open_input(uri) as f:
+        return pq.ParquetFile(f).metadata.num_rows, store.fingerprint(key)
+
+
+def make_plan(spec: JobSpec) -> Plan:
+    """The plan for `spec`; reads at most the input file's bytes once, never holds its rows."""
+    spec_hash, per_shard = spec.content_hash(), spec.output.rows_per_shard
+    p = spec.prompts
+    if p.template is not None:
+        total = p.template.sample.n if p.template.sample else product_size(p.template)
+        return Plan(spec.job_id, spec_hash, total, per_shard)
+    uri = p.file.uri if p.file is not None else p.openai_batch.uri  # type: ignore[union-attr]
+    try:
+        if uri.lower().endswith(".parquet"):
+            total, fingerprint = _parquet_rows(uri)
+            return Plan(spec.job_id, spec_hash, total, per_shard, fingerprint)
+        total, offsets, fingerprint = _scan_jsonl(uri, per_shard)
+    except StorageError as e:
+        raise SpecError([Problem("prompts", f"cannot read input file {uri}: {e}")]) from None
+    return Plan(spec.job_id, spec_hash, total, per_shard, fingerprint, offsets)

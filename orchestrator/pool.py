@@ -1,0 +1,105 @@
+"""A pool of GenerationWorker actors sharing one model, each with its engine loaded once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from orchestrator.errors import JobFailedError, Problem, SpecError
+from orchestrator.spec import ModelSpec, Resources
+from workers.actor import GenerationWorker
+from workers.engine import EngineInfo
+
+log = logging.getLogger(__name__)
+WORKER_ENV = ("VLLM_LOGGING_LEVEL", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")
+
+
+@dataclass
+class Worker:
+    id: int
+    actor: Any
+    info: EngineInfo | None = None
+
+
+def ensure_ray(address: str | None = None, *, worker_logs: bool = True) -> None:
+    """Join the cluster at `address`, or start a local Ray runtime in this process."""
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=worker_logs,
+             runtime_env={"env_vars": env})
+
+
+def fitting_workers(resources: Resources) -> int:
+    """How many workers the cluster can hold; fails fast when not even one fits."""
+    total = ray.cluster_resources()
+    fits = [resources.workers]
+    if resources.gpus_per_worker:
+        fits.append(int(total.get("GPU", 0) // resources.gpus_per_worker))
+    if resources.cpus_per_worker:
+        fits.append(int(total.get("CPU", 0) // resources.cpus_per_worker))
+    n = min(fits)
+    if n < 1:
+        raise SpecError([Problem("resources", f"the Ray cluster ({total.get('GPU', 0):g} GPUs, "
+                                 f"{total.get('CPU', 0):g} CPUs) cannot hold one worker needing "
+                                 f"{resources.gpus_per_worker:g} GPUs and {resources.cpus_per_worker:g} CPUs; "
+                                 "set resources.gpus_per_worker: 0 to run on CPUs")])
+    if n < resources.workers:
+        log.warning("cluster fits %d of the %d workers asked for", n, resources.workers)
+    return n
+
+
+class WorkerPool:
+    """Workers for one model and resource shape; reusable across jobs on the same model."""
+
+    def __init__(self, model: ModelSpec, resources: Resources):
+        self.model, self.resources = model, resources
+        self.workers: dict[int, Worker] = {}
+        self._ids = itertools.count()
+
+    def key(self) -> tuple[str, str]:
+        return self.model.model_dump_json(), self.resources.model_dump_json(include={"gpus_per_worker", "cpus_per_worker"})
+
+    async def add(self) -> Worker:
+        """Start one worker and wait until its engine is loaded."""
+        r = self.resources
+        threads = max(1, int(r.cpus_per_worker)) if not r.gpus_per_worker else None
+        actor = GenerationWorker.options(num_gpus=r.gpus_per_worker, num_cpus=r.cpus_per_worker,
+                                         max_concurrency=10_000).remote(self.model, bool(r.gpus_per_worker), threads)
+        worker = Worker(next(self._ids), actor)
+        try:
+            worker.info = await actor.start.remote()
+        except Exception:
+            ray.kill(actor, no_restart=True)
+            raise
+        self.workers[worker.id] = worker
+        return worker
+
+    async def grow(self, n: int) -> None:
+        results = await asyncio.gather(*(self.add() for _ in range(n - len(self.workers))), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors and not self.workers:
+            cause = getattr(errors[0], "cause", None) or errors[0]
+            raise JobFailedError(f"no worker could load the model {self.model.name}: {cause}", []) from None
+        for e in errors:
+            log.warning("a worker failed to start: %s", e)
+
+    def remove(self, worker_id: int) -> None:
+        worker = self.workers.pop(worker_id, None)
+        if worker is not None:
+            ray.kill(worker.actor, no_restart=True)
+
+    def close(self) -> None:
+        for wid in list(self.workers):
+            self.remove(wid)
+
+    def requests(self) -> int:
+        """Engine requests made by the live workers (a test's window into regeneration)."""
+        return sum(s["requests"] for s in ray.get([w.actor.stats.remote() for w in self.workers.values()]))

@@ -1,0 +1,79 @@
+"""The Arrow schemas of the rows synthfleet writes: one for data, one for errors.
+
+Seed variables become typed columns of their own; lineage is one struct column, so every row says
+which spec, model, template, seed and sampling produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from orchestrator.errors import Problem
+from orchestrator.spec import JobSpec
+
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+LINEAGE = pa.struct([
+    ("spec_hash", pa.string()),
+    ("model", pa.string()),
+    ("model_revision", pa.string()),
+    ("template_hash", pa.string()),
+    ("seed", pa.int64()),
+    ("sampling", pa.string()),
+])
+BASE_FIELDS = [
+    pa.field("row_id", pa.string(), nullable=False),
+    pa.field("sample_index", pa.int32()),
+    pa.field("custom_id", pa.string()),
+    pa.field("prompt", pa.string()),
+    pa.field("messages", MESSAGES),
+]
+DATA_FIELDS = [
+    pa.field("completion", pa.string()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("prompt_tokens", pa.int32()),
+    pa.field("completion_tokens", pa.int32()),
+]
+ERROR_FIELDS = [pa.field("error_code", pa.string()), pa.field("error_message", pa.string())]
+RESERVED = {f.name for f in BASE_FIELDS + DATA_FIELDS + ERROR_FIELDS} | {"lineage"}
+
+
+def _value_type(values: Sequence[Any]) -> pa.DataType:
+    try:
+        t = pa.array(list(values)).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.string()
+    return t if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                 or pa.types.is_string(t)) else pa.string()
+
+
+def variable_fields(spec: JobSpec) -> list[pa.Field]:
+    """One typed column per seed variable (sorted by name); JSON text when values are mixed."""
+    source = spec.prompts.template
+    if source is None:
+        return []
+    return [pa.field(n, _value_type(source.seeds[n])) for n in sorted(source.seeds)]
+
+
+def column_value(field: pa.Field, value: Any) -> Any:
+    if pa.types.is_string(field.type) and not isinstance(value, str):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def data_schema(spec: JobSpec) -> pa.Schema:
+    return pa.schema(BASE_FIELDS + DATA_FIELDS + variable_fields(spec) + [pa.field("lineage", LINEAGE)])
+
+
+def errors_schema(spec: JobSpec) -> pa.Schema:
+    return pa.schema(BASE_FIELDS + ERROR_FIELDS + variable_fields(spec) + [pa.field("lineage", LINEAGE)])
+
+
+def reserved_name_problems(spec: JobSpec) -> list[Problem]:
+    source = spec.prompts.template
+    names = sorted(set(source.seeds) & RESERVED) if source else []
+    return [Problem(f"prompts.template.seeds.{n}", f"{n!r} is a reserved column name; rename the variable")
+            for n in names]

@@ -1,0 +1,55 @@
+"""Storage: one interface (`Store`), a local-folder and an S3 backend, and an in-memory double."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from orchestrator.errors import StorageError
+from orchestrator.storage.base import Store, check_key
+from orchestrator.storage.local import LocalStore
+from orchestrator.storage.memory import MemoryStore
+from orchestrator.storage.s3 import S3Store
+
+__all__ = ["Store", "LocalStore", "MemoryStore", "S3Store", "open_store", "split_uri", "check_uri"]
+
+
+def check_uri(uri: str) -> str:
+    """Normalise a storage URI; reject `..`, `.` and empty segments in any object prefix."""
+    uri = uri.strip()
+    if not uri:
+        raise StorageError("empty storage URI")
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StorageError(f"{uri}: no bucket; use s3://bucket/prefix")
+        prefix = parsed.path.lstrip("/").rstrip("/")
+        if prefix:
+            check_key(prefix)
+        return f"s3://{parsed.netloc}/{prefix}".rstrip("/")
+    if parsed.scheme not in ("", "file"):
+        raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r}; use a path, file:// or s3://")
+    path = parsed.path if parsed.scheme == "file" else uri
+    if ".." in path.replace("\\", "/").split("/"):
+        raise StorageError(f"{uri}: '..' is not allowed in storage paths")
+    return os.path.normpath(path)
+
+
+def open_store(uri: str) -> Store:
+    """The store rooted at `uri` (a folder, file://, or s3://bucket/prefix)."""
+    norm = check_uri(uri)
+    if norm.startswith("s3://"):
+        bucket, _, prefix = norm[5:].partition("/")
+        return S3Store(bucket, prefix)
+    return LocalStore(norm)
+
+
+def split_uri(uri: str) -> tuple[Store, str]:
+    """A file URI as (store of its folder, key of the file)."""
+    norm = check_uri(uri)
+    if norm.startswith("s3://"):
+        bucket, _, key = norm[5:].partition("/")
+        if not key:
+            raise StorageError(f"{uri}: names a bucket, not a file")
+        return S3Store(bucket), key
+    return LocalStore(os.path.dirname(os.path.abspath(norm))), os.path.basename(norm)

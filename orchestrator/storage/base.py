@@ -1,0 +1,101 @@
+"""The one storage interface both backends and the in-memory test double implement.
+
+Keys are relative, `/`-separated and normalised; `put_if_absent` is the exactly-once primitive:
+the first writer of a key wins and nobody can overwrite it afterwards.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from orchestrator.errors import StorageError
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store's root or alias another key."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"invalid storage key {key!r}: no empty, '.' or '..' segments allowed")
+    return key
+
+
+class Store(ABC):
+    """A folder of immutable-once-committed objects under one root URI."""
+
+    uri: str
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write `key` unless it exists. True if this call's bytes are now stored there."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write or replace `key` (only for objects derived deterministically from commits)."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of `key`."""
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """Size in bytes, or None when the key does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under `prefix`, relative to the root, in lexical order."""
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Raise StorageError with a fix if this root cannot be written (before any work)."""
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def fingerprint(self, key: str) -> str:
+        """A cheap identity of the object's content (size plus ETag or mtime)."""
+        size = self.size(key)
+        if size is None:
+            raise StorageError(f"{self.uri}/{key} does not exist")
+        return str(size)
+
+    def child(self, prefix: str) -> Store:
+        """A store rooted at `prefix` below this one."""
+        return PrefixStore(self, check_key(prefix))
+
+
+class PrefixStore(Store):
+    def __init__(self, inner: Store, prefix: str):
+        self.inner, self.prefix, self.uri = inner, prefix, f"{inner.uri}/{prefix}"
+
+    def _k(self, key: str) -> str:
+        return f"{self.prefix}/{check_key(key)}"
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self.inner.put_if_absent(self._k(key), data)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.inner.put(self._k(key), data)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(self._k(key))
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        return self.inner.get_range(self._k(key), start, end)
+
+    def size(self, key: str) -> int | None:
+        return self.inner.size(self._k(key))
+
+    def fingerprint(self, key: str) -> str:
+        return self.inner.fingerprint(self._k(key))
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = f"{self.prefix}/"
+        for key in self.inner.list(base + prefix):
+            yield key[len(base):]
+
+    def check_writable(self) -> None:
+        self.inner.check_writable()

@@ -1,0 +1,96 @@
+"""Local filesystem backend: the embedded default. Commits link a temp file into place,
+which fails if the name exists, so a retry or a zombie attempt never clobbers a commit."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from orchestrator.errors import StorageError
+from orchestrator.storage.base import Store, check_key
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | Path):
+        self.root = Path(root).absolute()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _write_temp(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return path.read_bytes() == data
+        except OSError as e:
+            raise StorageError(f"cannot commit {path}: {e.strerror}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        os.replace(self._write_temp(path, data), path)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as e:
+            raise StorageError(f"cannot read {self._path(key)}: {e.strerror}") from e
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        except OSError as e:
+            raise StorageError(f"cannot read {self._path(key)}: {e.strerror}") from e
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def fingerprint(self, key: str) -> str:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            raise StorageError(f"{self._path(key)} does not exist") from None
+        return f"{st.st_size}-{st.st_mtime_ns}"
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self.root / prefix if prefix and not prefix.endswith("/") else self.root
+        start = base if base.is_dir() else base.parent
+        if not start.is_dir():
+            return
+        keys = []
+        for dirpath, _, files in os.walk(start):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                key = Path(dirpath, name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        yield from sorted(keys)
+
+    def check_writable(self) -> None:
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK):
+            raise StorageError(f"output folder {self.root} is not writable (checked {probe})")

@@ -1,0 +1,42 @@
+"""GenerationWorker: a Ray actor holding one warm engine and running many shards on it at once."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from orchestrator.commit import CommitOutcome
+from orchestrator.planner import Plan, Shard
+from orchestrator.spec import JobSpec, ModelSpec
+from orchestrator.storage import open_store
+from workers.engine import Engine, EngineInfo
+from workers.shard import run_shard
+
+
+@ray.remote
+class GenerationWorker:
+    """Loads the engine once (`start`), then `process` runs shards concurrently on it."""
+
+    def __init__(self, model: ModelSpec, on_gpu: bool, threads: int | None = None):
+        self.model, self.on_gpu = model, on_gpu
+        if threads and not on_gpu:
+            # Ray pins OMP_NUM_THREADS to the actor's CPU count; the CPU engine needs the real count.
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        self.engine: Engine | None = None
+
+    async def start(self) -> EngineInfo:
+        if self.engine is None:
+            from workers.engine import VllmEngine
+
+            self.engine = VllmEngine(self.model, on_gpu=self.on_gpu)
+        return self.engine.info
+
+    async def process(self, spec: JobSpec, plan: Plan, shard: Shard, attempt: int) -> CommitOutcome | None:
+        assert self.engine is not None, "start() the worker first"
+        store = open_store(spec.output.uri).child(plan.job_id)
+        return await run_shard(self.engine, store, spec, plan, shard, attempt)
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self.engine.requests if self.engine else 0, "pid": os.getpid()}

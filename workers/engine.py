@@ -1,0 +1,147 @@
+"""The inference engine adapter: the only module that imports vLLM (lazily).
+
+Errors are split where they arise: a request the engine rejects (prompt too long, bad params)
+is a per-row `RowFailure`; an engine that died raises `EngineDeadError` so the coordinator replaces
+the worker and retries the shard elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from orchestrator import defaults
+from orchestrator.errors import EngineDeadError, RowErrorCode
+from orchestrator.spec import ModelSpec, Sampling
+from workers.prompts import PromptRow, RowFailure
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model: str
+    revision: str
+    load_seconds: float
+    max_model_len: int
+
+
+class Engine(Protocol):
+    info: EngineInfo
+    requests: int
+
+    async def generate(self, row: PromptRow) -> list[Completion] | RowFailure: ...
+
+    def shutdown(self) -> None: ...
+
+
+def weights_fingerprint(path: str) -> str:
+    """Identity of local weights: config plus names, sizes and first MiB of every weight file.
+
+    Hashing a 100 GB checkpoint would take minutes; this catches any real change in seconds.
+    """
+    root, h = Path(path), hashlib.sha256()
+    for f in sorted(root.iterdir()):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".pt", ".model"):
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def sampling_key(s: Sampling) -> str:
+    """The effective sampling of a row, as stable JSON for lineage."""
+    return json.dumps(s.model_dump(mode="json", exclude={"seed"}), sort_keys=True, separators=(",", ":"))
+
+
+def _classify(e: Exception) -> RowFailure:
+    msg = str(e)
+    too_long = "maximum model length" in msg or "maximum context length" in msg or "input_tokens" in msg
+    code = RowErrorCode.PROMPT_TOO_LONG if too_long else RowErrorCode.INVALID_REQUEST
+    return RowFailure(code, msg[: defaults.ERROR_MESSAGE_MAX_CHARS])
+
+
+class VllmEngine:
+    """vLLM's AsyncLLM, kept full by many concurrent requests, returning only final outputs."""
+
+    def __init__(self, model: ModelSpec, *, on_gpu: bool):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.perf_counter()
+        memory = model.gpu_memory_utilization or (
+            defaults.GPU_MEMORY_UTILIZATION if on_gpu else defaults.CPU_GPU_MEMORY_UTILIZATION)
+        args: dict[str, Any] = dict(
+            model=model.path or model.id,
+            revision=model.revision,
+            tensor_parallel_size=model.tensor_parallel_size,
+            dtype=model.dtype,
+            gpu_memory_utilization=memory,
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+            disable_log_stats=True,
+        )
+        if model.max_model_len:
+            args["max_model_len"] = model.max_model_len
+        if not on_gpu:
+            # vLLM's CPU runner cannot rewind a per-request seeded generator when a chunked prefill
+            # discards a sampled token ("CPU Generator does not use offset"): never chunk there.
+            args["enable_chunked_prefill"] = False
+        args.update(model.engine_args)
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        self.tokenizer = self.llm.get_tokenizer()
+        revision = model.revision or (weights_fingerprint(model.path) if model.path else "unpinned")
+        self.info = EngineInfo(model.name, revision, time.perf_counter() - started,
+                               self.llm.model_config.max_model_len)
+        self.requests = 0
+        self._ids = itertools.count()
+
+    def _params(self, row: PromptRow) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        s = row.sampling
+        structured = StructuredOutputsParams(json=s.json_schema) if s.json_schema else None
+        return SamplingParams(
+            n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+            seed=row.seed, stop=s.stop or None, ignore_eos=s.ignore_eos,
+            structured_outputs=structured, output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    def _prompt(self, row: PromptRow) -> dict[str, str]:
+        if row.messages is not None:
+            text = self.tokenizer.apply_chat_template(row.messages, tokenize=False, add_generation_prompt=True)
+            return {"prompt": text}
+        return {"prompt": row.prompt or ""}
+
+    async def generate(self, row: PromptRow) -> list[Completion] | RowFailure:
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
+
+        self.requests += 1
+        try:
+            prompt, params = self._prompt(row), self._params(row)
+            final = None
+            async for out in self.llm.generate(prompt, params, f"{row.row_id}-{next(self._ids)}"):
+                final = out
+        except VllmDead as e:
+            raise EngineDeadError(str(e)) from None
+        except Exception as e:  # the engine rejected this request only
+            if not self.llm.is_running:
+                raise EngineDeadError(f"engine stopped: {e}") from None
+            return _classify(e)
+        assert final is not None
+        n_prompt = len(final.prompt_token_ids or [])
+        return [Completion(c.text, str(c.finish_reason), n_prompt, len(c.token_ids)) for c in final.outputs]
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()

@@ -1,0 +1,206 @@
+"""Render the prompts of one shard: read its rows from the source, fill templates in a sandbox.
+
+Row data is only ever passed to templates as values; it is never itself rendered as a template.
+A row that cannot be rendered or parsed is returned with an error instead of a prompt.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import ValidationError
+
+from orchestrator.errors import RowErrorCode
+from orchestrator.planner import Plan, Shard, row_id, row_seed, template_variables
+from orchestrator.spec import JobSpec, Sampling, TemplateSource
+from orchestrator.storage.reader import open_input
+
+BATCH_URLS = ("/v1/chat/completions", "/v1/completions")
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    code: RowErrorCode
+    message: str
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One input row, ready for the engine (or carrying why it is not)."""
+
+    index: int
+    row_id: str
+    seed: int
+    sampling: Sampling
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    custom_id: str | None = None
+    template_hash: str | None = None
+    failure: RowFailure | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _env() -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(text: str):  # type: ignore[no-untyped-def]
+    return _env().from_string(text)
+
+
+def template_texts(source: TemplateSource) -> list[str]:
+    return [source.text] if source.text is not None else [m.content for m in source.messages or []]
+
+
+def template_hash(source: TemplateSource) -> str:
+    blob = json.dumps(template_texts(source) if source.text is not None
+                      else [[m.role, m.content] for m in source.messages or []])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def undeclared_variables(text: str) -> set[str]:
+    """Variables a template reads; raises jinja2.TemplateSyntaxError on bad syntax."""
+    return meta.find_undeclared_variables(_env().parse(text))
+
+
+def _render_template(spec: JobSpec, plan: Plan, index: int) -> PromptRow:
+    source = spec.prompts.template
+    assert source is not None
+    values = template_variables(source, index)
+    base = dict(index=index, row_id=row_id(plan.spec_hash, index), seed=row_seed(spec.sampling.seed, index),
+                sampling=spec.sampling, variables=values, template_hash=template_hash(source))
+    try:
+        if source.text is not None:
+            return PromptRow(prompt=_compile(source.text).render(**values), **base)
+        messages = [{"role": m.role, "content": _compile(m.content).render(**values)}
+                    for m in source.messages or []]
+        return PromptRow(messages=messages, **base)
+    except (TemplateError, Exception) as e:  # a template may raise anything from a filter
+        failure = RowFailure(RowErrorCode.TEMPLATE_ERROR, f"{type(e).__name__}: {e}")
+        return PromptRow(failure=failure, **base)
+
+
+def _lines(uri: str, shard: Shard) -> Iterator[bytes]:
+    assert shard.byte_start is not None and shard.byte_end is not None
+    with open_input(uri, shard.byte_start) as f:
+        data = f.read(shard.byte_end - shard.byte_start)
+    for line in io.BytesIO(data):
+        if line.strip():
+            yield line
+
+
+def _parquet_records(uri: str, shard: Shard) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    with open_input(uri) as f:
+        pf = pq.ParquetFile(f)
+        first = 0
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if first + n > shard.start and first < shard.end:
+                table = pf.read_row_group(g).slice(max(0, shard.start - first),
+                                                   min(shard.end, first + n) - max(first, shard.start))
+                yield from table.to_pylist()
+            first += n
+
+
+def _records(uri: str, shard: Shard) -> Iterator[dict[str, Any] | RowFailure]:
+    if shard.byte_start is None:
+        yield from _parquet_records(uri, shard)
+        return
+    for line in _lines(uri, shard):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield RowFailure(RowErrorCode.INVALID_REQUEST, f"line is not valid JSON: {e}")
+            continue
+        yield record if isinstance(record, dict) else RowFailure(
+            RowErrorCode.INVALID_REQUEST, "line is not a JSON object")
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        raise ValueError("messages must be a list of {role, content} objects with string content")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _file_row(record: dict[str, Any], base: dict[str, Any]) -> PromptRow:
+    custom_id = record.get("custom_id")
+    base["custom_id"] = None if custom_id is None else str(custom_id)
+    if isinstance(record.get("prompt"), str):
+        return PromptRow(prompt=record["prompt"], **base)
+    if record.get("messages") is not None:
+        return PromptRow(messages=_messages(record["messages"]), **base)
+    raise ValueError("row has neither a string `prompt` nor a `messages` list")
+
+
+def batch_sampling(spec: Sampling, body: dict[str, Any]) -> Sampling:
+    """The job's sampling, overridden by an OpenAI request body's own fields."""
+    update: dict[str, Any] = {}
+    for key in ("temperature", "top_p", "n", "seed"):
+        if body.get(key) is not None:
+            update[key] = body[key]
+    tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if tokens is not None:
+        update["max_tokens"] = tokens
+    if body.get("stop") is not None:
+        update["stop"] = [body["stop"]] if isinstance(body["stop"], str) else body["stop"]
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        update["json_schema"] = (fmt.get("json_schema") or {}).get("schema")
+    return Sampling.model_validate({**spec.model_dump(), **update})
+
+
+def _batch_row(record: dict[str, Any], base: dict[str, Any]) -> PromptRow:
+    base["custom_id"] = None if record.get("custom_id") is None else str(record["custom_id"])
+    url, body = record.get("url"), record.get("body")
+    if base["custom_id"] is None:
+        raise ValueError("request has no custom_id")
+    if record.get("method", "POST") != "POST" or url not in BATCH_URLS:
+        raise ValueError(f"unsupported endpoint {record.get('method')} {url}; use POST {' or '.join(BATCH_URLS)}")
+    if not isinstance(body, dict):
+        raise ValueError("request has no body object")
+    sampling = batch_sampling(base.pop("sampling"), body)
+    if "seed" in body:
+        base["seed"] = sampling.seed
+    if url == BATCH_URLS[0]:
+        return PromptRow(messages=_messages(body.get("messages")), sampling=sampling, **base)
+    if not isinstance(body.get("prompt"), str):
+        raise ValueError("completions body needs a string prompt")
+    return PromptRow(prompt=body["prompt"], sampling=sampling, **base)
+
+
+def shard_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[PromptRow]:
+    """Every row of `shard`, in order, each with a prompt or a failure."""
+    p = spec.prompts
+    if p.template is not None:
+        return [_render_template(spec, plan, i) for i in range(shard.start, shard.end)]
+    uri = p.file.uri if p.file is not None else p.openai_batch.uri  # type: ignore[union-attr]
+    make = _file_row if p.file is not None else _batch_row
+    rows = []
+    for index, record in enumerate(_records(uri, shard), start=shard.start):
+        base: dict[str, Any] = dict(index=index, row_id=row_id(plan.spec_hash, index),
+                                    seed=row_seed(spec.sampling.seed, index), sampling=spec.sampling)
+        if isinstance(record, RowFailure):
+            rows.append(PromptRow(failure=record, **base))
+            continue
+        try:
+            rows.append(make(record, dict(base)))
+        except (ValueError, ValidationError) as e:
+            if record.get("custom_id") is not None:
+                base["custom_id"] = str(record["custom_id"])
+            rows.append(PromptRow(failure=RowFailure(RowErrorCode.INVALID_REQUEST, str(e)), **base))
+    return rows
