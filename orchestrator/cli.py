@@ -76,6 +76,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from orchestrator.results import manifest, open_job, read_table
+
+    target = args.target
+    if target.endswith((".yaml", ".yml", ".json")) and not target.rstrip("/").endswith("_manifest.json"):
+        try:
+            spec = _load(target, args.output)
+        except SpecError as e:
+            return _report_problems(target, e)
+        target = f"{spec.output.uri.rstrip('/')}/{spec.job_id}"
+    try:
+        m = manifest(open_job(target))
+        table = read_table(target)
+    except SynthfleetError as e:
+        err.print(f"[bold red]{e}[/]", highlight=False)
+        return EXIT_BAD_INPUT
+    out.print(f"{target}: {m['rows_ok']} rows ok, {m['rows_failed']} in errors/, "
+              f"{m['completion_tokens']} completion tokens, {m['num_shards']} shards", highlight=False)
+    for row in (table.slice(0, args.rows).to_pylist() if table is not None else []):
+        prompt = row["prompt"] if row["prompt"] is not None else row["messages"][-1]["content"]
+        out.print(f"\n[bold]{row['row_id']}[/] prompt: {prompt!r}", highlight=False)
+        out.print(f"  completion: {row['completion'][:200]!r}", highlight=False, markup=False)
+    return EXIT_OK
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from workers.tiny_model import build_tiny_model
 
@@ -98,6 +123,11 @@ def parser() -> argparse.ArgumentParser:
     val.add_argument("spec")
     val.add_argument("--output", help="override output.uri")
     val.set_defaults(fn=cmd_validate)
+    show = sub.add_parser("show", help="summarise a finished job and print a few rows")
+    show.add_argument("target", help="a job folder ({output}/{job_id}) or the spec that made it")
+    show.add_argument("--rows", type=int, default=3)
+    show.add_argument("--output", help="override output.uri when TARGET is a spec")
+    show.set_defaults(fn=cmd_show)
     tiny = sub.add_parser("make-tiny-model", help="build a tiny random-weight model for demos and tests")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)

@@ -129,7 +129,15 @@ class Dispatcher:
                 for fut in done:
                     self._handle(fut)
         finally:
-            for ref in self.refs.values():
-                ray.cancel(ref)
-            for fut in self.in_flight:
-                fut.cancel()
+            await self._cancel_in_flight()
+
+    async def _cancel_in_flight(self) -> None:
+        """Abort running attempts and wait until they have stopped (a commit under way finishes),
+        so that when dispatch returns nothing of this job is still running anywhere."""
+        for ref in self.refs.values():
+            ray.cancel(ref)
+        shards = [f for f in self.refs if not f.done()]
+        if shards:
+            await asyncio.wait(shards, timeout=defaults.CANCEL_GRACE_S)
+        for fut in self.in_flight:
+            fut.cancel()

@@ -78,4 +78,9 @@ async def run_shard(engine: Engine, store: Store, spec: JobSpec, plan: Plan, sha
     stats = ShardStats(index=shard.index, attempt=attempt, rows_ok=data.num_rows, rows_failed=errors.num_rows,
                        prompt_tokens=p_tok, completion_tokens=c_tok,
                        seconds=round(time.perf_counter() - started, 3), model_revision=revision)
-    return await asyncio.to_thread(commit_shard, store, plan.num_shards, data, errors, stats)
+    commit = asyncio.ensure_future(asyncio.to_thread(commit_shard, store, plan.num_shards, data, errors, stats))
+    try:
+        return await asyncio.shield(commit)
+    except asyncio.CancelledError:
+        await commit  # a commit under way completes before the cancellation is reported
+        raise
