@@ -12,9 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from orchestrator.errors import SpecError, SynthfleetError
 from orchestrator.spec import JobSpec, load_spec
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-err = Console(stderr=True)
-out = Console()
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _load(path: str, output: str | None) -> JobSpec:
@@ -69,6 +69,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SynthfleetError as e:
         err.print(f"[bold red]job failed:[/] {e}", highlight=False)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("interrupted: committed shards are kept; run the same command again to resume")
+        return EXIT_INTERRUPTED
     out.print(f"[bold green]done[/] {result.job_id}: {result.rows_ok} rows ok, {result.rows_failed} failed; "
               f"{result.completion_tokens} tokens; {result.shards_generated} of {result.shards} shards generated "
               f"this run at {result.tokens_per_s:,.0f} tokens/s", highlight=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +76,14 @@ class TemplateSource(_Strict):
     def _one_form(self) -> TemplateSource:
         if (self.text is None) == (self.messages is None):
             raise ValueError("give exactly one of text or messages")
+        return self
+
+    @model_validator(mode="after")
+    def _sample_fits(self) -> TemplateSource:
+        size = math.prod(len(v) for v in self.seeds.values()) if self.seeds else 1
+        if self.sample is not None and self.sample.n > size:
+            raise ValueError(f"sample.n={self.sample.n} exceeds the {size} distinct seed combinations; "
+                             "add seed values, lower sample.n, or use sampling.n for several completions per prompt")
         return self
 
     @field_validator("seeds")
