@@ -30,7 +30,10 @@ class GenerationWorker:
         if self.engine is None:
             from workers.engine import VllmEngine
 
-            self.engine = VllmEngine(self.model, on_gpu=self.on_gpu)
+            try:
+                self.engine = VllmEngine(self.model, on_gpu=self.on_gpu)
+            except Exception as e:  # engine errors may not pickle; send their text
+                raise RuntimeError(f"{type(e).__name__}: {e}") from None
         return self.engine.info
 
     async def process(self, spec: JobSpec, plan: Plan, shard: Shard, attempt: int) -> CommitOutcome | None:

@@ -25,7 +25,7 @@ def _client(endpoint_url: str | None) -> Any:
     from botocore.config import Config
 
     config = Config(retries={"mode": "standard", "max_attempts": defaults.S3_MAX_ATTEMPTS})
-    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def _code(error: Exception) -> str:

@@ -1,0 +1,85 @@
+"""`synthfleet run` refuses bad input with one clear message and exit 2, before Ray or any write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+
+
+def _spec(tmp_path: Path, output: str, **prompts: object) -> Path:
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    spec = {"name": "bad", "model": {"path": str(model)},
+            "prompts": prompts or {"template": {"text": "about {{ topic }}", "seeds": {"topic": ["a"]}}},
+            "output": {"uri": output}, "resources": {"gpus_per_worker": 0}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _assert_refused(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> None:
+    import ray
+
+    assert code == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err
+    assert not ray.is_initialized()
+
+
+def test_missing_bucket_is_refused_before_ray_starts(tmp_path: Path, s3_endpoint: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", str(_spec(tmp_path, "s3://no-such-bucket/out"))])
+    _assert_refused(capsys, code, "output.uri", "no-such-bucket", "does not exist")
+
+
+def test_output_prefix_with_dotdot_is_refused_and_nothing_is_written(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["run", str(_spec(tmp_path, f"{out}/../elsewhere"))])
+    _assert_refused(capsys, code, "output.uri", "'..'")
+    assert not out.exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_unreadable_input_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["run", str(_spec(tmp_path, str(out), file={"uri": str(tmp_path / "missing.jsonl")}))])
+    _assert_refused(capsys, code, "prompts.file.uri", "missing.jsonl", "does not exist")
+    assert not out.exists()
+
+
+def test_template_variable_not_among_seeds_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", str(_spec(tmp_path, str(tmp_path / "out"),
+                                  template={"text": "{{ topic }} for {{ reader }}", "seeds": {"topic": ["a"]}}))])
+    _assert_refused(capsys, code, "prompts.template.text", "'reader'")
+
+
+def test_missing_credentials_are_refused(tmp_path: Path, s3_endpoint: str, bucket: str,
+                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.storage import s3
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3._client.cache_clear()
+    try:
+        code = main(["run", str(_spec(tmp_path, f"s3://{bucket}/out"))])
+    finally:
+        s3._client.cache_clear()
+    _assert_refused(capsys, code, "output.uri", "no AWS credentials")
+    assert "testing" not in capsys.readouterr().err
+
+
+def test_unknown_field_is_refused_with_its_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _spec(tmp_path, str(tmp_path / "out"))
+    spec = yaml.safe_load(path.read_text())
+    spec["sampling"] = {"temprature": 0.5}
+    path.write_text(yaml.safe_dump(spec))
+    _assert_refused(capsys, main(["run", str(path)]), "sampling.temprature", "unknown field")
