@@ -69,7 +69,7 @@ class Dispatcher:
             while self.load.get(wid, 0) < per_worker:
                 attempt = self._next(wid)
                 if attempt is None:
-                    return
+                    break
                 ref = worker.actor.process.remote(spec_ref, plan_ref, attempt.shard, attempt.number)
                 fut = asyncio.wrap_future(ref.future())
                 self.in_flight[fut] = ("shard", (attempt, wid))

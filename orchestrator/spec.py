@@ -40,9 +40,20 @@ class ModelSpec(_Strict):
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Any other vLLM engine argument, passed as is."
     )
+    engine: Literal["vllm", "fake"] = Field(
+        "vllm", description="fake: a sleeping stand-in for orchestration tests and benchmarks."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
+        if self.engine == "fake":
+            from workers.fake_engine import FakeEngineArgs
+
+            try:
+                FakeEngineArgs.model_validate(self.engine_args)
+            except ValidationError as e:
+                raise ValueError(f"engine_args for the fake engine: {e.errors()[0]['msg']} "
+                                 f"at {_path(e.errors()[0]['loc'])}") from None
         if (self.path is None) == (self.id is None):
             raise ValueError("give exactly one of model.path (a local folder) or model.id (a hub id)")
         return self

@@ -54,7 +54,7 @@ def _input_problems(spec: JobSpec) -> list[Problem]:
 
 
 def _model_problems(spec: JobSpec) -> list[Problem]:
-    if spec.model.path is None:
+    if spec.model.path is None or spec.model.engine == "fake":
         return []
     path = Path(spec.model.path)
     if not path.is_dir():

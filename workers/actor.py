@@ -15,6 +15,16 @@ from workers.engine import Engine, EngineInfo
 from workers.shard import run_shard
 
 
+def _make_engine(model: ModelSpec, on_gpu: bool) -> Engine:
+    if model.engine == "fake":
+        from workers.fake_engine import FakeEngine, FakeEngineArgs
+
+        return FakeEngine(model.name, FakeEngineArgs.model_validate(model.engine_args))
+    from workers.engine import VllmEngine
+
+    return VllmEngine(model, on_gpu=on_gpu)
+
+
 @ray.remote
 class GenerationWorker:
     """Loads the engine once (`start`), then `process` runs shards concurrently on it."""
@@ -28,10 +38,8 @@ class GenerationWorker:
 
     async def start(self) -> EngineInfo:
         if self.engine is None:
-            from workers.engine import VllmEngine
-
             try:
-                self.engine = VllmEngine(self.model, on_gpu=self.on_gpu)
+                self.engine = _make_engine(self.model, self.on_gpu)
             except Exception as e:  # engine errors may not pickle; send their text
                 raise RuntimeError(f"{type(e).__name__}: {e}") from None
         return self.engine.info

@@ -1,0 +1,63 @@
+"""A sleeping stand-in for a GPU engine, for orchestration-scale tests and benchmarks.
+
+It "generates" at a fixed rate per sequence without using the CPU, so 32 simulated GPUs fit on a
+laptop; fault knobs inject the failures a real fleet sees. It never replaces vLLM in a test of a
+path vLLM serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.errors import EngineDeadError, ShardError
+from workers.engine import Completion, EngineInfo
+from workers.prompts import PromptRow, RowFailure
+
+
+class FakeEngineArgs(BaseModel):
+    """`model.engine_args` of a spec whose `model.engine` is `fake`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tokens_per_s: float = Field(1000.0, gt=0, description="Per sequence; sequences run in parallel.")
+    load_seconds: float = Field(0.0, ge=0, description="Simulated weight loading time.")
+    fail_rows: list[int] = Field(default_factory=list, description="Row indices whose shard attempt fails.")
+    die_rows: list[int] = Field(default_factory=list, description="Row indices on which the engine dies.")
+    once_dir: str | None = Field(None, description="Folder of markers: each injected fault fires once.")
+
+
+class FakeEngine:
+    def __init__(self, model_name: str, args: FakeEngineArgs):
+        started = time.perf_counter()
+        time.sleep(args.load_seconds)
+        self.args, self.requests = args, 0
+        self.info = EngineInfo(model_name, "fake", time.perf_counter() - started, 1 << 20)
+
+    def _fires(self, kind: str, index: int, rows: list[int]) -> bool:
+        if index not in rows:
+            return False
+        if self.args.once_dir is None:
+            return True
+        try:
+            (Path(self.args.once_dir) / f"{kind}-{index}").touch(exist_ok=False)
+            return True
+        except FileExistsError:
+            return False
+
+    async def generate(self, row: PromptRow) -> list[Completion] | RowFailure:
+        self.requests += 1
+        if self._fires("die", row.index, self.args.die_rows):
+            raise EngineDeadError(f"injected engine death on row {row.index}")
+        if self._fires("fail", row.index, self.args.fail_rows):
+            raise ShardError(f"injected failure on row {row.index}")
+        tokens = row.sampling.max_tokens
+        await asyncio.sleep(tokens / self.args.tokens_per_s)
+        text = " ".join(["tok"] * tokens)
+        prompt_tokens = len((row.prompt or str(row.messages)).split())
+        return [Completion(text, "length", prompt_tokens, tokens) for _ in range(row.sampling.n)]
+
+    def shutdown(self) -> None:
+        return None
