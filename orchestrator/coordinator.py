@@ -85,6 +85,8 @@ class _Tracker:
 async def _generate(spec: JobSpec, plan: Plan, pool: WorkerPool | None, tracker: _Tracker, committed: set[int]) -> None:
     own = pool is None
     pool = pool or WorkerPool(spec.model, spec.resources)
+    if pool.model != spec.model:
+        raise ValueError(f"the pool serves {pool.model.name}, not this job's model {spec.model.name}")
     try:
         await pool.grow(fitting_workers(spec.resources))
         tracker.started = time.perf_counter()

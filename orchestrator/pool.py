@@ -64,9 +64,6 @@ class WorkerPool:
         self.workers: dict[int, Worker] = {}
         self._ids = itertools.count()
 
-    def key(self) -> tuple[str, str]:
-        return self.model.model_dump_json(), self.resources.model_dump_json(include={"gpus_per_worker", "cpus_per_worker"})
-
     async def add(self) -> Worker:
         """Start one worker and wait until its engine is loaded."""
         r = self.resources

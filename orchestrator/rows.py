@@ -55,11 +55,20 @@ def variable_fields(spec: JobSpec) -> list[pa.Field]:
     source = spec.prompts.template
     if source is None:
         return []
-    return [pa.field(n, _value_type(source.seeds[n])) for n in sorted(source.seeds)]
+    fields = []
+    for n in sorted(source.seeds):
+        t, values = _value_type(source.seeds[n]), source.seeds[n]
+        json_text = pa.types.is_string(t) and not all(isinstance(v, str) or v is None for v in values)
+        fields.append(pa.field(n, t, metadata=JSON_TEXT if json_text else None))
+    return fields
+
+
+JSON_TEXT = {b"synthfleet.json_text": b"1"}
 
 
 def column_value(field: pa.Field, value: Any) -> Any:
-    if pa.types.is_string(field.type) and not isinstance(value, str):
+    """Mixed-type seed values are stored as JSON text, so `1` and `"1"` stay distinct."""
+    if field.metadata and field.metadata.get(b"synthfleet.json_text"):
         return json.dumps(value, sort_keys=True)
     return value
 

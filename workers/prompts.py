@@ -158,9 +158,18 @@ def batch_sampling(spec: Sampling, body: dict[str, Any]) -> Sampling:
         update["max_tokens"] = tokens
     if body.get("stop") is not None:
         update["stop"] = [body["stop"]] if isinstance(body["stop"], str) else body["stop"]
-    fmt = body.get("response_format") or {}
-    if fmt.get("type") == "json_schema":
-        update["json_schema"] = (fmt.get("json_schema") or {}).get("schema")
+    fmt = body.get("response_format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise ValueError("response_format must be an object")
+    if fmt and fmt.get("type") == "json_schema":
+        inner = fmt.get("json_schema")
+        if not isinstance(inner, dict):
+            raise ValueError("response_format.json_schema must be an object holding a schema")
+        update["json_schema"] = inner.get("schema")
+    elif fmt and fmt.get("type") == "json_object":
+        update["json_schema"] = {"type": "object"}
+    elif fmt and fmt.get("type") not in (None, "text"):
+        raise ValueError(f"unsupported response_format type {fmt.get('type')!r}; use text, json_object or json_schema")
     return Sampling.model_validate({**spec.model_dump(), **update})
 
 

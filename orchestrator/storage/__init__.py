@@ -29,6 +29,9 @@ def check_uri(uri: str) -> str:
         return f"s3://{parsed.netloc}/{prefix}".rstrip("/")
     if parsed.scheme not in ("", "file"):
         raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r}; use a path, file:// or s3://")
+    if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+        raise StorageError(f"{uri}: a file:// URI needs an absolute path (file:///abs/path); "
+                           "give a relative folder as a plain path")
     path = parsed.path if parsed.scheme == "file" else uri
     if ".." in path.replace("\\", "/").split("/"):
         raise StorageError(f"{uri}: '..' is not allowed in storage paths")

@@ -4,6 +4,7 @@ which fails if the name exists, so a retry or a zombie attempt never clobbers a 
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,8 @@ class LocalStore(Store):
             raise StorageError(f"cannot read {self._path(key)}: {e.strerror}") from e
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
         try:
             with open(self._path(key), "rb") as f:
                 f.seek(start)
@@ -62,9 +65,10 @@ class LocalStore(Store):
 
     def size(self, key: str) -> int | None:
         try:
-            return self._path(key).stat().st_size
+            st = self._path(key).stat()
         except FileNotFoundError:
             return None
+        return None if stat.S_ISDIR(st.st_mode) else st.st_size
 
     def fingerprint(self, key: str) -> str:
         try:
@@ -74,8 +78,8 @@ class LocalStore(Store):
         return f"{st.st_size}-{st.st_mtime_ns}"
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        base = self.root / prefix if prefix and not prefix.endswith("/") else self.root
-        start = base if base.is_dir() else base.parent
+        folder = prefix.rpartition("/")[0]
+        start = self.root / folder if folder else self.root
         if not start.is_dir():
             return
         keys = []

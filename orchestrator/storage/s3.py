@@ -28,6 +28,15 @@ def _client(endpoint_url: str | None) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
 
+def _etag(data: bytes) -> str:
+    """The ETag S3 gives `data` as put_if_absent uploads it (single PUT or multipart)."""
+    if len(data) < defaults.S3_MULTIPART_THRESHOLD:
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    chunk = defaults.S3_MULTIPART_CHUNK
+    parts = [hashlib.md5(data[i:i + chunk], usedforsecurity=False).digest() for i in range(0, len(data), chunk)]
+    return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
 def _code(error: Exception) -> str:
     return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
 
@@ -51,7 +60,7 @@ class S3Store(Store):
     def _etag_matches(self, key: str, data: bytes) -> bool:
         """After a 412: does the stored object hold exactly our bytes (a retried PUT of ours)?"""
         head = self.s3.head_object(Bucket=self.bucket, Key=self._k(key))
-        return head["ETag"].strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest()
+        return head["ETag"].strip('"') == _etag(data)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError

@@ -108,6 +108,11 @@ def test_a_template_failing_for_some_values_fails_only_those_rows() -> None:
     assert rows[0].failure is not None and "ZeroDivisionError" in rows[0].failure.message
 
 
+def test_an_oversized_range_in_a_template_fails_its_row() -> None:
+    row = only_row(template_spec({"w": ["x"]}, text="{% for i in range(10**9) %}{{ w }}{% endfor %}"))
+    assert row.failure is not None and row.failure.code == RowErrorCode.TEMPLATE_ERROR
+
+
 def test_an_undefined_attribute_fails_the_row_instead_of_rendering_empty() -> None:
     row = only_row(template_spec({"word": ["w"]}, text="[{{ word.missing }}]"))
     assert row.failure is not None and row.failure.code == RowErrorCode.TEMPLATE_ERROR
@@ -253,8 +258,6 @@ def test_a_completions_line_without_a_text_prompt_is_an_invalid_request(tmp_path
     assert_invalid_request(row)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-object response_format raises AttributeError out of shard_rows "
-                                       "instead of becoming an invalid_request row")
 @pytest.mark.parametrize("fmt", ["json", {"type": "json_schema", "json_schema": "not an object"}])
 def test_a_malformed_response_format_is_an_invalid_request(tmp_path: Path, fmt: Any) -> None:
     (row,) = batch_rows(tmp_path, chat_request("rf", response_format=fmt))
@@ -267,3 +270,19 @@ def test_every_batch_line_becomes_exactly_one_row_in_order(tmp_path: Path) -> No
     rows = batch_rows(tmp_path, *lines)
     assert [r.index for r in rows] == list(range(8))
     assert [r.failure is not None for r in rows] == [i % 3 == 0 for i in range(8)]
+
+
+def test_json_object_response_format_constrains_to_any_json_object() -> None:
+    from orchestrator.spec import Sampling
+    from workers.prompts import batch_sampling
+
+    sampling = batch_sampling(Sampling(), {"response_format": {"type": "json_object"}})
+    assert sampling.json_schema == {"type": "object"}
+
+
+def test_unknown_response_format_type_is_an_invalid_request() -> None:
+    from orchestrator.spec import Sampling
+    from workers.prompts import batch_sampling
+
+    with pytest.raises(ValueError, match="unsupported response_format"):
+        batch_sampling(Sampling(), {"response_format": {"type": "yaml"}})

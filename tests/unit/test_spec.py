@@ -247,11 +247,16 @@ def test_reserved_seed_name_is_rejected(name: str) -> None:
     assert "reserved" in problem.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: sample.n larger than the seed product is accepted; rows then repeat")
 def test_sample_larger_than_the_product_is_rejected() -> None:
-    spec = make_spec(prompts={"template": {"text": "{{ word }}", "seeds": {"word": ["a", "b", "c"]},
+    data = spec_data(prompts={"template": {"text": "{{ word }}", "seeds": {"word": ["a", "b", "c"]},
                                            "sample": {"n": 10}}})
-    one_problem(spec_problems(spec, check_output=False), "prompts.template.sample.n")
+    problem = one_problem(problems_of(data), "prompts.template")
+    assert "sample.n=10 exceeds the 3" in problem.message
+
+
+def test_sample_of_the_whole_product_is_accepted() -> None:
+    assert make_spec(prompts={"template": {"text": "{{ word }}", "seeds": {"word": ["a", "b", "c"]},
+                                           "sample": {"n": 3}}}).prompts.template is not None
 
 
 def test_missing_model_folder_is_reported_on_model_path(tmp_path: Path) -> None:

@@ -1,0 +1,239 @@
+"""A worker's shard: render, generate on an engine, check, and commit every row to data or errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import defaults, layout
+from orchestrator.commit import CommitOutcome
+from orchestrator.errors import RowErrorCode
+from orchestrator.planner import Plan, make_plan, row_id
+from orchestrator.spec import JobSpec
+from orchestrator.storage import MemoryStore
+from workers.engine import Completion, EngineInfo, sampling_key
+from workers.prompts import PromptRow, RowFailure
+from workers.shard import run_shard
+from tests.unit.specs import file_spec, make_spec, template_spec
+
+Reply = Callable[[PromptRow], "list[Completion] | RowFailure"]
+
+
+def echo(row: PromptRow) -> list[Completion]:
+    """One completion per requested sample: the prompt, or the last message, back."""
+    text = row.prompt if row.prompt is not None else (row.messages or [{}])[-1].get("content", "")
+    return [Completion(text, "stop", 2, 3) for _ in range(row.sampling.n)]
+
+
+class FakeEngine:
+    """The Engine protocol of workers/engine.py, answering with `reply` and counting requests."""
+
+    def __init__(self, reply: Reply = echo, revision: str = "rev-test"):
+        self.info = EngineInfo(model="fake", revision=revision, load_seconds=0.0, max_model_len=256)
+        self.requests = 0
+        self.reply = reply
+
+    async def generate(self, row: PromptRow) -> list[Completion] | RowFailure:
+        self.requests += 1
+        await asyncio.sleep(0)
+        return self.reply(row)
+
+    def shutdown(self) -> None:
+        pass
+
+
+def run(engine: FakeEngine, store: MemoryStore, spec: JobSpec, plan: Plan, index: int = 0) -> CommitOutcome | None:
+    return asyncio.run(run_shard(engine, store, spec, plan, plan.shard(index), attempt=1))
+
+
+def data_rows(store: MemoryStore, plan: Plan, index: int = 0) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.get(layout.data_key(index, plan.num_shards))))
+
+
+def error_rows(store: MemoryStore, plan: Plan, index: int = 0) -> pa.Table:
+    key = layout.errors_key(index, plan.num_shards)
+    return pq.read_table(io.BytesIO(store.get(key))) if store.exists(key) else pa.table({"row_id": []})
+
+
+def generated(spec: JobSpec, engine: FakeEngine | None = None, index: int = 0) -> tuple[pa.Table, pa.Table, Plan]:
+    store, plan = MemoryStore(), make_plan(spec)
+    outcome = run(engine or FakeEngine(), store, spec, plan, index)
+    assert outcome is not None and outcome.won
+    return data_rows(store, plan, index), error_rows(store, plan, index), plan
+
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}, "required": ["n"]}
+
+
+def json_reply(row: PromptRow) -> list[Completion] | RowFailure:
+    """Valid JSON for n >= 2, a schema violation for n == 1, not JSON for n == 3, an engine refusal for n == 4."""
+    n = row.variables["n"]
+    if n == 4:
+        return RowFailure(RowErrorCode.PROMPT_TOO_LONG, "prompt is longer than the maximum model length")
+    text = "not json" if n == 3 else json.dumps({"n": n - 1 if n == 1 else n})
+    return [Completion(text, "stop", 4, 6)]
+
+
+@pytest.fixture()
+def mixed_spec() -> JobSpec:
+    """Rows n = 0..5: n=0 fails its template, 1 violates the schema, 3 is not JSON, 4 is refused, 2 and 5 pass."""
+    return make_spec(prompts={"template": {"text": "{{ 10 // n }}", "seeds": {"n": [0, 1, 2, 3, 4, 5]}}},
+                     sampling={"max_tokens": 8, "json_schema": SCHEMA},
+                     output={"uri": "out", "rows_per_shard": 6})
+
+
+# --- every row accounted for ------------------------------------------------------------------
+
+def test_every_row_of_the_shard_ends_in_exactly_one_of_data_or_errors(mixed_spec: JobSpec) -> None:
+    data, errors, plan = generated(mixed_spec, FakeEngine(json_reply))
+    ids = data["row_id"].to_pylist() + errors["row_id"].to_pylist()
+    assert sorted(ids) == [row_id(plan.spec_hash, i) for i in range(6)]
+
+
+def test_each_failure_carries_its_code(mixed_spec: JobSpec) -> None:
+    _, errors, _ = generated(mixed_spec, FakeEngine(json_reply))
+    codes = dict(zip(errors["n"].to_pylist(), errors["error_code"].to_pylist(), strict=True))
+    assert codes == {0: "template_error", 1: "schema_violation", 3: "schema_violation", 4: "prompt_too_long"}
+
+
+def test_completions_violating_the_json_schema_go_to_errors(mixed_spec: JobSpec) -> None:
+    data, errors, _ = generated(mixed_spec, FakeEngine(json_reply))
+    assert data["n"].to_pylist() == [2, 5]
+    violations = errors.filter(pc.equal(errors["error_code"], "schema_violation")).to_pylist()
+    assert [(r["n"], r["sample_index"]) for r in violations] == [(1, 0), (3, 0)]
+    assert "not valid JSON" in violations[1]["error_message"]
+
+
+def test_rows_failing_their_template_never_reach_the_engine(mixed_spec: JobSpec) -> None:
+    engine = FakeEngine(json_reply)
+    generated(mixed_spec, engine)
+    assert engine.requests == 5
+
+
+def test_error_rows_keep_no_sample_index_when_no_completion_was_made(mixed_spec: JobSpec) -> None:
+    _, errors, _ = generated(mixed_spec, FakeEngine(json_reply))
+    by_n = {r["n"]: r for r in errors.to_pylist()}
+    assert by_n[0]["sample_index"] is None and by_n[4]["sample_index"] is None
+
+
+def test_long_error_messages_are_truncated() -> None:
+    spec = template_spec({"n": [1]})
+    _, errors, _ = generated(spec, FakeEngine(lambda row: RowFailure(RowErrorCode.ENGINE_ERROR, "x" * 10_000)))
+    assert len(errors["error_message"][0].as_py()) == defaults.ERROR_MESSAGE_MAX_CHARS
+
+
+def test_each_of_n_completions_is_its_own_row() -> None:
+    spec = make_spec(prompts={"template": {"text": "{{ w }}", "seeds": {"w": ["a", "b"]}}},
+                     sampling={"n": 3}, output={"uri": "out", "rows_per_shard": 2})
+    data, _, _ = generated(spec)
+    assert data.num_rows == 6
+    assert [(r["w"], r["sample_index"]) for r in data.to_pylist()] == [
+        ("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
+
+
+# --- exactly once -----------------------------------------------------------------------------
+
+def test_a_committed_shard_is_not_generated_again() -> None:
+    spec = template_spec({"w": ["a", "b", "c"]})
+    store, plan, engine = MemoryStore(), make_plan(spec), FakeEngine()
+    run(engine, store, spec, plan)
+    requests, objects = engine.requests, dict(store.objects)
+    assert run(engine, store, spec, plan) is None
+    assert engine.requests == requests
+    assert store.objects == objects
+
+
+def test_the_outcome_reports_the_shard_stats() -> None:
+    spec = template_spec({"n": [0, 1, 2]}, text="{{ 1 // n }}", rows_per_shard=3)
+    store, plan = MemoryStore(), make_plan(spec)
+    outcome = run(FakeEngine(revision="rev-9"), store, spec, plan)
+    assert outcome is not None and outcome.won
+    s = outcome.stats
+    assert (s.index, s.attempt, s.rows_ok, s.rows_failed) == (0, 1, 2, 1)
+    assert (s.prompt_tokens, s.completion_tokens, s.model_revision) == (4, 6, "rev-9")
+
+
+def test_only_the_shard_asked_for_is_generated() -> None:
+    spec = template_spec({"w": list("abcde")}, text="{{ w }}", rows_per_shard=2)
+    store, plan, engine = MemoryStore(), make_plan(spec), FakeEngine()
+    run(engine, store, spec, plan, index=1)
+    assert data_rows(store, plan, 1)["prompt"].to_pylist() == ["c", "d"]
+    assert list(store.list(layout.DATA_DIR + "/")) == [layout.data_key(1, 3)]
+    assert engine.requests == 2
+
+
+# --- columns ----------------------------------------------------------------------------------
+
+def test_seed_variables_become_typed_columns() -> None:
+    spec = template_spec({"i": [1, 2], "f": [0.5], "b": [True], "s": ["x"], "mixed": [1, "one"]},
+                         text="{{ i }}{{ f }}{{ b }}{{ s }}{{ mixed }}", rows_per_shard=4)
+    data, _, _ = generated(spec)
+    types = {name: data.schema.field(name).type for name in ["i", "f", "b", "s", "mixed"]}
+    assert types == {"i": pa.int64(), "f": pa.float64(), "b": pa.bool_(), "s": pa.string(), "mixed": pa.string()}
+    assert data["i"].to_pylist() == [1, 1, 2, 2]
+
+
+def test_mixed_type_seed_values_are_json_text_that_round_trips() -> None:
+    data, _, _ = generated(template_spec({"mixed": [1, "1", "one"]}, text="{{ mixed }}", rows_per_shard=3))
+    assert [json.loads(v) for v in data["mixed"].to_pylist()] == [1, "1", "one"]
+
+
+def test_list_seed_values_are_stored_as_json_text() -> None:
+    data, _, _ = generated(template_spec({"tags": [["a", "b"]]}, text="{{ tags | join(',') }}"))
+    assert data["tags"].to_pylist() == ['["a", "b"]']
+    assert data["prompt"].to_pylist() == ["a,b"]
+
+
+def test_lineage_says_what_produced_each_row() -> None:
+    spec = template_spec({"w": ["a", "b"]}, text="{{ w }}")
+    data, _, plan = generated(spec, FakeEngine(revision="rev-42"))
+    lineage = data["lineage"].to_pylist()
+    assert {(x["spec_hash"], x["model"], x["model_revision"]) for x in lineage} == {
+        (plan.spec_hash, "org/model", "rev-42")}
+    assert all(x["template_hash"] for x in lineage)
+    assert len({x["seed"] for x in lineage}) == 2
+    assert lineage[0]["sampling"] == sampling_key(spec.sampling)
+
+
+def test_error_rows_carry_lineage_too(mixed_spec: JobSpec) -> None:
+    _, errors, plan = generated(mixed_spec, FakeEngine(json_reply))
+    assert {x["spec_hash"] for x in errors["lineage"].to_pylist()} == {plan.spec_hash}
+
+
+def test_completion_columns_are_filled() -> None:
+    data, _, _ = generated(template_spec({"w": ["hello"]}, text="{{ w }}"))
+    row = data.to_pylist()[0]
+    assert (row["completion"], row["finish_reason"], row["prompt_tokens"], row["completion_tokens"]) == (
+        "hello", "stop", 2, 3)
+
+
+def test_chat_rows_keep_their_messages() -> None:
+    spec = make_spec(prompts={"template": {"messages": [{"role": "user", "content": "{{ q }}"}],
+                                           "seeds": {"q": ["why?"]}}})
+    data, _, _ = generated(spec)
+    row = data.to_pylist()[0]
+    assert (row["prompt"], row["messages"], row["completion"]) == (None, [{"role": "user", "content": "why?"}], "why?")
+
+
+def test_batch_rows_keep_their_custom_id_and_own_schema(tmp_path: Path) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}
+    lines = [{"custom_id": "good", "method": "POST", "url": "/v1/completions",
+              "body": {"prompt": '{"n": 2}', "response_format": fmt}},
+             {"custom_id": "bad", "method": "POST", "url": "/v1/completions",
+              "body": {"prompt": '{"n": 0}', "response_format": fmt}},
+             {"custom_id": "free", "method": "POST", "url": "/v1/completions", "body": {"prompt": "{}"}}]
+    path = tmp_path / "batch.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    data, errors, _ = generated(file_spec(str(path), kind="openai_batch", rows_per_shard=3))
+    assert data["custom_id"].to_pylist() == ["good", "free"]
+    assert errors.select(["custom_id", "error_code"]).to_pylist() == [
+        {"custom_id": "bad", "error_code": "schema_violation"}]
+    assert json.loads(data["lineage"][0].as_py()["sampling"])["json_schema"] == SCHEMA
