@@ -7,10 +7,11 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator import layout
 from orchestrator.commit import CommitOutcome, ShardStats, committed_shards
-from orchestrator.dispatch import Dispatcher
+from orchestrator.dispatch import DispatchReport, JobRun, PoolDispatcher
 from orchestrator.errors import ConflictError, JobFailedError
 from orchestrator.finalize import finalize
 from orchestrator.planner import Plan, Shard, make_plan
@@ -81,48 +82,79 @@ class _Tracker:
                                       time.perf_counter() - self.started))
         self.finished = time.perf_counter()
 
+    def result(self, job: PreparedJob, manifest: dict[str, Any], seconds: float) -> JobResult:
+        return JobResult(
+            job_id=job.plan.job_id, uri=job.store.uri, rows_ok=manifest["rows_ok"],
+            rows_failed=manifest["rows_failed"], prompt_tokens=manifest["prompt_tokens"],
+            completion_tokens=manifest["completion_tokens"], shards=job.plan.num_shards,
+            shards_generated=self.generated, tokens_generated=self.tokens, seconds=seconds,
+            generation_seconds=self.finished - self.started, retries=self.retries, workers_replaced=self.replaced,
+        )
 
-async def _generate(spec: JobSpec, plan: Plan, pool: WorkerPool | None, tracker: _Tracker, committed: set[int]) -> None:
+
+@dataclass
+class PreparedJob:
+    """A checked, planned job whose folder is claimed; `committed` are the shards to skip."""
+
+    spec: JobSpec
+    plan: Plan
+    store: Store
+    committed: set[int]
+    manifest: dict[str, Any] | None  # set when the job was already finished
+
+
+def prepare(spec: JobSpec) -> PreparedJob:
+    """Check, plan and claim the job folder; nothing starts and nothing is written on bad input."""
+    check_spec(spec)
+    plan = make_plan(spec)
+    store = open_store(spec.output.uri).child(plan.job_id)
+    if store.exists(layout.MANIFEST):
+        return PreparedJob(spec, plan, store, set(range(plan.num_shards)), json.loads(store.get(layout.MANIFEST)))
+    _claim_job_folder(store, spec, plan)
+    return PreparedJob(spec, plan, store, committed_shards(store), None)
+
+
+async def execute(job: PreparedJob, dispatcher: PoolDispatcher, tracker: _Tracker) -> DispatchReport:
+    """Dispatch the job's uncommitted shards on a pool's dispatcher until done or cancelled."""
+    tracker.rows_done = sum(job.plan.shard(i).rows for i in job.committed)
+    shards = (s for s in job.plan.shards() if s.index not in job.committed)
+    tracker.started = time.perf_counter()
+    report = await dispatcher.submit(JobRun(job.spec, job.plan, shards, tracker.done)).finished
+    tracker.retries, tracker.replaced = report.retries, report.workers_replaced
+    if report.failed:
+        raise JobFailedError(f"{len(report.failed)} shards failed after {job.spec.resources.max_attempts} "
+                             "attempts; run the same spec again to retry them (committed shards are kept)",
+                             report.failed)
+    return report
+
+
+async def _run_on_pool(job: PreparedJob, pool: WorkerPool | None, tracker: _Tracker) -> None:
     own = pool is None
-    pool = pool or WorkerPool(spec.model, spec.resources)
-    if pool.model != spec.model:
-        raise ValueError(f"the pool serves {pool.model.name}, not this job's model {spec.model.name}")
+    pool = pool or WorkerPool(job.spec.model, job.spec.resources)
+    if pool.model != job.spec.model:
+        raise ValueError(f"the pool serves {pool.model.name}, not this job's model {job.spec.model.name}")
+    dispatcher = PoolDispatcher(pool)
+    loop = asyncio.ensure_future(dispatcher.run())
     try:
-        await pool.grow(fitting_workers(spec.resources))
-        tracker.started = time.perf_counter()
-        shards = (s for s in plan.shards() if s.index not in committed)
-        report = await Dispatcher(spec, plan, pool, shards, tracker.done).run()
-        tracker.retries, tracker.replaced = report.retries, report.workers_replaced
+        await pool.grow(fitting_workers(job.spec.resources))
+        await execute(job, dispatcher, tracker)
     finally:
+        dispatcher.close()
+        await loop
         if own:
             pool.close()
-    if report.failed:
-        raise JobFailedError(f"{len(report.failed)} shards failed after {spec.resources.max_attempts} attempts; "
-                             "re-run the same spec to retry them (committed shards are kept)", report.failed)
 
 
 def run_job(spec: JobSpec, *, ray_address: str | None = None, pool: WorkerPool | None = None,
             on_progress: Callable[[Progress], None] | None = None, worker_logs: bool = True) -> JobResult:
     """Generate the dataset `spec` describes, resuming whatever an earlier run committed."""
-    check_spec(spec)
-    plan = make_plan(spec)
-    store = open_store(spec.output.uri).child(plan.job_id)
-    started_at, t0 = time.time(), time.perf_counter()
-    tracker = _Tracker(plan, on_progress)
-    if not store.exists(layout.MANIFEST):
-        _claim_job_folder(store, spec, plan)
-        committed = committed_shards(store)
-        tracker.rows_done = sum(plan.shard(i).rows for i in committed)
-        if len(committed) < plan.num_shards:
+    t0, started_at = time.perf_counter(), time.time()
+    job = prepare(spec)
+    tracker = _Tracker(job.plan, on_progress)
+    manifest = job.manifest
+    if manifest is None:
+        if len(job.committed) < job.plan.num_shards:
             ensure_ray(ray_address, worker_logs=worker_logs)
-            asyncio.run(_generate(spec, plan, pool, tracker, committed))
-        manifest = finalize(store, spec, plan, tracker.stats, started_at)
-    else:
-        manifest = json.loads(store.get(layout.MANIFEST))
-    return JobResult(
-        job_id=plan.job_id, uri=store.uri, rows_ok=manifest["rows_ok"], rows_failed=manifest["rows_failed"],
-        prompt_tokens=manifest["prompt_tokens"], completion_tokens=manifest["completion_tokens"],
-        shards=plan.num_shards, shards_generated=tracker.generated, tokens_generated=tracker.tokens,
-        seconds=time.perf_counter() - t0, generation_seconds=tracker.finished - tracker.started,
-        retries=tracker.retries, workers_replaced=tracker.replaced,
-    )
+            asyncio.run(_run_on_pool(job, pool, tracker))
+        manifest = finalize(job.store, spec, job.plan, tracker.stats, started_at)
+    return tracker.result(job, manifest, time.perf_counter() - t0)

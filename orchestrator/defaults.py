@@ -14,3 +14,4 @@ S3_MULTIPART_CHUNK = 16 * 1024 * 1024
 S3_MAX_ATTEMPTS = 10
 PROGRESS_REFRESH_S = 0.5
 CANCEL_GRACE_S = 60.0  # how long a cancelled dispatch waits for running attempts to stop
+COUNTS_POLL_S = 2.0  # how often workers' token and row counts reach the coordinator

@@ -1,9 +1,15 @@
-"""Dispatch shards to a worker pool: several in flight per worker, bounded retries elsewhere,
-dead workers replaced. The plan streams in: only in-flight and retrying shards are held."""
+"""Dispatch shards of one or more jobs to a pool of warm workers.
+
+Several shards stay in flight per worker so the engine never drains; concurrent jobs on the same
+pool take slots in turn (fair share); a failed attempt is retried on another worker with backoff,
+up to the job's limit; a dead worker is replaced. Plans stream in: only in-flight and retrying
+shards are held in memory.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -11,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
 from orchestrator import defaults
 from orchestrator.commit import CommitOutcome
@@ -21,6 +27,9 @@ from orchestrator.pool import WorkerPool
 from orchestrator.spec import JobSpec
 
 log = logging.getLogger(__name__)
+
+OnDone = Callable[[Shard, CommitOutcome | None], None]
+OnCounts = Callable[[str, dict[str, int]], None]
 
 
 @dataclass
@@ -35,109 +44,204 @@ class DispatchReport:
     failed: list[int] = field(default_factory=list)
     retries: int = 0
     workers_replaced: int = 0
+    cancelled: bool = False
 
 
-OnDone = Callable[[Shard, CommitOutcome | None], None]
+class JobRun:
+    """One job's share of a pool: its shard stream, retries, in-flight attempts and outcome."""
 
-
-class Dispatcher:
-    def __init__(self, spec: JobSpec, plan: Plan, pool: WorkerPool, todo: Iterator[Shard], on_done: OnDone):
-        self.spec, self.plan, self.pool, self.on_done = spec, plan, pool, on_done
-        self.todo, self.retry_queue = todo, deque[Attempt]()
-        self.in_flight: dict[asyncio.Future[Any], tuple[str, Any]] = {}
-        self.load: dict[int, int] = {}
+    def __init__(self, spec: JobSpec, plan: Plan, todo: Iterator[Shard], on_done: OnDone):
+        self.spec, self.plan, self.todo, self.on_done = spec, plan, todo, on_done
+        self.retry_queue: deque[Attempt] = deque()
+        self.in_flight = self.timers = 0
+        self.exhausted = self.cancelled = False
         self.report = DispatchReport()
-        self.refs: dict[asyncio.Future[Any], ray.ObjectRef] = {}
-        self._exhausted = False
+        self.error: BaseException | None = None
+        self.finished: asyncio.Future[DispatchReport] = asyncio.get_running_loop().create_future()
+        self.refs: tuple[Any, Any] = (ray.put(spec), ray.put(plan))
 
-    def _next(self, worker_id: int) -> Attempt | None:
+    def next_attempt(self, worker_id: int, workers: int) -> Attempt | None:
+        if self.cancelled:
+            return None
         for i, attempt in enumerate(self.retry_queue):
-            if attempt.avoid != worker_id or len(self.pool.workers) == 1:
+            if attempt.avoid != worker_id or workers == 1:
                 del self.retry_queue[i]
                 return attempt
-        if self._exhausted:
+        if self.exhausted:
             return None
         shard = next(self.todo, None)
         if shard is None:
-            self._exhausted = True
+            self.exhausted = True
             return None
         return Attempt(shard)
 
-    def _fill(self, spec_ref: Any, plan_ref: Any) -> None:
-        per_worker = self.spec.resources.shards_in_flight
+    @property
+    def drained(self) -> bool:
+        idle = self.in_flight == 0 and self.timers == 0
+        return idle and (self.cancelled or (self.exhausted and not self.retry_queue))
+
+
+class PoolDispatcher:
+    """The scheduling loop of one pool; jobs join with `submit` and leave when drained."""
+
+    def __init__(self, pool: WorkerPool, on_counts: OnCounts | None = None):
+        self.pool, self.on_counts = pool, on_counts
+        self.runs: list[JobRun] = []
+        self.events: dict[asyncio.Future[Any], tuple[str, Any]] = {}
+        self.load: dict[int, int] = {}
+        self.refs: dict[asyncio.Future[Any], tuple[Any, JobRun]] = {}
+        self._turn = itertools.count()
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def submit(self, run: JobRun) -> JobRun:
+        self.runs.append(run)
+        self._wake.set()
+        return run
+
+    def cancel(self, run: JobRun, error: BaseException | None = None) -> None:
+        """Stop dispatching `run`, abort its running attempts; committed shards stay."""
+        run.cancelled, run.report.cancelled = True, True
+        run.error = run.error or error
+        run.retry_queue.clear()
+        for ref, owner in self.refs.values():
+            if owner is run:
+                ray.cancel(ref)
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        for run in self.runs:
+            self.cancel(run)
+        self._wake.set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.runs)
+
+    def _pick(self, wid: int) -> tuple[JobRun, Attempt] | None:
+        start = next(self._turn)
+        for k in range(len(self.runs)):
+            run = self.runs[(start + k) % len(self.runs)]
+            attempt = run.next_attempt(wid, len(self.pool.workers))
+            if attempt is not None:
+                return run, attempt
+        return None
+
+    def _fill(self) -> None:
+        per_worker = self.pool.resources.shards_in_flight
         for wid, worker in list(self.pool.workers.items()):
-            while self.load.get(wid, 0) < per_worker:
-                attempt = self._next(wid)
-                if attempt is None:
+            while self.load.get(wid, 0) < per_worker and self.runs:
+                picked = self._pick(wid)
+                if picked is None:
                     break
+                run, attempt = picked
+                spec_ref, plan_ref = run.refs
                 ref = worker.actor.process.remote(spec_ref, plan_ref, attempt.shard, attempt.number)
                 fut = asyncio.wrap_future(ref.future())
-                self.in_flight[fut] = ("shard", (attempt, wid))
-                self.refs[fut] = ref
+                self.events[fut] = ("shard", (run, attempt, wid))
+                self.refs[fut] = (ref, run)
                 self.load[wid] = self.load.get(wid, 0) + 1
+                run.in_flight += 1
 
-    def _retry(self, attempt: Attempt, wid: int, error: BaseException) -> None:
-        if attempt.number >= self.spec.resources.max_attempts:
-            log.error("shard %d failed after %d attempts: %s", attempt.shard.index, attempt.number, error)
-            self.report.failed.append(attempt.shard.index)
+    def _retry(self, run: JobRun, attempt: Attempt, wid: int, error: BaseException) -> None:
+        if run.cancelled:
             return
-        self.report.retries += 1
-        log.warning("shard %d attempt %d failed (%s); retrying", attempt.shard.index, attempt.number, error)
+        if attempt.number >= run.spec.resources.max_attempts:
+            log.error("%s: shard %d failed after %d attempts: %s", run.plan.job_id, attempt.shard.index,
+                      attempt.number, error)
+            run.report.failed.append(attempt.shard.index)
+            return
+        run.report.retries += 1
+        log.warning("%s: shard %d attempt %d failed (%s); retrying", run.plan.job_id, attempt.shard.index,
+                    attempt.number, error)
         delay = min(defaults.RETRY_BACKOFF_S * 2 ** (attempt.number - 1), defaults.RETRY_BACKOFF_MAX_S)
         retry = Attempt(attempt.shard, attempt.number + 1, wid)
-        fut = asyncio.ensure_future(asyncio.sleep(delay, retry))
-        self.in_flight[fut] = ("retry", retry)
+        self.events[asyncio.ensure_future(asyncio.sleep(delay, retry))] = ("retry", run)
+        run.timers += 1
 
-    def _replace(self, wid: int) -> None:
+    def _replace(self, wid: int, run: JobRun) -> None:
         if wid in self.pool.workers:
             self.pool.remove(wid)
-            self.report.workers_replaced += 1
-            fut = asyncio.ensure_future(self.pool.add())
-            self.in_flight[fut] = ("worker", wid)
+            run.report.workers_replaced += 1
+            self.events[asyncio.ensure_future(self.pool.add())] = ("worker", wid)
 
-    def _handle(self, fut: asyncio.Future[Any]) -> None:
-        kind, payload = self.in_flight.pop(fut)
+    def _on_shard(self, fut: asyncio.Future[Any], run: JobRun, attempt: Attempt, wid: int) -> None:
         self.refs.pop(fut, None)
-        if kind == "retry":
-            self.retry_queue.append(payload)
-            return
-        if kind == "worker":
-            if fut.exception() is not None:
-                log.error("a replacement worker failed to start: %s", fut.exception())
-            return
-        attempt, wid = payload
         self.load[wid] -= 1
+        run.in_flight -= 1
         error = fut.exception()
         if error is None:
-            self.on_done(attempt.shard, fut.result())
+            try:
+                run.on_done(attempt.shard, fut.result())
+            except Exception as e:  # the job's own callback asked to stop
+                self.cancel(run, e)
+            return
+        if isinstance(error, TaskCancelledError) or (isinstance(error, asyncio.CancelledError)):
             return
         cause = error.cause if isinstance(error, RayTaskError) else error
         if isinstance(error, RayActorError) or isinstance(cause, EngineDeadError):
-            self._replace(wid)
-        self._retry(attempt, wid, cause or error)
+            self._replace(wid, run)
+        self._retry(run, attempt, wid, cause or error)
 
-    async def run(self) -> DispatchReport:
-        spec_ref, plan_ref = ray.put(self.spec), ray.put(self.plan)
-        try:
-            while True:
-                self._fill(spec_ref, plan_ref)
-                if not self.in_flight:
-                    if self.retry_queue:
-                        raise RuntimeError("no live workers left to retry shards on")
-                    return self.report
-                done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for fut in done:
+    def _handle(self, fut: asyncio.Future[Any]) -> None:
+        kind, payload = self.events.pop(fut)
+        if kind == "shard":
+            self._on_shard(fut, *payload)
+        elif kind == "retry":
+            payload.timers -= 1
+            if not payload.cancelled:
+                payload.retry_queue.append(fut.result())
+        elif kind == "worker" and fut.exception() is not None:
+            log.error("a replacement worker failed to start: %s", fut.exception())
+        elif kind == "poll" and self.on_counts is not None and fut.exception() is None:
+            for job_id, counts in fut.result().items():
+                self.on_counts(job_id, counts)
+
+    def _settle(self) -> None:
+        stuck = not self.pool.workers and not any(k == "worker" for k, _ in self.events.values())
+        for run in list(self.runs):
+            if stuck and not run.drained:
+                self.cancel(run, RuntimeError("no live workers left"))
+            if run.drained:
+                self.runs.remove(run)
+                if run.error is not None:
+                    run.finished.set_exception(run.error)
+                else:
+                    run.finished.set_result(run.report)
+
+    def _poll(self) -> None:
+        """Collect worker-side counts (tokens, rows) so metrics follow generation, not commits."""
+        if self.on_counts is None or any(k == "poll" for k, _ in self.events.values()):
+            return
+        actors = [w.actor for w in self.pool.workers.values()]
+
+        async def drain() -> dict[str, dict[str, int]]:
+            await asyncio.sleep(defaults.COUNTS_POLL_S)
+            merged: dict[str, dict[str, int]] = {}
+            for result in await asyncio.gather(*(a.drain_counts.remote() for a in actors), return_exceptions=True):
+                if isinstance(result, dict):
+                    for job_id, counts in result.items():
+                        slot = merged.setdefault(job_id, {})
+                        for k, v in counts.items():
+                            slot[k] = slot.get(k, 0) + v
+            return merged
+
+        self.events[asyncio.ensure_future(drain())] = ("poll", None)
+
+    async def run(self) -> None:
+        """Run until closed and idle; a worker replacement under way completes first."""
+        while not (self._closed and not self.runs and not any(k in ("shard", "worker") for k, _ in self.events.values())):
+            self._fill()
+            if self.runs:
+                self._poll()
+            self._wake.clear()
+            waiter = asyncio.ensure_future(self._wake.wait())
+            done, _ = await asyncio.wait([*self.events, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            for fut in done:
+                if fut is not waiter:
                     self._handle(fut)
-        finally:
-            await self._cancel_in_flight()
-
-    async def _cancel_in_flight(self) -> None:
-        """Abort running attempts and wait until they have stopped (a commit under way finishes),
-        so that when dispatch returns nothing of this job is still running anywhere."""
-        for ref in self.refs.values():
-            ray.cancel(ref)
-        shards = [f for f in self.refs if not f.done()]
-        if shards:
-            await asyncio.wait(shards, timeout=defaults.CANCEL_GRACE_S)
-        for fut in self.in_flight:
+            self._settle()
+        for fut in self.events:
             fut.cancel()

@@ -35,6 +35,7 @@ class GenerationWorker:
             # Ray pins OMP_NUM_THREADS to the actor's CPU count; the CPU engine needs the real count.
             os.environ["OMP_NUM_THREADS"] = str(threads)
         self.engine: Engine | None = None
+        self.counts: dict[str, dict[str, int]] = {}
 
     async def start(self) -> EngineInfo:
         if self.engine is None:
@@ -47,7 +48,16 @@ class GenerationWorker:
     async def process(self, spec: JobSpec, plan: Plan, shard: Shard, attempt: int) -> CommitOutcome | None:
         assert self.engine is not None, "start() the worker first"
         store = open_store(spec.output.uri).child(plan.job_id)
-        return await run_shard(self.engine, store, spec, plan, shard, attempt)
+        counts = self.counts.setdefault(plan.job_id, {})
+        return await run_shard(self.engine, store, spec, plan, shard, attempt, counts)
+
+    def drain_counts(self) -> dict[str, dict[str, int]]:
+        """Token counts per job since the last call (the coordinator polls this for metrics)."""
+        drained = {job: dict(c) for job, c in self.counts.items() if any(c.values())}
+        for c in self.counts.values():  # zero in place: running shards hold these dicts
+            for key in c:
+                c[key] = 0
+        return drained
 
     def stats(self) -> dict[str, Any]:
         return {"requests": self.engine.requests if self.engine else 0, "pid": os.getpid()}

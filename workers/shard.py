@@ -37,8 +37,12 @@ def _error(base: dict[str, Any], failure: RowFailure, sample: int | None) -> dic
             "error_message": failure.message[: defaults.ERROR_MESSAGE_MAX_CHARS]}
 
 
-async def _generate(engine: Engine, row: PromptRow) -> list[Completion] | RowFailure:
-    return row.failure if row.failure is not None else await engine.generate(row)
+async def _generate(engine: Engine, row: PromptRow, counts: dict[str, int] | None) -> list[Completion] | RowFailure:
+    result = row.failure if row.failure is not None else await engine.generate(row)
+    if counts is not None and not isinstance(result, RowFailure):
+        counts["completion_tokens"] = counts.get("completion_tokens", 0) + sum(c.completion_tokens for c in result)
+        counts["prompt_tokens"] = counts.get("prompt_tokens", 0) + (result[0].prompt_tokens if result else 0)
+    return result
 
 
 def assemble(spec: JobSpec, plan: Plan, prompt_rows: list[PromptRow],
@@ -66,13 +70,16 @@ def assemble(spec: JobSpec, plan: Plan, prompt_rows: list[PromptRow],
 
 
 async def run_shard(engine: Engine, store: Store, spec: JobSpec, plan: Plan, shard: Shard,
-                    attempt: int) -> CommitOutcome | None:
-    """Generate and commit `shard`; None when it was already committed (nothing generated)."""
+                    attempt: int, counts: dict[str, int] | None = None) -> CommitOutcome | None:
+    """Generate and commit `shard`; None when it was already committed (nothing generated).
+
+    `counts` is bumped as each row finishes, so progress is visible before the shard commits.
+    """
     if store.exists(layout.data_key(shard.index, plan.num_shards)):
         return None
     started = time.perf_counter()
     prompt_rows = await asyncio.to_thread(shard_rows, spec, plan, shard)
-    results = await asyncio.gather(*(_generate(engine, r) for r in prompt_rows))
+    results = await asyncio.gather(*(_generate(engine, r, counts) for r in prompt_rows))
     revision = engine.info.revision
     data, errors, p_tok, c_tok = await asyncio.to_thread(assemble, spec, plan, prompt_rows, list(results), revision)
     stats = ShardStats(index=shard.index, attempt=attempt, rows_ok=data.num_rows, rows_failed=errors.num_rows,
