@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from orchestrator import defaults
 from orchestrator.errors import SpecError, SynthfleetError
+from orchestrator.jobs import JobState
 from orchestrator.spec import JobSpec, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -112,6 +115,79 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from orchestrator.api import load_token
+    from orchestrator.client import Client
+
+    return Client(args.url, token=load_token(args.token_file))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from orchestrator.api import create_app, is_loopback, load_token
+    from orchestrator.service import Coordinator
+
+    token = load_token(args.token_file)
+    if token is None and not is_loopback(args.host):
+        err.print(f"refusing to listen on {args.host} without an API token: set SYNTHFLEET_API_TOKEN or "
+                  "SYNTHFLEET_API_TOKEN_FILE (or --token-file), or listen on 127.0.0.1", highlight=False)
+        return EXIT_BAD_INPUT
+    coordinator = Coordinator(args.state, ray_address=args.ray_address, max_running_jobs=args.max_running_jobs,
+                              idle_release_s=args.idle_release_s)
+    uvicorn.run(create_app(coordinator, token=token), host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
+def _print_record(record) -> None:  # type: ignore[no-untyped-def]
+    c = record.request_counts
+    out.print(f"{record.id}  {record.state.value:<11} priority {record.priority:<3} "
+              f"{record.progress:6.1%}  rows {c.completed}/{c.total} (failed {c.failed})  "
+              f"{record.completion_tokens} tokens  {record.tokens_per_s:,.0f} tokens/s  {record.output}",
+              highlight=False)
+    for error in record.errors:
+        out.print(f"  error: {error}", highlight=False, markup=False)
+
+
+def _remote(fn):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args))
+        except SpecError as e:
+            return _report_problems(getattr(args, "spec", "spec"), e)
+        except SynthfleetError as e:
+            err.print(f"[bold red]{type(e).__name__}:[/] {e}", highlight=False)
+            return EXIT_FAILED
+    return run
+
+
+@_remote
+def cmd_submit(args: argparse.Namespace) -> int:
+    job = _client(args).submit(_load(args.spec, args.output), priority=args.priority,
+                               idempotency_key=args.idempotency_key)
+    _print_record(job.wait(progress=not args.quiet) if args.wait else job.status())
+    return EXIT_OK
+
+
+@_remote
+def cmd_status(args: argparse.Namespace) -> int:
+    _print_record(_client(args).job(args.job_id).status())
+    return EXIT_OK
+
+
+@_remote
+def cmd_cancel(args: argparse.Namespace) -> int:
+    _print_record(_client(args).job(args.job_id).cancel())
+    return EXIT_OK
+
+
+@_remote
+def cmd_jobs(args: argparse.Namespace) -> int:
+    for job in _client(args).jobs(args.state):
+        _print_record(job.status())
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synthfleet", description="Distributed synthetic-data generation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -131,6 +207,33 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--rows", type=int, default=3)
     show.add_argument("--output", help="override output.uri when TARGET is a spec")
     show.set_defaults(fn=cmd_show)
+    serve = sub.add_parser("serve", help="run the coordinator service (HTTP API, queue, warm pools)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--ray-address")
+    serve.add_argument("--state", default="outputs/_state", help="folder or s3:// URI for job records")
+    serve.add_argument("--token-file", help="file holding the API token (else $SYNTHFLEET_API_TOKEN)")
+    serve.add_argument("--max-running-jobs", type=int, default=defaults.MAX_RUNNING_JOBS)
+    serve.add_argument("--idle-release-s", type=float, default=defaults.IDLE_RELEASE_S)
+    serve.set_defaults(fn=cmd_serve)
+    for name, fn, text in (("submit", cmd_submit, "submit a spec to a server"),
+                           ("status", cmd_status, "show one job"), ("cancel", cmd_cancel, "cancel a job"),
+                           ("jobs", cmd_jobs, "list jobs")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--url", default=os.environ.get("SYNTHFLEET_URL", "http://127.0.0.1:8000"))
+        cmd.add_argument("--token-file", help="file holding the API token (else $SYNTHFLEET_API_TOKEN)")
+        cmd.set_defaults(fn=fn)
+        if name == "submit":
+            cmd.add_argument("spec")
+            cmd.add_argument("--output")
+            cmd.add_argument("--priority", type=int, default=0)
+            cmd.add_argument("--idempotency-key")
+            cmd.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
+            cmd.add_argument("--quiet", action="store_true")
+        elif name == "jobs":
+            cmd.add_argument("--state", choices=[s.value for s in JobState])
+        else:
+            cmd.add_argument("job_id")
     tiny = sub.add_parser("make-tiny-model", help="build a tiny random-weight model for demos and tests")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)

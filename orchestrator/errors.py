@@ -6,7 +6,9 @@
     │   └── ConflictError       the job folder holds a different job; never retriable
     ├── EngineDeadError         the inference engine died: replace the worker, retry the shard
     ├── ShardError              a shard attempt failed for another reason: retry elsewhere
-    └── JobFailedError          shards failed after every retry; the job is not committed
+    ├── JobFailedError          shards failed after every retry, or the job was cancelled
+    ├── NotFoundError           no such job (HTTP 404)
+    └── AuthError               missing or invalid API token (HTTP 401)
 
 Per-row problems (over-long prompt, template failure, invalid structured output) are not
 exceptions that travel: they become rows in `errors/` with a code from `RowErrorCode`.
@@ -71,3 +73,11 @@ class JobFailedError(SynthfleetError):
     def __init__(self, message: str, failed_shards: list[int]):
         self.failed_shards = failed_shards
         super().__init__(message)
+
+
+class NotFoundError(SynthfleetError):
+    pass
+
+
+class AuthError(SynthfleetError):
+    pass

@@ -97,6 +97,10 @@ class WorkerPool:
         for wid in list(self.workers):
             self.remove(wid)
 
+    def stats(self, key: str) -> int:
+        """Sum of a worker statistic (`requests`, `engine_loads`) over the live workers."""
+        return sum(s[key] for s in ray.get([w.actor.stats.remote() for w in self.workers.values()]))
+
     def requests(self) -> int:
         """Engine requests made by the live workers (a test's window into regeneration)."""
-        return sum(s["requests"] for s in ray.get([w.actor.stats.remote() for w in self.workers.values()]))
+        return self.stats("requests")

@@ -36,11 +36,13 @@ class GenerationWorker:
             os.environ["OMP_NUM_THREADS"] = str(threads)
         self.engine: Engine | None = None
         self.counts: dict[str, dict[str, int]] = {}
+        self.engine_loads = 0
 
     async def start(self) -> EngineInfo:
         if self.engine is None:
             try:
                 self.engine = _make_engine(self.model, self.on_gpu)
+                self.engine_loads += 1
             except Exception as e:  # engine errors may not pickle; send their text
                 raise RuntimeError(f"{type(e).__name__}: {e}") from None
         return self.engine.info
@@ -60,4 +62,5 @@ class GenerationWorker:
         return drained
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.engine.requests if self.engine else 0, "pid": os.getpid()}
+        return {"requests": self.engine.requests if self.engine else 0, "engine_loads": self.engine_loads,
+                "pid": os.getpid()}

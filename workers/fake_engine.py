@@ -27,6 +27,7 @@ class FakeEngineArgs(BaseModel):
     fail_rows: list[int] = Field(default_factory=list, description="Row indices whose shard attempt fails.")
     die_rows: list[int] = Field(default_factory=list, description="Row indices on which the engine dies.")
     once_dir: str | None = Field(None, description="Folder of markers: each injected fault fires once.")
+    request_log: str | None = Field(None, description="Append every requested row index to this file.")
 
 
 class FakeEngine:
@@ -49,6 +50,9 @@ class FakeEngine:
 
     async def generate(self, row: PromptRow) -> list[Completion] | RowFailure:
         self.requests += 1
+        if self.args.request_log:
+            with open(self.args.request_log, "a") as log:
+                log.write(f"{row.index}\n")
         if self._fires("die", row.index, self.args.die_rows):
             raise EngineDeadError(f"injected engine death on row {row.index}")
         if self._fires("fail", row.index, self.args.fail_rows):

@@ -1,0 +1,176 @@
+"""The Python client: `Client(url, token=...)` for a server, `Client.local()` for an embedded one.
+
+    client = Client.local()                      # or Client("http://synthfleet:8000", token=...)
+    job = client.submit("examples/quickstart.yaml", priority=5)
+    job.wait(progress=True)
+    table = job.read()                           # pyarrow.Table, through the manifest
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+
+from orchestrator.errors import AuthError, ConflictError, JobFailedError, NotFoundError, Problem, SpecError
+from orchestrator.jobs import TERMINAL, JobRecord, JobState
+from orchestrator.spec import JobSpec, load_spec
+
+POLL_S = 1.0
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    body: dict[str, Any] = response.json() if response.headers.get("content-type", "").startswith(
+        "application/json") else {}
+    if response.status_code == 401:
+        raise AuthError("the server refused the API token (missing or invalid)")
+    if response.status_code == 404:
+        raise NotFoundError(str(body.get("detail", "not found")))
+    if response.status_code == 409:
+        raise ConflictError(str(body.get("error", "conflict")))
+    if response.status_code == 422:
+        raise SpecError([Problem(p["path"], p["message"]) for p in body.get("problems", [])]
+                        or [Problem("", str(body))])
+    response.raise_for_status()
+
+
+class Job:
+    """A handle on one job of a server."""
+
+    def __init__(self, client: Client, record: JobRecord):
+        self.client, self.id, self._record = client, record.id, record
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, state={self._record.state.value})"
+
+    def status(self) -> JobRecord:
+        self._record = JobRecord.model_validate(self.client._call("GET", f"/v1/jobs/{self.id}"))
+        return self._record
+
+    def cancel(self) -> JobRecord:
+        self._record = JobRecord.model_validate(self.client._call("POST", f"/v1/jobs/{self.id}/cancel"))
+        return self._record
+
+    def wait(self, timeout: float | None = None, *, progress: bool = False) -> JobRecord:
+        """Block until the job is completed; JobFailedError if it failed or was cancelled."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = Progress(TextColumn(self.id), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                       TextColumn("{task.fields[tps]:>8.0f} tokens/s"), TimeRemainingColumn(), disable=not progress)
+        with bar:
+            task = bar.add_task(self.id, total=1.0, tps=0.0)
+            while True:
+                record = self.status()
+                bar.update(task, completed=record.progress, tps=record.tokens_per_s)
+                if record.state in TERMINAL:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {self.id} still {record.state.value} after {timeout} s")
+                time.sleep(POLL_S)
+        if record.state != JobState.COMPLETED:
+            raise JobFailedError(f"job {self.id} {record.state.value}: {'; '.join(record.errors) or 'no detail'}", [])
+        return record
+
+    def read(self) -> pa.Table:
+        """All data rows of the finished job (reads storage directly, through the manifest)."""
+        from orchestrator.results import read_table
+
+        table = read_table(self._output())
+        return table if table is not None else pa.table({})
+
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        from orchestrator.results import iter_tables, open_job
+
+        for table in iter_tables(open_job(self._output())):
+            yield from table.to_pylist()
+
+    def to_pandas(self) -> Any:
+        return self.read().to_pandas()
+
+    def _output(self) -> str:
+        record = self._record if self._record.output else self.status()
+        if record.state != JobState.COMPLETED:
+            record = self.status()
+        if record.state != JobState.COMPLETED:
+            raise JobFailedError(f"job {self.id} is {record.state.value}, not completed", [])
+        return record.output
+
+
+class Client:
+    """Talks to a synthfleet server's HTTP API."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._server: Any = None
+
+    @classmethod
+    def local(cls, state: str = "outputs/_state", **coordinator_options: Any) -> Client:
+        """Start an embedded coordinator (and local Ray) in this process; for notebooks and scripts."""
+        import uvicorn
+
+        from orchestrator.api import create_app
+        from orchestrator.pool import ensure_ray
+        from orchestrator.service import Coordinator
+
+        ensure_ray(coordinator_options.get("ray_address"), worker_logs=False)  # from the main thread
+        token = secrets.token_urlsafe(24)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        app = create_app(Coordinator(state, **coordinator_options), token=token)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, name="synthfleet-coordinator", daemon=True)
+        thread.start()
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the embedded coordinator failed to start")
+            time.sleep(0.05)
+        client = cls(f"http://127.0.0.1:{port}", token=token, timeout=120.0)
+        client._server = (server, thread)
+        return client
+
+    def close(self) -> None:
+        self._http.close()
+        if self._server is not None:
+            server, thread = self._server
+            server.should_exit = True
+            thread.join(timeout=60)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        _raise_for(response)
+        return response.json()
+
+    def submit(self, spec: JobSpec | dict[str, Any] | str | Path, *, priority: int = 0,
+               idempotency_key: str | None = None) -> Job:
+        if isinstance(spec, (str, Path)):
+            spec = load_spec(spec)
+        data = spec.model_dump(mode="json") if isinstance(spec, JobSpec) else spec
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        record = self._call("POST", "/v1/jobs", json={"spec": data, "priority": priority}, headers=headers)
+        return Job(self, JobRecord.model_validate(record))
+
+    def job(self, job_id: str) -> Job:
+        return Job(self, JobRecord.model_validate(self._call("GET", f"/v1/jobs/{job_id}")))
+
+    def jobs(self, state: JobState | str | None = None) -> list[Job]:
+        params = {"state": JobState(state).value} if state else {}
+        return [Job(self, JobRecord.model_validate(r)) for r in self._call("GET", "/v1/jobs", params=params)]

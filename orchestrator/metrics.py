@@ -1,0 +1,69 @@
+"""Every metric synthfleet exports, declared once, with base units in names and bounded labels.
+
+Labels are job (job id), model (model name), state, outcome and reason: never row or shard ids,
+never prompt text. Series of a finished job are dropped after `retention_s`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # *_created series double the exposition for no dashboard use
+
+NAMESPACE = "synthfleet"
+DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+LOAD_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    """The coordinator's metrics on their own registry (served at /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, retention_s: float = 3600.0):
+        self.registry = registry or CollectorRegistry()
+        self.retention_s = retention_s
+        r, ns = self.registry, NAMESPACE
+        self.generated_tokens = Counter("generated_tokens", "Completion tokens generated.", ["job", "model"],
+                                        namespace=ns, registry=r)
+        self.prompt_tokens = Counter("prompt_tokens", "Prompt tokens processed.", ["job", "model"],
+                                     namespace=ns, registry=r)
+        self.rows = Counter("rows", "Output rows committed, by outcome (ok, failed).", ["job", "outcome"],
+                            namespace=ns, registry=r)
+        self.shards = Counter("shards", "Shard attempts by outcome (committed, skipped, lost, failed).",
+                              ["job", "outcome"], namespace=ns, registry=r)
+        self.shard_duration = Histogram("shard_duration_seconds", "Time to generate and commit one shard.",
+                                        ["model"], namespace=ns, registry=r, buckets=DURATION_BUCKETS)
+        self.retries = Counter("shard_retries", "Shard attempts retried, by reason.", ["job", "reason"],
+                               namespace=ns, registry=r)
+        self.workers = Gauge("workers", "Generation workers by state (idle, busy).", ["model", "state"],
+                             namespace=ns, registry=r)
+        self.queue_depth = Gauge("queue_depth", "Jobs waiting to start.", namespace=ns, registry=r)
+        self.jobs = Gauge("jobs", "Jobs by state.", ["state"], namespace=ns, registry=r)
+        self.job_progress = Gauge("job_progress_ratio", "Share of a job's input rows done.", ["job"],
+                                  namespace=ns, registry=r)
+        self.job_eta = Gauge("job_eta_seconds", "Estimated seconds until a job's last row is done.", ["job"],
+                             namespace=ns, registry=r)
+        self.engine_load = Histogram("engine_load_seconds", "Time to load a model into a new worker.",
+                                     ["model"], namespace=ns, registry=r, buckets=LOAD_BUCKETS)
+        self.storage_bytes = Counter("storage_written_bytes", "Bytes committed to object storage.", ["job"],
+                                     namespace=ns, registry=r)
+        self.storage_operations = Counter("storage_operations", "Coordinator state-store operations by outcome.",
+                                          ["operation", "outcome"], namespace=ns, registry=r)
+        self.storage_retries = Counter("storage_retries", "State-store operations retried.", namespace=ns,
+                                       registry=r)
+        self._finished: dict[str, float] = {}
+
+    def job_finished(self, job: str) -> None:
+        self._finished[job] = time.time()
+
+    def expire(self) -> None:
+        """Drop the series of jobs that finished more than `retention_s` ago."""
+        cutoff = time.time() - self.retention_s
+        for job in [j for j, t in self._finished.items() if t < cutoff]:
+            del self._finished[job]
+            for metric in (self.generated_tokens, self.prompt_tokens, self.rows, self.shards, self.retries,
+                           self.job_progress, self.job_eta, self.storage_bytes):
+                for labels in list(metric._metrics):  # noqa: SLF001 - prometheus-client has no public lister
+                    if labels[0] == job:
+                        metric.remove(*labels)
