@@ -1,0 +1,148 @@
+"""The coordinator service end to end: a real uvicorn server on 127.0.0.1, real Ray, the warm vLLM
+pool for generation paths, and the sleeping fake engine where only scheduling is under test."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.client import Client
+from orchestrator.errors import AuthError, ConflictError, SpecError
+from orchestrator.jobs import JobState
+from orchestrator.spec import parse_spec
+from tests.integration.conftest import make_spec
+from tests.integration.test_e2e import TOPICS
+
+
+def fake_job(out: Path, name: str, rows: int = 16, tokens_per_s: float = 400, **engine: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": {"path": "fake", "engine": "fake", "engine_args": {"tokens_per_s": tokens_per_s, **engine}},
+        "prompts": {"template": {"text": "row {{ i }}", "seeds": {"i": list(range(rows))}}},
+        "sampling": {"max_tokens": 16},
+        "output": {"uri": str(out), "rows_per_shard": 2},
+        "resources": {"workers": 1, "gpus_per_worker": 0, "cpus_per_worker": 0, "shards_in_flight": 1},
+    }
+
+
+@pytest.fixture()
+def client(pool: Any, tmp_path: Path) -> Iterator[Client]:
+    c = Client.local(str(tmp_path / "state"), pools=[pool], max_running_jobs=1)
+    yield c
+    c.close()
+
+
+def test_submit_poll_and_read_results_through_the_client(client: Client, tiny_model: Path, tmp_path: Path) -> None:
+    job = client.submit(make_spec(tiny_model, str(tmp_path / "out"), TOPICS))
+    record = job.wait(timeout=300)
+    assert record.state == JobState.COMPLETED and record.progress == 1.0
+    assert record.request_counts.total == record.request_counts.completed == 20
+    assert set(record.timestamps) >= {JobState.QUEUED, JobState.IN_PROGRESS, JobState.FINALIZING, JobState.COMPLETED}
+    assert record.completion_tokens > 0 and record.output.endswith(job.id)
+    assert job.read().num_rows == 20 == len(list(job.iter_rows())) == len(job.to_pandas())
+    assert [j.id for j in client.jobs(state="completed")] == [job.id]
+
+
+def test_two_jobs_on_the_same_model_share_one_warm_engine(client: Client, pool: Any, tiny_model: Path,
+                                                          tmp_path: Path) -> None:
+    loads, actors = pool.stats("engine_loads"), {w.id for w in pool.workers.values()}
+    first = client.submit(make_spec(tiny_model, str(tmp_path / "a"), TOPICS))
+    second = client.submit(make_spec(tiny_model, str(tmp_path / "b"), TOPICS, sampling={"max_tokens": 8, "seed": 9}))
+    first.wait(timeout=300), second.wait(timeout=300)
+    assert pool.stats("engine_loads") == loads and {w.id for w in pool.workers.values()} == actors
+    metrics = httpx.get(f"{client.url}/metrics").text
+    assert "synthfleet_engine_load_seconds_count" not in metrics  # no weights loaded by the service
+
+
+def test_a_high_priority_job_queued_after_a_low_priority_one_starts_first(client: Client, tmp_path: Path) -> None:
+    blocker = client.submit(fake_job(tmp_path, "blocker", rows=8, tokens_per_s=100))
+    low = client.submit(fake_job(tmp_path, "low"), priority=0)
+    high = client.submit(fake_job(tmp_path, "high"), priority=5)
+    for job in (blocker, low, high):
+        job.wait(timeout=120)
+    started = {j.id: j.status().timestamps[JobState.IN_PROGRESS] for j in (blocker, low, high)}
+    assert started[blocker.id] < started[high.id] < started[low.id]
+
+
+def test_cancel_stops_dispatch_keeps_committed_shards_and_frees_workers(client: Client, tmp_path: Path) -> None:
+    job = client.submit(fake_job(tmp_path, "long", rows=40, tokens_per_s=40))
+    while job.status().request_counts.completed < 4:
+        time.sleep(0.2)
+    assert job.cancel().state in (JobState.CANCELLING, JobState.CANCELLED)
+    deadline = time.monotonic() + 60
+    while job.status().state != JobState.CANCELLED and time.monotonic() < deadline:
+        time.sleep(0.2)
+    record = job.status()
+    assert record.state == JobState.CANCELLED
+    committed = list((Path(record.output) / "data").iterdir())
+    assert 2 <= len(committed) < 20 and not (Path(record.output) / "_manifest.json").exists()
+    quick = client.submit(fake_job(tmp_path, "after-cancel", rows=4))
+    assert quick.wait(timeout=60).state == JobState.COMPLETED  # the worker was freed
+
+
+def test_the_same_idempotency_key_returns_the_same_job_and_refuses_another_spec(client: Client,
+                                                                              tmp_path: Path) -> None:
+    spec = fake_job(tmp_path, "idem", rows=4)
+    first = client.submit(spec, idempotency_key="key-1")
+    again = client.submit(spec, idempotency_key="key-1")
+    assert again.id == first.id and len(client.jobs()) == 1
+    with pytest.raises(ConflictError):
+        client.submit(fake_job(tmp_path, "idem", rows=6), idempotency_key="key-1")
+    first.wait(timeout=60)
+
+
+def test_an_invalid_spec_gets_422_with_every_field_path_and_nothing_is_queued(client: Client,
+                                                                            tmp_path: Path) -> None:
+    spec = fake_job(tmp_path, "bad")
+    spec["sampling"] = {"max_tokens": 0, "tempreature": 1}
+    spec["prompts"]["template"]["text"] = "{{ missing }}"
+    with pytest.raises(SpecError) as e:
+        client.submit(spec)
+    assert {p.path for p in e.value.problems} == {"sampling.max_tokens", "sampling.tempreature"}
+    spec["sampling"] = {"max_tokens": 4}
+    with pytest.raises(SpecError) as e:
+        client.submit(spec)
+    assert [p.path for p in e.value.problems] == ["prompts.template.text"] and "'missing'" in str(e.value)
+    assert client.jobs() == []
+
+
+def test_requests_without_a_valid_token_get_401(client: Client) -> None:
+    assert httpx.get(f"{client.url}/v1/jobs").status_code == 401
+    assert httpx.get(f"{client.url}/v1/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{client.url}/healthz").status_code == 200
+    with pytest.raises(AuthError):
+        Client(client.url, token="wrong").jobs()
+
+
+def test_the_server_refuses_to_listen_publicly_without_a_token(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli import main
+
+    monkeypatch.delenv("SYNTHFLEET_API_TOKEN", raising=False)
+    monkeypatch.delenv("SYNTHFLEET_API_TOKEN_FILE", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
+    assert "without an API token" in capsys.readouterr().err
+
+
+def test_metrics_pass_promtool_and_never_carry_the_token(client: Client, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    client.submit(fake_job(tmp_path, "metrics", rows=4)).wait(timeout=60)
+    text = httpx.get(f"{client.url}/metrics").text
+    assert 'synthfleet_generated_tokens_total{job="metrics-' in text
+    assert client._http.headers["Authorization"].removeprefix("Bearer ") not in text
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed; .ci/run installs it")
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_specs_parse_the_same_on_both_sides(tmp_path: Path) -> None:
+    spec = parse_spec(fake_job(tmp_path, "same"))
+    assert parse_spec(spec.model_dump(mode="json")) == spec
