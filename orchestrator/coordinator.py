@@ -62,25 +62,37 @@ def _claim_job_folder(store: Store, spec: JobSpec, plan: Plan) -> None:
     store.put_if_absent(layout.SPEC, spec.model_dump_json(indent=1).encode())
 
 
-class _Tracker:
-    """Collects shard outcomes of this run and reports progress."""
+class Tracker:
+    """Collects the shard outcomes of one run of a job and reports progress."""
 
-    def __init__(self, plan: Plan, on_progress: Callable[[Progress], None] | None):
+    def __init__(self, plan: Plan, on_progress: Callable[[Progress], None] | None = None):
         self.plan, self.on_progress = plan, on_progress
         self.stats: dict[int, ShardStats] = {}
-        self.rows_done = self.tokens = self.generated = self.retries = self.replaced = 0
+        self.rows_done = self.rows_before = self.tokens = self.generated = self.retries = self.replaced = 0
         self.started = self.finished = time.perf_counter()
+
+    def committed(self, stats: ShardStats) -> None:
+        """A shard this run generated and committed (hook for subclasses)."""
+
+    def skipped(self, shard: Shard, outcome: CommitOutcome | None) -> None:
+        """A shard committed by someone else: an earlier run or a zombie attempt (hook)."""
+
+    def retried(self, reason: str) -> None:
+        """A shard attempt failed and will be retried: worker_lost, engine_dead or attempt_failed (hook)."""
 
     def done(self, shard: Shard, outcome: CommitOutcome | None) -> None:
         self.rows_done += shard.rows
+        self.finished = time.perf_counter()
         if outcome is not None and outcome.won:
             self.stats[shard.index] = outcome.stats
             self.tokens += outcome.stats.completion_tokens
             self.generated += 1
+            self.committed(outcome.stats)
+        else:
+            self.skipped(shard, outcome)
         if self.on_progress is not None:
             self.on_progress(Progress(self.plan.total_rows, self.rows_done, self.tokens,
                                       time.perf_counter() - self.started))
-        self.finished = time.perf_counter()
 
     def result(self, job: PreparedJob, manifest: dict[str, Any], seconds: float) -> JobResult:
         return JobResult(
@@ -114,12 +126,12 @@ def prepare(spec: JobSpec) -> PreparedJob:
     return PreparedJob(spec, plan, store, committed_shards(store), None)
 
 
-async def execute(job: PreparedJob, dispatcher: PoolDispatcher, tracker: _Tracker) -> DispatchReport:
+async def execute(job: PreparedJob, dispatcher: PoolDispatcher, tracker: Tracker) -> DispatchReport:
     """Dispatch the job's uncommitted shards on a pool's dispatcher until done or cancelled."""
-    tracker.rows_done = sum(job.plan.shard(i).rows for i in job.committed)
+    tracker.rows_done = tracker.rows_before = sum(job.plan.shard(i).rows for i in job.committed)
     shards = (s for s in job.plan.shards() if s.index not in job.committed)
     tracker.started = time.perf_counter()
-    report = await dispatcher.submit(JobRun(job.spec, job.plan, shards, tracker.done)).finished
+    report = await dispatcher.submit(JobRun(job.spec, job.plan, shards, tracker.done, tracker.retried)).finished
     tracker.retries, tracker.replaced = report.retries, report.workers_replaced
     if report.failed:
         raise JobFailedError(f"{len(report.failed)} shards failed after {job.spec.resources.max_attempts} "
@@ -128,7 +140,7 @@ async def execute(job: PreparedJob, dispatcher: PoolDispatcher, tracker: _Tracke
     return report
 
 
-async def _run_on_pool(job: PreparedJob, pool: WorkerPool | None, tracker: _Tracker) -> None:
+async def _run_on_pool(job: PreparedJob, pool: WorkerPool | None, tracker: Tracker) -> None:
     own = pool is None
     pool = pool or WorkerPool(job.spec.model, job.spec.resources)
     if pool.model != job.spec.model:
@@ -150,7 +162,7 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, pool: WorkerPool |
     """Generate the dataset `spec` describes, resuming whatever an earlier run committed."""
     t0, started_at = time.perf_counter(), time.time()
     job = prepare(spec)
-    tracker = _Tracker(job.plan, on_progress)
+    tracker = Tracker(job.plan, on_progress)
     manifest = job.manifest
     if manifest is None:
         if len(job.committed) < job.plan.num_shards:

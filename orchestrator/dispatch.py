@@ -50,8 +50,9 @@ class DispatchReport:
 class JobRun:
     """One job's share of a pool: its shard stream, retries, in-flight attempts and outcome."""
 
-    def __init__(self, spec: JobSpec, plan: Plan, todo: Iterator[Shard], on_done: OnDone):
-        self.spec, self.plan, self.todo, self.on_done = spec, plan, todo, on_done
+    def __init__(self, spec: JobSpec, plan: Plan, todo: Iterator[Shard], on_done: OnDone,
+                 on_retry: Callable[[str], None] | None = None):
+        self.spec, self.plan, self.todo, self.on_done, self.on_retry = spec, plan, todo, on_done, on_retry
         self.retry_queue: deque[Attempt] = deque()
         self.in_flight = self.timers = 0
         self.exhausted = self.cancelled = False
@@ -144,7 +145,7 @@ class PoolDispatcher:
                 self.load[wid] = self.load.get(wid, 0) + 1
                 run.in_flight += 1
 
-    def _retry(self, run: JobRun, attempt: Attempt, wid: int, error: BaseException) -> None:
+    def _retry(self, run: JobRun, attempt: Attempt, wid: int, error: BaseException, reason: str) -> None:
         if run.cancelled:
             return
         if attempt.number >= run.spec.resources.max_attempts:
@@ -153,6 +154,8 @@ class PoolDispatcher:
             run.report.failed.append(attempt.shard.index)
             return
         run.report.retries += 1
+        if run.on_retry is not None:
+            run.on_retry(reason)
         log.warning("%s: shard %d attempt %d failed (%s); retrying", run.plan.job_id, attempt.shard.index,
                     attempt.number, error)
         delay = min(defaults.RETRY_BACKOFF_S * 2 ** (attempt.number - 1), defaults.RETRY_BACKOFF_MAX_S)
@@ -180,9 +183,11 @@ class PoolDispatcher:
         if isinstance(error, TaskCancelledError) or (isinstance(error, asyncio.CancelledError)):
             return
         cause = error.cause if isinstance(error, RayTaskError) else error
-        if isinstance(error, RayActorError) or isinstance(cause, EngineDeadError):
+        reason = "worker_lost" if isinstance(error, RayActorError) else (
+            "engine_dead" if isinstance(cause, EngineDeadError) else "attempt_failed")
+        if reason != "attempt_failed":
             self._replace(wid, run)
-        self._retry(run, attempt, wid, cause or error)
+        self._retry(run, attempt, wid, cause or error, reason)
 
     def _handle(self, fut: asyncio.Future[Any]) -> None:
         kind, payload = self.events.pop(fut)

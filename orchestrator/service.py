@@ -15,14 +15,15 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 
 from orchestrator import defaults
-from orchestrator.commit import CommitOutcome
-from orchestrator.coordinator import PreparedJob, execute, prepare
+from orchestrator.commit import CommitOutcome, ShardStats
+from orchestrator.coordinator import PreparedJob, Tracker, execute, prepare
 from orchestrator.dispatch import PoolDispatcher
-from orchestrator.errors import ConflictError, NotFoundError, SpecError, SynthfleetError
+from orchestrator.errors import ConflictError, NotFoundError, SynthfleetError
 from orchestrator.finalize import finalize
 from orchestrator.jobs import JobRecord, JobState, JobStore
 from orchestrator.metrics import Metrics
@@ -48,43 +49,38 @@ class PoolEntry:
     idle_since: float = field(default_factory=time.monotonic)
 
 
-class _JobTracker:
-    """Feeds shard outcomes of one job into its record and the metrics."""
+class RecordTracker(Tracker):
+    """A run's tracker that also keeps the job record and the metrics current."""
 
     def __init__(self, record: JobRecord, job: PreparedJob, metrics: Metrics):
-        self.record, self.job, self.metrics = record, job, metrics
-        self.started = self.finished = time.perf_counter()
-        self.stats: dict[int, object] = {}
-        self.rows_done = self.tokens = self.generated = self.retries = self.replaced = 0
+        super().__init__(job.plan)
+        self.record, self.metrics = record, metrics
         record.request_counts.total = job.plan.total_rows
 
-    def done(self, shard: Shard, outcome: CommitOutcome | None) -> None:
+    def committed(self, stats: ShardStats) -> None:
         m, job_id = self.metrics, self.record.id
-        self.rows_done += shard.rows
-        if outcome is not None and outcome.won:
-            s = outcome.stats
-            self.stats[shard.index] = s
-            self.record.request_counts.failed += s.rows_failed
-            self.record.prompt_tokens += s.prompt_tokens
-            self.record.completion_tokens += s.completion_tokens
-            m.rows.labels(job_id, "ok").inc(s.rows_ok)
-            m.rows.labels(job_id, "failed").inc(s.rows_failed)
-            m.shards.labels(job_id, "committed").inc()
-            m.shard_duration.labels(self.record.spec.model.name).observe(s.seconds)
-            m.storage_bytes.labels(job_id).inc(s.bytes)
-        else:
-            m.shards.labels(job_id, "skipped" if outcome is None else "lost").inc()
-        self.record.request_counts.completed = self.rows_done
-        self.finished = time.perf_counter()
-        self._progress()
+        self.record.request_counts.failed += stats.rows_failed
+        self.record.prompt_tokens += stats.prompt_tokens
+        self.record.completion_tokens += stats.completion_tokens
+        m.rows.labels(job_id, "ok").inc(stats.rows_ok)
+        m.rows.labels(job_id, "failed").inc(stats.rows_failed)
+        m.shards.labels(job_id, "committed").inc()
+        m.shard_duration.labels(self.record.spec.model.name).observe(stats.seconds)
+        m.storage_bytes.labels(job_id).inc(stats.bytes)
 
-    def _progress(self) -> None:
-        total = max(1, self.job.plan.total_rows)
-        elapsed = max(1e-9, self.finished - self.started)
+    def retried(self, reason: str) -> None:
+        self.metrics.retries.labels(self.record.id, reason).inc()
+
+    def skipped(self, shard: Shard, outcome: CommitOutcome | None) -> None:
+        self.metrics.shards.labels(self.record.id, "skipped" if outcome is None else "lost").inc()
+
+    def done(self, shard: Shard, outcome: CommitOutcome | None) -> None:
+        super().done(shard, outcome)
+        total, elapsed = max(1, self.plan.total_rows), max(1e-9, self.finished - self.started)
+        self.record.request_counts.completed = self.rows_done
         self.record.progress = self.rows_done / total
-        self.record.tokens_per_s = self.record.completion_tokens / elapsed
-        done_now = self.rows_done - sum(self.job.plan.shard(i).rows for i in self.job.committed)
-        rate = done_now / elapsed
+        self.record.tokens_per_s = self.tokens / elapsed
+        rate = (self.rows_done - self.rows_before) / elapsed
         self.metrics.job_progress.labels(self.record.id).set(self.record.progress)
         self.metrics.job_eta.labels(self.record.id).set((total - self.rows_done) / rate if rate else 0)
 
@@ -278,26 +274,27 @@ class Coordinator:
             await self._save(record)
             job = await asyncio.to_thread(prepare, record.spec)
             record.output = job.store.uri
-            if job.manifest is None:
-                tracker = _JobTracker(record, job, self.metrics)
+            if job.manifest is not None:
+                self._settle_counts(record, job.manifest)
+            else:
+                tracker = RecordTracker(record, job, self.metrics)
                 if len(job.committed) < job.plan.num_shards:
                     entry = await self._pool_for(record.spec)
-                    report = await execute(job, entry.dispatcher, tracker)  # type: ignore[arg-type]
-                    for _ in range(report.retries):
-                        self.metrics.retries.labels(record.id, "attempt_failed").inc()
+                    report = await execute(job, entry.dispatcher, tracker)
                     if report.cancelled:
                         raise asyncio.CancelledError
                 record.move(JobState.FINALIZING)
                 await self._save(record)
-                await asyncio.to_thread(finalize, job.store, record.spec, job.plan, tracker.stats,  # type: ignore[arg-type]
-                                        record.timestamps[JobState.IN_PROGRESS])
+                manifest = await asyncio.to_thread(finalize, job.store, record.spec, job.plan, tracker.stats,
+                                                   record.timestamps[JobState.IN_PROGRESS])
+                self._settle_counts(record, manifest)
             record.progress = 1.0
             record.move(JobState.COMPLETED)
         except asyncio.CancelledError:
             if not record.cancel_requested:  # the service is stopping: leave the job to resume
                 raise
             record.move(JobState.CANCELLED)
-        except (SynthfleetError, SpecError, Exception) as e:  # a job's failure never stops the service
+        except Exception as e:  # a job's failure never stops the service
             log.exception("job %s failed", record.id)
             record.errors.append(str(e))
             record.move(JobState.FAILED)
@@ -308,6 +305,13 @@ class Coordinator:
             self._wake.set()
 
     # --- bookkeeping ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _settle_counts(record: JobRecord, manifest: dict[str, Any]) -> None:
+        """The manifest is authoritative: counts checkpointed before a restart may lag it."""
+        record.prompt_tokens, record.completion_tokens = manifest["prompt_tokens"], manifest["completion_tokens"]
+        record.request_counts.total = record.request_counts.completed = manifest["input_rows"]
+        record.request_counts.failed = manifest["rows_failed"]
 
     def _on_counts(self, job_id: str, counts: dict[str, int]) -> None:
         record = self.jobs.get(job_id)
