@@ -238,6 +238,7 @@ class PoolDispatcher:
         """Run until closed and idle; a worker replacement under way completes first."""
         while not (self._closed and not self.runs and not any(k in ("shard", "worker") for k, _ in self.events.values())):
             self._fill()
+            self._settle()  # filling is what finds a job's stream exhausted
             if self.runs:
                 self._poll()
             self._wake.clear()

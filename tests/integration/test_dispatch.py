@@ -14,14 +14,15 @@ from orchestrator.results import read_table
 from orchestrator.spec import JobSpec, parse_spec
 
 
-def fake_spec(out: Path, workers: int = 2, **engine_args: Any) -> JobSpec:
+def fake_spec(out: Path, workers: int = 2, in_flight: int = 3, **engine_args: Any) -> JobSpec:
     return parse_spec({
         "name": "fake",
         "model": {"path": "fake-model", "engine": "fake", "engine_args": {"tokens_per_s": 4000, **engine_args}},
         "prompts": {"template": {"text": "row {{ i }}", "seeds": {"i": list(range(40))}}},
         "sampling": {"max_tokens": 8},
         "output": {"uri": str(out), "rows_per_shard": 4},
-        "resources": {"workers": workers, "gpus_per_worker": 0, "cpus_per_worker": 0, "max_attempts": 3},
+        "resources": {"workers": workers, "gpus_per_worker": 0, "cpus_per_worker": 0, "max_attempts": 3,
+                      "shards_in_flight": in_flight},
     })
 
 
@@ -63,3 +64,9 @@ def test_a_single_worker_retries_on_itself(ray_runtime: None, tmp_path: Path) ->
     once.mkdir()
     result = run_job(fake_spec(tmp_path / "out", workers=1, fail_rows=[0], once_dir=str(once)))
     assert result.retries == 1 and len(_row_ids(result.uri)) == 40
+
+
+def test_a_job_finishes_when_its_last_shard_completes_before_the_stream_is_seen_to_end(
+        ray_runtime: None, tmp_path: Path) -> None:
+    result = run_job(fake_spec(tmp_path / "out", workers=1, in_flight=1))
+    assert result.shards == 10 and len(_row_ids(result.uri)) == 40
