@@ -35,6 +35,7 @@ from orchestrator.metrics import Metrics  # noqa: E402
 from orchestrator.pool import WorkerPool, ensure_ray  # noqa: E402
 from orchestrator.service import RecordTracker  # noqa: E402
 from orchestrator.spec import JobSpec, parse_spec  # noqa: E402
+from workers.shard import WorkerCounts  # noqa: E402
 
 
 def fake_spec(out: Path, name: str, *, rows: int, rows_per_shard: int, workers: int, max_tokens: int,
@@ -71,8 +72,11 @@ async def run(spec: JobSpec, pool: WorkerPool, *, exporter: bool = False) -> tup
         metrics = Metrics()
         record = JobRecord(id=job.plan.job_id, spec=spec)
         tracker: Tracker = RecordTracker(record, job, metrics)
-        dispatcher = PoolDispatcher(pool, on_counts=lambda j, c: metrics.generated_tokens.labels(j, "fake").inc(
-            c.get("completion_tokens", 0)))
+        def export(counts: WorkerCounts) -> None:
+            for job_id, c in counts.jobs.items():
+                metrics.generated_tokens.labels(job_id, "fake").inc(c.get("completion_tokens", 0))
+
+        dispatcher = PoolDispatcher(pool, on_counts=export)
     else:
         tracker, dispatcher = Timed(job.plan), PoolDispatcher(pool)
     loop = asyncio.ensure_future(dispatcher.run())

@@ -25,11 +25,12 @@ from orchestrator.errors import EngineDeadError
 from orchestrator.planner import Plan, Shard
 from orchestrator.pool import WorkerPool
 from orchestrator.spec import JobSpec
+from workers.shard import WorkerCounts
 
 log = logging.getLogger(__name__)
 
 OnDone = Callable[[Shard, CommitOutcome | None], None]
-OnCounts = Callable[[str, dict[str, int]], None]
+OnCounts = Callable[[WorkerCounts], None]
 
 
 @dataclass
@@ -94,6 +95,7 @@ class PoolDispatcher:
         self._turn = itertools.count()
         self._wake = asyncio.Event()
         self._closed = False
+        self._unpolled = False  # shards finished since the last poll was scheduled
 
     def submit(self, run: JobRun) -> JobRun:
         self.runs.append(run)
@@ -171,6 +173,7 @@ class PoolDispatcher:
 
     def _on_shard(self, fut: asyncio.Future[Any], run: JobRun, attempt: Attempt, wid: int) -> None:
         self.refs.pop(fut, None)
+        self._unpolled = True
         self.load[wid] -= 1
         run.in_flight -= 1
         error = fut.exception()
@@ -200,8 +203,7 @@ class PoolDispatcher:
         elif kind == "worker" and fut.exception() is not None:
             log.error("a replacement worker failed to start: %s", fut.exception())
         elif kind == "poll" and self.on_counts is not None and fut.exception() is None:
-            for job_id, counts in fut.result().items():
-                self.on_counts(job_id, counts)
+            self.on_counts(fut.result())
 
     def _settle(self) -> None:
         stuck = not self.pool.workers and not any(k == "worker" for k, _ in self.events.values())
@@ -219,17 +221,15 @@ class PoolDispatcher:
         """Collect worker-side counts (tokens, rows) so metrics follow generation, not commits."""
         if self.on_counts is None or any(k == "poll" for k, _ in self.events.values()):
             return
+        self._unpolled = False
         actors = [w.actor for w in self.pool.workers.values()]
 
-        async def drain() -> dict[str, dict[str, int]]:
+        async def drain() -> WorkerCounts:
             await asyncio.sleep(defaults.COUNTS_POLL_S)
-            merged: dict[str, dict[str, int]] = {}
+            merged = WorkerCounts({}, {})
             for result in await asyncio.gather(*(a.drain_counts.remote() for a in actors), return_exceptions=True):
-                if isinstance(result, dict):
-                    for job_id, counts in result.items():
-                        slot = merged.setdefault(job_id, {})
-                        for k, v in counts.items():
-                            slot[k] = slot.get(k, 0) + v
+                if isinstance(result, WorkerCounts):
+                    merged = merged.merge(result)
             return merged
 
         self.events[asyncio.ensure_future(drain())] = ("poll", None)
@@ -239,7 +239,7 @@ class PoolDispatcher:
         while not (self._closed and not self.runs and not any(k in ("shard", "worker") for k, _ in self.events.values())):
             self._fill()
             self._settle()  # filling is what finds a job's stream exhausted
-            if self.runs:
+            if self.runs or self._unpolled:
                 self._poll()
             self._wake.clear()
             waiter = asyncio.ensure_future(self._wake.wait())

@@ -48,9 +48,10 @@ class Metrics:
                                      ["model"], namespace=ns, registry=r, buckets=LOAD_BUCKETS)
         self.storage_bytes = Counter("storage_written_bytes", "Bytes committed to object storage.", ["job"],
                                      namespace=ns, registry=r)
-        self.storage_operations = Counter("storage_operations", "Coordinator state-store operations by outcome.",
-                                          ["operation", "outcome"], namespace=ns, registry=r)
-        self.storage_retries = Counter("storage_retries", "State-store operations retried.", namespace=ns,
+        self.storage_operations = Counter("storage_operations", "S3 API calls of workers and coordinator, by "
+                                          "operation (PutObject, ...) and outcome.", ["operation", "outcome"],
+                                          namespace=ns, registry=r)
+        self.storage_retries = Counter("storage_retries", "S3 calls that botocore retried.", namespace=ns,
                                        registry=r)
         self._finished: dict[str, float] = {}
 

@@ -31,6 +31,8 @@ from orchestrator.planner import Shard
 from orchestrator.pool import WorkerPool, ensure_ray
 from orchestrator.spec import JobSpec
 from orchestrator.storage import open_store
+from orchestrator.storage.base import drain_storage_stats
+from workers.shard import WorkerCounts
 from orchestrator.validate import check_spec
 
 log = logging.getLogger(__name__)
@@ -200,6 +202,7 @@ class Coordinator:
             self._start_queued()
             self._release_idle_pools()
             self._update_gauges()
+            self._count_storage(drain_storage_stats())  # the coordinator's own state-store calls
             self.metrics.expire()
             if time.monotonic() - last_save > defaults.RECORD_SAVE_S:
                 last_save = time.monotonic()
@@ -313,11 +316,21 @@ class Coordinator:
         record.request_counts.total = record.request_counts.completed = manifest["input_rows"]
         record.request_counts.failed = manifest["rows_failed"]
 
-    def _on_counts(self, job_id: str, counts: dict[str, int]) -> None:
-        record = self.jobs.get(job_id)
-        model = record.spec.model.name if record else "unknown"
-        self.metrics.generated_tokens.labels(job_id, model).inc(counts.get("completion_tokens", 0))
-        self.metrics.prompt_tokens.labels(job_id, model).inc(counts.get("prompt_tokens", 0))
+    def _on_counts(self, counts: WorkerCounts) -> None:
+        for job_id, c in counts.jobs.items():
+            record = self.jobs.get(job_id)
+            model = record.spec.model.name if record else "unknown"
+            self.metrics.generated_tokens.labels(job_id, model).inc(c.get("completion_tokens", 0))
+            self.metrics.prompt_tokens.labels(job_id, model).inc(c.get("prompt_tokens", 0))
+        self._count_storage(counts.storage)
+
+    def _count_storage(self, stats: dict[str, int]) -> None:
+        for key, n in stats.items():
+            if key == "retries":
+                self.metrics.storage_retries.inc(n)
+            else:
+                operation, _, outcome = key.partition("|")
+                self.metrics.storage_operations.labels(operation, outcome).inc(n)
 
     def _update_gauges(self) -> None:
         m = self.metrics
@@ -333,8 +346,6 @@ class Coordinator:
     async def _save(self, record: JobRecord) -> None:
         try:
             await asyncio.to_thread(self.records.save, record)
-            self.metrics.storage_operations.labels("save_job", "ok").inc()
         except SynthfleetError:
-            self.metrics.storage_operations.labels("save_job", "error").inc()
             log.exception("could not save job %s", record.id)
 

@@ -11,8 +11,9 @@ from orchestrator.commit import CommitOutcome
 from orchestrator.planner import Plan, Shard
 from orchestrator.spec import JobSpec, ModelSpec
 from orchestrator.storage import open_store
+from orchestrator.storage.base import drain_storage_stats
 from workers.engine import Engine, EngineInfo
-from workers.shard import run_shard
+from workers.shard import WorkerCounts, run_shard
 
 
 def _make_engine(model: ModelSpec, on_gpu: bool) -> Engine:
@@ -53,13 +54,13 @@ class GenerationWorker:
         counts = self.counts.setdefault(plan.job_id, {})
         return await run_shard(self.engine, store, spec, plan, shard, attempt, counts)
 
-    def drain_counts(self) -> dict[str, dict[str, int]]:
-        """Token counts per job since the last call (the coordinator polls this for metrics)."""
+    def drain_counts(self) -> WorkerCounts:
+        """Token counts per job and storage calls since the last call (polled for metrics)."""
         drained = {job: dict(c) for job, c in self.counts.items() if any(c.values())}
         for c in self.counts.values():  # zero in place: running shards hold these dicts
             for key in c:
                 c[key] = 0
-        return drained
+        return WorkerCounts(drained, drain_storage_stats())
 
     def stats(self) -> dict[str, Any]:
         return {"requests": self.engine.requests if self.engine else 0, "engine_loads": self.engine_loads,

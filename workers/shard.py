@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -17,6 +18,25 @@ from orchestrator.storage import Store
 from workers.engine import Completion, Engine, sampling_key
 from workers.filters import schema_violation
 from workers.prompts import PromptRow, RowFailure, shard_rows
+
+
+@dataclass(frozen=True)
+class WorkerCounts:
+    """What a worker reports between commits: tokens per job, and its storage calls."""
+
+    jobs: dict[str, dict[str, int]]
+    storage: dict[str, int]
+
+    def merge(self, other: WorkerCounts) -> WorkerCounts:
+        jobs = {job: dict(c) for job, c in self.jobs.items()}
+        for job, counts in other.jobs.items():
+            slot = jobs.setdefault(job, {})
+            for k, v in counts.items():
+                slot[k] = slot.get(k, 0) + v
+        storage = dict(self.storage)
+        for k, v in other.storage.items():
+            storage[k] = storage.get(k, 0) + v
+        return WorkerCounts(jobs, storage)
 
 
 def _base(row: PromptRow, spec: JobSpec, plan: Plan, revision: str, fields: list[pa.Field]) -> dict[str, Any]:

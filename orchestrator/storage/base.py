@@ -6,10 +6,31 @@ the first writer of a key wins and nobody can overwrite it afterwards.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterator
 
 from orchestrator.errors import StorageError
+
+
+_STATS: Counter[str] = Counter()
+_STATS_LOCK = threading.Lock()
+
+
+def count_storage(operation: str, outcome: str, retries: int = 0) -> None:
+    """Record one object-storage call of this process (drained into the coordinator's metrics)."""
+    with _STATS_LOCK:
+        _STATS[f"{operation}|{outcome}"] += 1
+        _STATS["retries"] += retries
+
+
+def drain_storage_stats() -> dict[str, int]:
+    """Calls counted since the last drain: `operation|outcome` -> n, plus `retries`."""
+    with _STATS_LOCK:
+        stats = {k: v for k, v in _STATS.items() if v}
+        _STATS.clear()
+    return stats
 
 
 def check_key(key: str) -> str:

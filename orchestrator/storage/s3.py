@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator import defaults
 from orchestrator.errors import StorageError
-from orchestrator.storage.base import Store, check_key
+from orchestrator.storage.base import Store, check_key, count_storage
 
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
@@ -25,7 +25,16 @@ def _client(endpoint_url: str | None) -> Any:
     from botocore.config import Config
 
     config = Config(retries={"mode": "standard", "max_attempts": defaults.S3_MAX_ATTEMPTS})
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+    client.meta.events.register("after-call.s3", _count_call)
+    return client
+
+
+def _count_call(parsed: dict[str, Any], model: Any, **_: Any) -> None:
+    """botocore hook: every S3 call, its outcome and how often botocore retried it."""
+    meta = parsed.get("ResponseMetadata", {})
+    outcome = "ok" if meta.get("HTTPStatusCode", 500) < 400 else "error"
+    count_storage(model.name, outcome, int(meta.get("RetryAttempts", 0)))
 
 
 def _etag(data: bytes) -> str:

@@ -134,8 +134,11 @@ def test_metrics_pass_promtool_and_never_carry_the_token(client: Client, tmp_pat
     import subprocess
 
     client.submit(fake_job(tmp_path, "metrics", rows=4)).wait(timeout=60)
-    text = httpx.get(f"{client.url}/metrics").text
-    assert 'synthfleet_generated_tokens_total{job="metrics-' in text
+    deadline = time.monotonic() + 15  # worker counts reach the coordinator within a poll interval
+    while 'synthfleet_generated_tokens_total{job="metrics-' not in (text := httpx.get(f"{client.url}/metrics").text):
+        assert time.monotonic() < deadline, "generated tokens never reached /metrics"
+        time.sleep(0.5)
+    assert 'synthfleet_rows_total{job="metrics-' in text
     assert client._http.headers["Authorization"].removeprefix("Bearer ") not in text
     if shutil.which("promtool") is None:
         pytest.skip("promtool (Debian package prometheus) is not installed; .ci/run installs it")
