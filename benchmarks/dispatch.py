@@ -138,12 +138,15 @@ async def latency(tmp: Path, shards: int) -> dict[str, float]:
     _, tracker = await run(spec, pool)
     pool.close()
     assert isinstance(tracker, Timed)
+    # One worker, one shard in flight: the gap between completions is one shard's full round trip.
     trips = [b - a for a, b in zip(tracker.times, tracker.times[1:])]
-    overhead = [trip - work for trip, work in zip(trips, tracker.worker_seconds[1:])]
+    # Minus render + generate + assemble (timed in the worker): commit I/O, Ray and dispatch remain.
+    rest = [trip - work for trip, work in zip(trips, tracker.worker_seconds[1:])]
     ms = 1000.0
-    return {"shard_round_trip_p50_ms": round(pct(trips, 0.5) * ms, 2), "shard_round_trip_p99_ms": round(pct(trips, 0.99) * ms, 2),
-            "dispatch_overhead_p50_ms": round(pct(overhead, 0.5) * ms, 2),
-            "dispatch_overhead_p99_ms": round(pct(overhead, 0.99) * ms, 2),
+    return {"shard_round_trip_p50_ms": round(pct(trips, 0.5) * ms, 2),
+            "shard_round_trip_p99_ms": round(pct(trips, 0.99) * ms, 2),
+            "commit_and_dispatch_p50_ms": round(pct(rest, 0.5) * ms, 2),
+            "commit_and_dispatch_p99_ms": round(pct(rest, 0.99) * ms, 2),
             "raw_actor_call_p50_ms": round(pct(raw, 0.5) * ms, 2), "raw_actor_call_p99_ms": round(pct(raw, 0.99) * ms, 2)}
 
 

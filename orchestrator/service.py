@@ -28,7 +28,7 @@ from orchestrator.finalize import finalize
 from orchestrator.jobs import JobRecord, JobState, JobStore
 from orchestrator.metrics import Metrics
 from orchestrator.planner import Shard
-from orchestrator.pool import WorkerPool, ensure_ray
+from orchestrator.pool import WorkerPool, ensure_ray, fitting_workers
 from orchestrator.spec import JobSpec
 from orchestrator.storage import open_store
 from orchestrator.storage.base import drain_storage_stats
@@ -147,6 +147,7 @@ class Coordinator:
     async def submit(self, spec: JobSpec, *, priority: int = 0, idempotency_key: str | None = None) -> JobRecord:
         """Queue a job (validated first: SpecError, nothing queued). Same spec, same job."""
         await asyncio.to_thread(check_spec, spec)
+        fitting_workers(spec.resources)  # SpecError when the cluster could never hold one worker
         job_id = spec.job_id
         if idempotency_key is not None:
             digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
@@ -258,6 +259,8 @@ class Coordinator:
                 entry.dispatcher.close()
                 entry.pool.close()
                 del self.pools[key]
+                for state in ("busy", "idle"):
+                    self.metrics.workers.labels(entry.pool.model.name, state).set(0)
 
     async def _pool_for(self, spec: JobSpec) -> PoolEntry:
         key = pool_key(spec)

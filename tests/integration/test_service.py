@@ -149,3 +149,47 @@ def test_metrics_pass_promtool_and_never_carry_the_token(client: Client, tmp_pat
 def test_specs_parse_the_same_on_both_sides(tmp_path: Path) -> None:
     spec = parse_spec(fake_job(tmp_path, "same"))
     assert parse_spec(spec.model_dump(mode="json")) == spec
+
+
+def _metric(client: Client, line_start: str) -> float | None:
+    for line in httpx.get(f"{client.url}/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_concurrent_jobs_on_one_pool_share_its_workers(ray_runtime: None, tmp_path: Path) -> None:
+    with Client.local(str(tmp_path / "state"), max_running_jobs=2) as client:
+        a = client.submit(fake_job(tmp_path, "share-a", rows=24, tokens_per_s=80))
+        b = client.submit(fake_job(tmp_path, "share-b", rows=24, tokens_per_s=80))
+        ra, rb = a.wait(timeout=120), b.wait(timeout=120)
+    # both ran side by side on the one worker: each started before the other finished
+    assert rb.timestamps[JobState.IN_PROGRESS] < ra.timestamps[JobState.COMPLETED]
+    assert ra.timestamps[JobState.IN_PROGRESS] < rb.timestamps[JobState.COMPLETED]
+    gap = abs(ra.timestamps[JobState.COMPLETED] - rb.timestamps[JobState.COMPLETED])
+    assert gap < 0.5 * (ra.timestamps[JobState.COMPLETED] - ra.timestamps[JobState.IN_PROGRESS])
+
+
+def test_a_job_waits_while_other_pools_hold_the_resources_it_needs(client: Client, tmp_path: Path) -> None:
+    spec = fake_job(tmp_path, "needs-cpu", rows=4)
+    spec["resources"]["cpus_per_worker"] = 1  # the warm vLLM pool holds the session's CPUs
+    job = client.submit(spec)
+    time.sleep(3)
+    assert job.status().state == JobState.QUEUED and _metric(client, "synthfleet_queue_depth") == 1
+    assert job.cancel().state == JobState.CANCELLED
+
+
+def test_a_job_the_cluster_could_never_hold_is_refused(client: Client, tmp_path: Path) -> None:
+    spec = fake_job(tmp_path, "needs-gpu", rows=4)
+    spec["resources"]["gpus_per_worker"] = 1
+    with pytest.raises(SpecError, match="GPUs"):
+        client.submit(spec)
+
+
+def test_an_idle_pool_is_released(ray_runtime: None, tmp_path: Path) -> None:
+    with Client.local(str(tmp_path / "state"), idle_release_s=1) as client:
+        client.submit(fake_job(tmp_path, "idle", rows=4)).wait(timeout=60)
+        deadline = time.monotonic() + 20
+        while _metric(client, 'synthfleet_workers{model="fake",state="idle"}') != 0:
+            assert time.monotonic() < deadline, "the idle pool was never released"
+            time.sleep(0.5)

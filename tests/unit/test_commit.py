@@ -18,7 +18,7 @@ from orchestrator.finalize import finalize
 from orchestrator.planner import Plan, make_plan
 from orchestrator.results import read_table
 from orchestrator.spec import JobSpec
-from orchestrator.storage import LocalStore, MemoryStore, S3Store, Store, open_store
+from orchestrator.storage import LocalStore, MemoryStore, S3Store, Store
 from tests.unit.specs import template_spec
 
 NUM_SHARDS = 3
@@ -27,15 +27,6 @@ NUM_SHARDS = 3
 @pytest.fixture()
 def spec() -> JobSpec:
     return template_spec({"topic": ["a", "b"], "n": [1, 2, 3]}, text="{{ topic }} {{ n }}", rows_per_shard=2)
-
-
-@pytest.fixture(params=["memory", "local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "memory":
-        return MemoryStore()
-    if request.param == "local":
-        return LocalStore(tmp_path / "job")
-    return open_store(f"s3://{request.getfixturevalue('bucket')}/jobs/job")
 
 
 def delete(store: Store, key: str) -> None:

@@ -16,15 +16,6 @@ from orchestrator.storage.base import check_key
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=["memory", "local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "memory":
-        return MemoryStore()
-    if request.param == "local":
-        return LocalStore(tmp_path / "root")
-    return open_store(f"s3://{request.getfixturevalue('bucket')}/prefix")
-
-
 # --- exactly-once commits ---------------------------------------------------------------------
 
 def test_put_if_absent_writes_a_new_key(store: Store) -> None:
