@@ -29,6 +29,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/e2e.py
+	$(BIN)/python benchmarks/dispatch.py
 
 clean:
 	rm -rf outputs models test-artifacts

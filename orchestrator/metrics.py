@@ -10,6 +10,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from orchestrator import defaults
+
 disable_created_metrics()  # *_created series double the exposition for no dashboard use
 
 NAMESPACE = "synthfleet"
@@ -20,7 +22,8 @@ LOAD_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600)
 class Metrics:
     """The coordinator's metrics on their own registry (served at /metrics)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, retention_s: float = 3600.0):
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 retention_s: float = defaults.METRICS_RETENTION_S):
         self.registry = registry or CollectorRegistry()
         self.retention_s = retention_s
         r, ns = self.registry, NAMESPACE

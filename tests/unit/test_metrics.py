@@ -1,0 +1,42 @@
+"""Metric declarations follow Prometheus conventions and finished jobs' series expire."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from orchestrator.metrics import Metrics
+
+
+def _exposition(m: Metrics) -> str:
+    return generate_latest(m.registry).decode()
+
+
+def test_every_metric_is_prefixed_and_counters_end_in_total() -> None:
+    m = Metrics()
+    m.generated_tokens.labels("job-a", "tiny").inc(5)
+    m.rows.labels("job-a", "ok").inc(2)
+    for family in m.registry.collect():
+        assert family.name.startswith("synthfleet_")
+        for sample in family.samples:
+            if family.type == "counter":
+                assert sample.name.endswith("_total")
+    assert "_created" not in _exposition(m)
+
+
+def test_series_of_a_finished_job_are_dropped_after_the_retention_time() -> None:
+    m = Metrics(retention_s=0.0)
+    for job in ("old", "live"):
+        m.generated_tokens.labels(job, "tiny").inc(3)
+        m.job_progress.labels(job).set(0.5)
+    m.job_finished("old")
+    m.expire()
+    text = _exposition(m)
+    assert 'job="old"' not in text and 'job="live"' in text
+
+
+def test_series_of_a_recently_finished_job_are_kept() -> None:
+    m = Metrics(retention_s=3600.0)
+    m.rows.labels("done", "ok").inc()
+    m.job_finished("done")
+    m.expire()
+    assert 'job="done"' in _exposition(m)
