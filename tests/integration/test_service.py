@@ -193,3 +193,23 @@ def test_an_idle_pool_is_released(ray_runtime: None, tmp_path: Path) -> None:
         while _metric(client, 'synthfleet_workers{model="fake",state="idle"}') != 0:
             assert time.monotonic() < deadline, "the idle pool was never released"
             time.sleep(0.5)
+
+
+def test_the_cli_submits_waits_lists_and_cancels_through_the_client(client: Client, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("SYNTHFLEET_API_TOKEN", client._http.headers["Authorization"].removeprefix("Bearer "))
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(fake_job(tmp_path, "cli", rows=4)))
+    url = ["--url", client.url]
+    assert main(["submit", str(path), "--wait", "--quiet", *url]) == 0
+    job_id = client.jobs()[0].id
+    assert main(["status", job_id, *url]) == 0 and main(["jobs", "--state", "completed", *url]) == 0
+    assert main(["cancel", job_id, *url]) == 0  # cancelling a finished job leaves it completed
+    out = capsys.readouterr().out
+    assert out.count(f"{job_id}  completed") == 4
+    assert main(["status", "no-such-job", *url]) == 1 and "NotFoundError" in capsys.readouterr().err
