@@ -110,7 +110,18 @@ class PoolDispatcher:
         for ref, owner in self.refs.values():
             if owner is run:
                 ray.cancel(ref)
+        self.events[asyncio.ensure_future(asyncio.sleep(defaults.CANCEL_GRACE_S, run))] = ("grace", run)
         self._wake.set()
+
+    def _abandon(self, run: JobRun) -> None:
+        """After the grace period, stop waiting for a cancelled job's attempts that did not stop
+        (a hung worker): a late commit of theirs is still exactly once."""
+        for fut, (kind, payload) in list(self.events.items()):
+            if kind == "shard" and payload[0] is run:
+                del self.events[fut]
+                self.refs.pop(fut, None)
+                self.load[payload[2]] -= 1
+                run.in_flight -= 1
 
     def close(self) -> None:
         self._closed = True
@@ -200,6 +211,8 @@ class PoolDispatcher:
             payload.timers -= 1
             if not payload.cancelled:
                 payload.retry_queue.append(fut.result())
+        elif kind == "grace":
+            self._abandon(payload)
         elif kind == "worker" and fut.exception() is not None:
             log.error("a replacement worker failed to start: %s", fut.exception())
         elif kind == "poll" and self.on_counts is not None and fut.exception() is None:

@@ -43,8 +43,6 @@ class Engine(Protocol):
 
     async def generate(self, row: PromptRow) -> list[Completion] | RowFailure: ...
 
-    def shutdown(self) -> None: ...
-
 
 def weights_fingerprint(path: str) -> str:
     """Identity of local weights: config plus names, sizes and first MiB of every weight file.
@@ -142,6 +140,3 @@ class VllmEngine:
         assert final is not None
         n_prompt = len(final.prompt_token_ids or [])
         return [Completion(c.text, str(c.finish_reason), n_prompt, len(c.token_ids)) for c in final.outputs]
-
-    def shutdown(self) -> None:
-        self.llm.shutdown()

@@ -62,6 +62,3 @@ class FakeEngine:
         text = " ".join(["tok"] * tokens)
         prompt_tokens = len((row.prompt or str(row.messages)).split())
         return [Completion(text, "length", prompt_tokens, tokens) for _ in range(row.sampling.n)]
-
-    def shutdown(self) -> None:
-        return None

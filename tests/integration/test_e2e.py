@@ -93,8 +93,10 @@ def test_resume_after_interruption_regenerates_nothing_committed(pool: Any, tiny
 
     before = pool.requests()
     result = run_job(spec, pool=pool)
-    assert pool.requests() - before == 2 * (10 - len(committed))
-    assert result.shards_generated == 10 - len(committed)
+    # Every engine request of the second run went into a shard it committed itself: nothing
+    # committed before was generated again (an attempt cancelled mid-commit may still land late).
+    assert pool.requests() - before == 2 * result.shards_generated
+    assert 1 <= result.shards_generated <= 10 - len(committed)
     assert {n: (data_dir / n).read_bytes() for n in committed} == committed
     _assert_exactly_once(spec, *_all_rows(result.uri))
 
