@@ -29,7 +29,7 @@ from orchestrator.jobs import JobRecord, JobState, JobStore
 from orchestrator.metrics import Metrics
 from orchestrator.planner import Shard
 from orchestrator.pool import WorkerPool, ensure_ray, fitting_workers
-from orchestrator.spec import JobSpec
+from orchestrator.spec import JobSpec, ModelSpec, Resources
 from orchestrator.storage import open_store
 from orchestrator.storage.base import drain_storage_stats
 from workers.shard import WorkerCounts
@@ -38,8 +38,9 @@ from orchestrator.validate import check_spec
 log = logging.getLogger(__name__)
 
 
-def pool_key(spec: JobSpec) -> str:
-    shape = (spec.model.model_dump_json(), spec.resources.gpus_per_worker, spec.resources.cpus_per_worker)
+def pool_key(model: ModelSpec, resources: Resources) -> str:
+    """Pools are shared by jobs with the same model, engine arguments and worker shape."""
+    shape = (model.model_dump_json(), resources.gpus_per_worker, resources.cpus_per_worker)
     return hashlib.sha256(repr(shape).encode()).hexdigest()[:16]
 
 
@@ -136,10 +137,9 @@ class Coordinator:
                 entry.pool.close()
 
     def _adopt(self, pool: WorkerPool) -> PoolEntry:
-        spec_like = JobSpec.model_construct(model=pool.model, resources=pool.resources)
         dispatcher = PoolDispatcher(pool, on_counts=self._on_counts)
         entry = PoolEntry(pool, dispatcher, asyncio.ensure_future(dispatcher.run()))
-        self.pools[pool_key(spec_like)] = entry
+        self.pools[pool_key(pool.model, pool.resources)] = entry
         return entry
 
     # --- API ------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ class Coordinator:
             record.move(JobState.CANCELLED)
         else:
             record.move(JobState.CANCELLING)
-            entry = self.pools.get(pool_key(record.spec))
+            entry = self.pools.get(pool_key(record.spec.model, record.spec.resources))
             for run in entry.dispatcher.runs if entry else []:
                 if run.plan.job_id == job_id:
                     entry.dispatcher.cancel(run)
@@ -221,7 +221,7 @@ class Coordinator:
         for record in queued:
             if len(self.running) >= self.max_running:
                 return
-            if self._capacity(record.spec) < 1 and pool_key(record.spec) not in self.pools:
+            if self._capacity(record.spec) < 1 and pool_key(record.spec.model, record.spec.resources) not in self.pools:
                 continue  # waits for GPUs held by other pools to be released
             self.running[record.id] = asyncio.ensure_future(self._run(record))
 
@@ -235,7 +235,7 @@ class Coordinator:
 
     def _capacity(self, spec: JobSpec) -> int:
         """Workers of this shape that fit beside the other pools (releasing idle ones if needed)."""
-        key, r, cluster = pool_key(spec), spec.resources, ray.cluster_resources()
+        key, r, cluster = pool_key(spec.model, spec.resources), spec.resources, ray.cluster_resources()
         fits = [r.workers]
         for resource, per in (("GPU", r.gpus_per_worker), ("CPU", r.cpus_per_worker)):
             if per:
@@ -263,7 +263,7 @@ class Coordinator:
                     self.metrics.workers.labels(entry.pool.model.name, state).set(0)
 
     async def _pool_for(self, spec: JobSpec) -> PoolEntry:
-        key = pool_key(spec)
+        key = pool_key(spec.model, spec.resources)
         entry = self.pools.get(key) or self._adopt(WorkerPool(spec.model, spec.resources))
         want = min(spec.resources.workers, len(entry.pool.workers) + self._capacity(spec))
         if len(entry.pool.workers) < want:

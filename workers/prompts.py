@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2 import StrictUndefined, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import ValidationError
 
@@ -85,7 +85,7 @@ def _render_template(spec: JobSpec, plan: Plan, index: int) -> PromptRow:
         messages = [{"role": m.role, "content": _compile(m.content).render(**values)}
                     for m in source.messages or []]
         return PromptRow(messages=messages, **base)
-    except (TemplateError, Exception) as e:  # a template may raise anything from a filter
+    except Exception as e:  # TemplateError, or anything a filter or operator raises
         failure = RowFailure(RowErrorCode.TEMPLATE_ERROR, f"{type(e).__name__}: {e}")
         return PromptRow(failure=failure, **base)
 
