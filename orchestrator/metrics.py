@@ -17,6 +17,7 @@ disable_created_metrics()  # *_created series double the exposition for no dashb
 NAMESPACE = "synthfleet"
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 LOAD_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600)
+JUDGE_BUCKETS = tuple(range(1, 11))
 
 
 class Metrics:
@@ -56,6 +57,28 @@ class Metrics:
                                           namespace=ns, registry=r)
         self.storage_retries = Counter("storage_retries", "S3 calls that botocore retried.", namespace=ns,
                                        registry=r)
+        self.row_errors = Counter("row_errors", "Rows sent to errors/, by code (prompt_too_long, judge_error, ...).",
+                                  ["job", "code"], namespace=ns, registry=r)
+        self.rows_rejected = Counter("rows_rejected", "Rows sent to rejected/, by reason (judge_low_score, "
+                                     "near_duplicate, ...).", ["job", "reason"], namespace=ns, registry=r)
+        self.judge_score = Histogram("judge_score", "Scores (1-10) the judge gave.", ["job"], namespace=ns,
+                                     registry=r, buckets=JUDGE_BUCKETS)
+        self.duplicate_ratio = Gauge("duplicate_ratio", "Share of a job's generated rows dropped as duplicates, "
+                                     "by kind (exact, near).", ["job", "kind"], namespace=ns, registry=r)
+        self.diversity = Gauge("diversity", "Diversity of a job's kept rows, by metric (distinct_2, "
+                               "compression_ratio, ...).", ["job", "metric"], namespace=ns, registry=r)
+        self.diversity_reference_ratio = Gauge(
+            "diversity_reference_ratio", "A diversity metric of the job over the same metric of its reference "
+            "data (1 = as diverse; below 1 = less diverse).", ["job", "metric"], namespace=ns, registry=r)
+        self.diversity_below_reference = Gauge(
+            "diversity_below_reference", "1 when a diversity metric fell below the spec's fraction of the "
+            "reference's: an early warning of collapse.", ["job"], namespace=ns, registry=r)
+        self.bias_drift_flagged = Gauge("bias_drift_flagged_values", "Seed values whose share among kept rows "
+                                        "drifted from the plan beyond the threshold.", ["job"], namespace=ns,
+                                        registry=r)
+        self.bias_drift_max_shift = Gauge("bias_drift_max_shift_ratio", "Largest relative change of a seed "
+                                          "value's share between planned and kept rows.", ["job"], namespace=ns,
+                                          registry=r)
         self._finished: dict[str, float] = {}
 
     def job_finished(self, job: str) -> None:
@@ -67,7 +90,10 @@ class Metrics:
         for job in [j for j, t in self._finished.items() if t < cutoff]:
             del self._finished[job]
             for metric in (self.generated_tokens, self.prompt_tokens, self.rows, self.shards, self.retries,
-                           self.job_progress, self.job_eta, self.storage_bytes):
+                           self.job_progress, self.job_eta, self.storage_bytes, self.row_errors,
+                           self.rows_rejected, self.judge_score, self.duplicate_ratio, self.diversity,
+                           self.diversity_reference_ratio, self.diversity_below_reference,
+                           self.bias_drift_flagged, self.bias_drift_max_shift):
                 for labels in list(metric._metrics):  # noqa: SLF001 - prometheus-client has no public lister
                     if labels[0] == job:
                         metric.remove(*labels)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator import defaults
+from orchestrator import defaults, gates
 from orchestrator.errors import Problem, SpecError, StorageError
 from orchestrator.storage import check_uri
 
@@ -61,6 +61,9 @@ class ModelSpec(_Strict):
     @property
     def name(self) -> str:
         return self.path if self.path is not None else str(self.id)
+
+
+gates.Judge.model_rebuild(_types_namespace={"ModelSpec": ModelSpec})
 
 
 class Message(_Strict):
@@ -189,10 +192,18 @@ class JobSpec(_Strict):
     sampling: Sampling = Sampling()
     output: Output
     resources: Resources = Resources()
+    judge: gates.Judge | None = Field(None, description="Score each completion; low scores go to rejected/.")
+    filters: gates.Filters | None = Field(None, description="Per-row length, pattern, refusal checks.")
+    dedup: gates.Dedup | None = Field(None, description="Job-wide exact and near-duplicate removal.")
+    quality: gates.Quality = gates.Quality()
+    mix: gates.Mix | None = Field(None, description="Also write a mixed/ split with real rows.")
 
     def content_hash(self) -> str:
         """Hash of what determines the data (not where it goes or how fast)."""
         content = self.model_dump(mode="json", include={"name", "model", "prompts", "sampling"})
+        for gate in ("judge", "filters", "dedup", "mix"):  # absent gates keep earlier job ids
+            if getattr(self, gate) is not None:
+                content[gate] = getattr(self, gate).model_dump(mode="json")
         blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
