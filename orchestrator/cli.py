@@ -6,8 +6,10 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from orchestrator import defaults
@@ -75,11 +77,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         err.print("interrupted: committed shards are kept; run the same command again to resume")
         return EXIT_INTERRUPTED
-    out.print(f"[bold green]done[/] {result.job_id}: {result.rows_ok} rows ok, {result.rows_failed} failed; "
-              f"{result.completion_tokens} tokens; {result.shards_generated} of {result.shards} shards generated "
-              f"this run at {result.tokens_per_s:,.0f} tokens/s", highlight=False)
-    out.print(f"data: {result.uri}/data/  manifest: {result.uri}/_manifest.json", highlight=False)
+    out.print(f"[bold green]done[/] {result.job_id}: {result.rows_ok} rows ok, {result.rows_failed} failed, "
+              f"{result.rows_rejected} rejected; {result.completion_tokens} tokens; {result.shards_generated} of "
+              f"{result.shards} shards generated this run at {result.tokens_per_s:,.0f} tokens/s", highlight=False)
+    _print_quality(result.quality)
+    out.print(f"data: {result.uri}/data/  manifest: {result.uri}/_manifest.json  "
+              f"report: {result.uri}/quality_report.html", highlight=False)
     return EXIT_OK
+
+
+def _print_quality(q: dict[str, Any] | None) -> None:
+    """One line of diversity, and a warning for each flag the quality report raised."""
+    if not q:
+        return
+    d = q["diversity"]
+    out.print(f"quality: distinct-2 {d.get('distinct_2', 0):.3f}, compression ratio {d.get('compression_ratio', 0):.2f}, "
+              f"mean similarity {d.get('mean_pairwise_similarity', 0):.3f} on {q['sample_rows']} sampled rows",
+              highlight=False)
+    ref = q.get("reference")
+    if ref and ref["below_reference"]:
+        err.print(f"[bold yellow]warning:[/] diversity below {ref['min_ratio']:g} of the reference on "
+                  f"{', '.join(ref['flagged'])}: an early sign of collapse", highlight=False)
+    for name in q["drift"]["flagged_variables"]:
+        values = [str(v["value"]) for v in q["drift"]["variables"][name]["values"] if v["flagged"]]
+        err.print(f"[bold yellow]warning:[/] bias drift in seed variable {name!r}: {escape(', '.join(values))}",
+                  highlight=False)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

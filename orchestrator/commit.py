@@ -1,9 +1,10 @@
 """Commit a shard exactly once.
 
 The data file is the shard's commit: one conditional write at its final name, carrying the shard's
-error rows and statistics in its Parquet footer. Whatever else belongs to the shard (its `errors/`
-file, its `_shards/` record) is derived from that one object, so a crash between writes loses
-nothing and a retry or zombie attempt can never overwrite or contradict a commit.
+error rows, rejected rows and statistics in its Parquet footer. Whatever else belongs to the shard
+(its `errors/` and `rejected/` files, its `_shards/` record) is derived from that one object, so a
+crash between writes loses nothing and a retry or zombie attempt can never overwrite or contradict
+a commit. A job with dedup commits to `_generated/`; its finalize pass writes `data/`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import base64
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -38,10 +39,25 @@ class ShardStats:
     model_revision: str
     bytes: int = 0
     sha256: str = ""
+    rows_rejected: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    failed: dict[str, int] = field(default_factory=dict)  # error code -> rows
+    judge_scores: dict[str, int] = field(default_factory=dict)  # "1".."10" -> rows judged so
+    judge_prompt_tokens: int = 0
+    judge_completion_tokens: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardStats:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class ShardTables:
+    """A shard's rows, each in exactly one table."""
+
+    data: pa.Table
+    errors: pa.Table
+    rejected: pa.Table
 
 
 @dataclass(frozen=True)
@@ -50,63 +66,81 @@ class CommitOutcome:
     won: bool  # False: another attempt had committed this shard first; ours was discarded
 
 
-def encode_shard(data: pa.Table, errors: pa.Table, stats: ShardStats) -> bytes:
-    """Parquet bytes of the data rows; errors (as Arrow IPC) and stats ride in the footer."""
+def _ipc(table: pa.Table) -> str:
     sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, errors.schema) as w:
-        w.write_table(errors)
-    meta = dict(data.schema.metadata or {})
-    meta[FOOTER_KEY] = json.dumps({"stats": asdict(stats), "errors_ipc": base64.b64encode(sink.getvalue()).decode()}).encode()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return base64.b64encode(sink.getvalue()).decode()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
     out = io.BytesIO()
-    pq.write_table(data.replace_schema_metadata(meta), out, compression="zstd")
+    pq.write_table(table, out, compression="zstd")
     return out.getvalue()
 
 
-def decode_footer(blob: bytes) -> tuple[ShardStats, pa.Table]:
+def encode_shard(tables: ShardTables, stats: ShardStats) -> bytes:
+    """Parquet bytes of the data rows; errors and rejected rows (Arrow IPC) and stats ride in the footer."""
+    meta = dict(tables.data.schema.metadata or {})
+    meta[FOOTER_KEY] = json.dumps({"stats": asdict(stats), "errors_ipc": _ipc(tables.errors),
+                                   "rejected_ipc": _ipc(tables.rejected)}).encode()
+    return parquet_bytes(tables.data.replace_schema_metadata(meta))
+
+
+def decode_footer(blob: bytes) -> tuple[ShardStats, pa.Table, pa.Table]:
+    """A committed shard's stats, error rows and rejected rows."""
     meta = pq.ParquetFile(io.BytesIO(blob)).schema_arrow.metadata or {}
     footer = json.loads(meta[FOOTER_KEY])
-    errors = pa.ipc.open_stream(base64.b64decode(footer["errors_ipc"])).read_all()
-    return ShardStats.from_json(footer["stats"]), errors
+    errors, rejected = (pa.ipc.open_stream(base64.b64decode(footer[k])).read_all()
+                        for k in ("errors_ipc", "rejected_ipc"))
+    return ShardStats.from_json(footer["stats"]), errors, rejected
 
 
-def _write_errors(store: Store, index: int, num_shards: int, errors: pa.Table) -> None:
+def _derived(index: int, num_shards: int, stats: ShardStats) -> list[str]:
+    """Keys of the files derived from a shard's commit, for the tables it has rows in."""
+    keys = [layout.errors_key(index, num_shards)] if stats.rows_failed else []
+    return keys + ([layout.rejected_key(index, num_shards)] if stats.rows_rejected else [])
+
+
+def _write_derived(store: Store, index: int, num_shards: int, errors: pa.Table, rejected: pa.Table) -> None:
     if errors.num_rows:
-        out = io.BytesIO()
-        pq.write_table(errors, out, compression="zstd")
-        store.put_if_absent(layout.errors_key(index, num_shards), out.getvalue())
+        store.put_if_absent(layout.errors_key(index, num_shards), parquet_bytes(errors))
+    if rejected.num_rows:
+        store.put_if_absent(layout.rejected_key(index, num_shards), parquet_bytes(rejected))
 
 
 def _record(stats: ShardStats, blob: bytes) -> ShardStats:
     return ShardStats(**{**asdict(stats), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
 
 
-def commit_shard(store: Store, num_shards: int, data: pa.Table, errors: pa.Table,
-                 stats: ShardStats) -> CommitOutcome:
+def commit_shard(store: Store, num_shards: int, tables: ShardTables, stats: ShardStats,
+                 staged: bool = False) -> CommitOutcome:
     """Write the shard unless another attempt already did; then its derived files."""
-    blob = encode_shard(data, errors, stats)
-    if not store.put_if_absent(layout.data_key(stats.index, num_shards), blob):
+    blob = encode_shard(tables, stats)
+    if not store.put_if_absent(layout.commit_key(stats.index, num_shards, staged), blob):
         return CommitOutcome(stats, won=False)
-    _write_errors(store, stats.index, num_shards, errors)
+    _write_derived(store, stats.index, num_shards, tables.errors, tables.rejected)
     final = _record(stats, blob)
     store.put_if_absent(layout.shard_record_key(stats.index), json.dumps(asdict(final)).encode())
     return CommitOutcome(final, won=True)
 
 
-def recover_shard(store: Store, index: int, num_shards: int) -> ShardStats:
+def recover_shard(store: Store, index: int, num_shards: int, staged: bool = False) -> ShardStats:
     """Stats of a committed shard from storage alone, re-deriving anything a crash left out."""
     record_key = layout.shard_record_key(index)
     if store.exists(record_key):
         stats = ShardStats.from_json(json.loads(store.get(record_key)))
-        if not stats.rows_failed or store.exists(layout.errors_key(index, num_shards)):
+        if all(store.exists(k) for k in _derived(index, num_shards, stats)):
             return stats
-    blob = store.get(layout.data_key(index, num_shards))
-    stats, errors = decode_footer(blob)
-    _write_errors(store, index, num_shards, errors)
+    blob = store.get(layout.commit_key(index, num_shards, staged))
+    stats, errors, rejected = decode_footer(blob)
+    _write_derived(store, index, num_shards, errors, rejected)
     final = _record(stats, blob)
     store.put_if_absent(record_key, json.dumps(asdict(final)).encode())
     return final
 
 
-def committed_shards(store: Store) -> set[int]:
-    """Indices of the shards whose data file exists: the coordinator's resume state."""
-    return {layout.shard_index(k) for k in store.list(layout.DATA_DIR + "/") if k.endswith(".parquet")}
+def committed_shards(store: Store, staged: bool = False) -> set[int]:
+    """Indices of the shards whose commit exists: the coordinator's resume state."""
+    folder = layout.GENERATED_DIR if staged else layout.DATA_DIR
+    return {layout.shard_index(k) for k in store.list(folder + "/") if k.endswith(".parquet")}

@@ -44,6 +44,8 @@ class JobResult:
     generation_seconds: float  # from the first dispatched shard to the last committed one
     retries: int = 0
     workers_replaced: int = 0
+    rows_rejected: int = 0
+    quality: dict[str, Any] | None = None  # the manifest's quality section
 
     @property
     def tokens_per_s(self) -> float:
@@ -97,7 +99,8 @@ class Tracker:
     def result(self, job: PreparedJob, manifest: dict[str, Any], seconds: float) -> JobResult:
         return JobResult(
             job_id=job.plan.job_id, uri=job.store.uri, rows_ok=manifest["rows_ok"],
-            rows_failed=manifest["rows_failed"], prompt_tokens=manifest["prompt_tokens"],
+            rows_failed=manifest["rows_failed"], rows_rejected=manifest.get("rows_rejected", 0),
+            quality=manifest.get("quality"), prompt_tokens=manifest["prompt_tokens"],
             completion_tokens=manifest["completion_tokens"], shards=job.plan.num_shards,
             shards_generated=self.generated, tokens_generated=self.tokens, seconds=seconds,
             generation_seconds=self.finished - self.started, retries=self.retries, workers_replaced=self.replaced,
@@ -123,7 +126,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
     if store.exists(layout.MANIFEST):
         return PreparedJob(spec, plan, store, set(range(plan.num_shards)), json.loads(store.get(layout.MANIFEST)))
     _claim_job_folder(store, spec, plan)
-    return PreparedJob(spec, plan, store, committed_shards(store), None)
+    return PreparedJob(spec, plan, store, committed_shards(store, staged=spec.dedup is not None), None)
 
 
 async def execute(job: PreparedJob, dispatcher: PoolDispatcher, tracker: Tracker) -> DispatchReport:

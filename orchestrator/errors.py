@@ -28,6 +28,7 @@ class RowErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     SCHEMA_VIOLATION = "schema_violation"
     ENGINE_ERROR = "engine_error"
+    JUDGE_ERROR = "judge_error"
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,44 @@
-"""Finalize: gather every shard's stats and write the manifest, the job's commit point."""
+"""Finalize: dedup and measure the committed shards, write the report, then the manifest (the commit point)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
-from orchestrator import layout
+from orchestrator import diversity, layout
 from orchestrator.commit import ShardStats, recover_shard
+from orchestrator.mixing import write_mixed
 from orchestrator.planner import Plan
+from orchestrator.quality import KeptRows, ShardResult, build_report, dedup_shards, measure_shards
+from orchestrator.report import render_report
 from orchestrator.spec import JobSpec
 from orchestrator.storage import Store
 
 
-def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], started_at: float) -> dict[str, Any]:
+def _entry(s: ShardStats, n: int, result: ShardResult | None) -> dict[str, Any]:
+    entry = {**asdict(s), "path": layout.data_key(s.index, n),
+             "errors_path": layout.errors_key(s.index, n) if s.rows_failed else None,
+             "rejected_paths": [layout.rejected_key(s.index, n)] if s.rows_rejected else []}
+    if result is not None:  # dedup rewrote the shard: the entry describes data/, the commit stays staged
+        entry.update(generated_path=layout.commit_key(s.index, n, staged=True), rows_ok=result.rows_ok,
+                     bytes=result.bytes, sha256=result.sha256,
+                     rows_rejected=s.rows_rejected + sum(result.duplicates.values()),
+                     rejected={**s.rejected, **result.duplicates})
+        if result.duplicates:
+            entry["rejected_paths"].append(layout.rejected_key(s.index, n, "duplicates"))
+    return entry
+
+
+def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: dict[int, ShardResult],
+                   quality: dict[str, Any], mixed: dict[str, Any] | None, started_at: float) -> dict[str, Any]:
     n = plan.num_shards
-    entries = [{**asdict(s), "path": layout.data_key(s.index, n),
-                "errors_path": layout.errors_key(s.index, n) if s.rows_failed else None} for s in shards]
-    totals = {k: sum(getattr(s, k) for s in shards)
-              for k in ("rows_ok", "rows_failed", "prompt_tokens", "completion_tokens", "bytes")}
+    entries = [_entry(s, n, results.get(s.index)) for s in shards]
+    totals = {k: sum(e[k] for e in entries) for k in ("rows_ok", "rows_failed", "rows_rejected", "prompt_tokens",
+                                                        "completion_tokens", "judge_prompt_tokens",
+                                                        "judge_completion_tokens", "bytes")}
     return {
         "format": 1,
         "job_id": plan.job_id,
@@ -30,18 +49,36 @@ def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], started_
         "input_rows": plan.total_rows,
         "num_shards": n,
         **totals,
+        "rejected": quality["rows"]["rejected"],
+        "failed": dict(sum((Counter(s.failed) for s in shards), Counter())),
         "generation_seconds": round(sum(s.seconds for s in shards), 3),
         "started_at": started_at,
         "finished_at": time.time(),
+        "quality": quality,
+        "report_path": layout.REPORT,
+        "mixed": mixed,
         "shards": entries,
     }
 
 
 def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStats],
              started_at: float) -> dict[str, Any]:
-    """Write `_manifest.json` (once) and `_SUCCESS`; return the manifest that is committed."""
-    shards = [known.get(i) or recover_shard(store, i, plan.num_shards) for i in range(plan.num_shards)]
-    manifest = build_manifest(spec, plan, shards, started_at)
+    """Run the quality pass, write the report and `_manifest.json` (once) and `_SUCCESS`."""
+    if store.exists(layout.MANIFEST):
+        return json.loads(store.get(layout.MANIFEST))
+    staged, n = spec.dedup is not None, plan.num_shards
+    shards = [known.get(i) or recover_shard(store, i, n, staged) for i in range(n)]
+    kept = KeptRows(diversity.BottomK(spec.quality.sample_rows))
+    results = dedup_shards(store, spec, plan, kept) if staged else {}
+    if not staged:
+        measure_shards(store, spec, plan, kept)
+    quality = build_report(spec, plan, shards, results, kept)
+    mixed = None
+    if spec.mix is not None:
+        mixed = write_mixed(store, spec.mix, [layout.data_key(i, n) for i in range(n)], quality["rows"]["kept"],
+                            spec.output.rows_per_shard)
+    store.put(layout.REPORT, render_report(quality).encode())
+    manifest = build_manifest(spec, plan, shards, results, quality, mixed, started_at)
     if not store.put_if_absent(layout.MANIFEST, json.dumps(manifest, indent=1).encode()):
         manifest = json.loads(store.get(layout.MANIFEST))
     store.put(layout.SUCCESS, b"")

@@ -38,8 +38,8 @@ class Judge(_Strict):
     )
     rubric: str = Field(defaults.JUDGE_RUBRIC, min_length=1, description="What a good answer is.")
     min_score: int = Field(defaults.JUDGE_MIN_SCORE, ge=1, le=10, description="Rows scoring less go to rejected/.")
-    max_tokens: int = Field(defaults.JUDGE_MAX_TOKENS, ge=16, description="Token budget of one judgement.")
-    reason_max_chars: int = Field(defaults.JUDGE_REASON_MAX_CHARS, ge=8, le=2000)
+    reason_max_chars: int = Field(defaults.JUDGE_REASON_MAX_CHARS, ge=8, le=1000,
+                                  description="Longest reason; the judgement's token budget follows from it.")
 
     @property
     def is_self(self) -> bool:

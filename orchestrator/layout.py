@@ -8,15 +8,33 @@ MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 DATA_DIR = "data"
 ERRORS_DIR = "errors"
+REJECTED_DIR = "rejected"
+GENERATED_DIR = "_generated"  # shard commits of a job with dedup: the finalize pass writes data/
+MIXED_DIR = "mixed"
 SHARDS_DIR = "_shards"
+REPORT = "quality_report.html"
 
 
 def data_key(index: int, num_shards: int) -> str:
     return f"{DATA_DIR}/train-{index:05d}-of-{num_shards:05d}.parquet"
 
 
+def commit_key(index: int, num_shards: int, staged: bool) -> str:
+    """Where a shard commits: its final data file, or its staged file when dedup rewrites data/."""
+    return f"{GENERATED_DIR}/{data_key(index, num_shards).split('/', 1)[1]}" if staged else data_key(index, num_shards)
+
+
 def errors_key(index: int, num_shards: int) -> str:
     return f"{ERRORS_DIR}/errors-{index:05d}-of-{num_shards:05d}.parquet"
+
+
+def rejected_key(index: int, num_shards: int, stage: str = "filters") -> str:
+    """Rows a shard's filters or judge rejected (stage `filters`), or the dedup pass (`duplicates`)."""
+    return f"{REJECTED_DIR}/{stage}-{index:05d}-of-{num_shards:05d}.parquet"
+
+
+def mixed_key(index: int, num_parts: int) -> str:
+    return f"{MIXED_DIR}/train-{index:05d}-of-{num_parts:05d}.parquet"
 
 
 def shard_record_key(index: int) -> str:

@@ -7,6 +7,7 @@ never prompt text. Series of a finished job are dropped after `retention_s`.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
@@ -80,6 +81,26 @@ class Metrics:
                                           "value's share between planned and kept rows.", ["job"], namespace=ns,
                                           registry=r)
         self._finished: dict[str, float] = {}
+
+    def quality(self, job: str, report: dict[str, Any]) -> None:
+        """Set the gauges of a finished job's quality report (the `quality` section of its manifest)."""
+        for metric, value in report["diversity"].items():
+            self.diversity.labels(job, metric).set(value)
+        dedup = report.get("dedup")
+        if dedup is not None:
+            scanned = max(1, dedup["rows_scanned"])
+            self.duplicate_ratio.labels(job, "exact").set(dedup["exact_duplicates"] / scanned)
+            self.duplicate_ratio.labels(job, "near").set(dedup["near_duplicates"] / scanned)
+            for kind in ("exact", "near"):
+                self.rows_rejected.labels(job, f"{kind}_duplicate").inc(dedup[f"{kind}_duplicates"])
+        reference = report.get("reference")
+        if reference is not None:
+            for metric, value in reference["diversity_ratios"].items():
+                if value is not None:
+                    self.diversity_reference_ratio.labels(job, metric).set(value)
+            self.diversity_below_reference.labels(job).set(1 if reference["below_reference"] else 0)
+        self.bias_drift_flagged.labels(job).set(report["drift"]["flagged_values"])
+        self.bias_drift_max_shift.labels(job).set(report["drift"]["max_shift"])
 
     def job_finished(self, job: str) -> None:
         self._finished[job] = time.time()

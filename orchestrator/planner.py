@@ -16,6 +16,7 @@ from orchestrator.errors import Problem, SpecError, StorageError
 from orchestrator.spec import JobSpec, TemplateSource
 from orchestrator.storage import split_uri
 
+
 @dataclass(frozen=True)
 class Shard:
     """Rows [start, end) of the job; for JSONL sources also their bytes [byte_start, byte_end)."""

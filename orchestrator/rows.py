@@ -37,8 +37,10 @@ DATA_FIELDS = [
     pa.field("prompt_tokens", pa.int32()),
     pa.field("completion_tokens", pa.int32()),
 ]
+JUDGE_FIELDS = [pa.field("judge_score", pa.int8()), pa.field("judge_reason", pa.string())]
 ERROR_FIELDS = [pa.field("error_code", pa.string()), pa.field("error_message", pa.string())]
-RESERVED = {f.name for f in BASE_FIELDS + DATA_FIELDS + ERROR_FIELDS} | {"lineage"}
+REJECT_FIELDS = [pa.field("reject_reason", pa.string()), pa.field("reject_detail", pa.string())]
+RESERVED = {f.name for f in BASE_FIELDS + DATA_FIELDS + JUDGE_FIELDS + ERROR_FIELDS + REJECT_FIELDS} | {"lineage"}
 
 
 def _value_type(values: Sequence[Any]) -> pa.DataType:
@@ -74,7 +76,16 @@ def column_value(field: pa.Field, value: Any) -> Any:
 
 
 def data_schema(spec: JobSpec) -> pa.Schema:
-    return pa.schema(BASE_FIELDS + DATA_FIELDS + variable_fields(spec) + [pa.field("lineage", LINEAGE)])
+    judged = JUDGE_FIELDS if spec.judge is not None else []
+    return pa.schema(BASE_FIELDS + DATA_FIELDS + judged + variable_fields(spec) + [pa.field("lineage", LINEAGE)])
+
+
+def rejected_schema(spec: JobSpec) -> pa.Schema:
+    """Data rows plus why they were rejected (reason code) and a detail (judge reason, duplicate of)."""
+    schema = data_schema(spec)
+    for f in REJECT_FIELDS:
+        schema = schema.append(f)
+    return schema
 
 
 def errors_schema(spec: JobSpec) -> pa.Schema:

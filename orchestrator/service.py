@@ -32,8 +32,8 @@ from orchestrator.pool import WorkerPool, ensure_ray, fitting_workers
 from orchestrator.spec import JobSpec, ModelSpec, Resources
 from orchestrator.storage import open_store
 from orchestrator.storage.base import drain_storage_stats
-from workers.shard import WorkerCounts
 from orchestrator.validate import check_spec
+from workers.shard import WorkerCounts
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,13 @@ class RecordTracker(Tracker):
         self.record.completion_tokens += stats.completion_tokens
         m.rows.labels(job_id, "ok").inc(stats.rows_ok)
         m.rows.labels(job_id, "failed").inc(stats.rows_failed)
+        for code, count in stats.failed.items():
+            m.row_errors.labels(job_id, code).inc(count)
+        for reason, count in stats.rejected.items():
+            m.rows_rejected.labels(job_id, reason).inc(count)
+        for score, count in stats.judge_scores.items():
+            for _ in range(count):
+                m.judge_score.labels(job_id).observe(int(score))
         m.shards.labels(job_id, "committed").inc()
         m.shard_duration.labels(self.record.spec.model.name).observe(stats.seconds)
         m.storage_bytes.labels(job_id).inc(stats.bytes)
@@ -294,6 +301,7 @@ class Coordinator:
                 manifest = await asyncio.to_thread(finalize, job.store, record.spec, job.plan, tracker.stats,
                                                    record.timestamps[JobState.IN_PROGRESS])
                 self._settle_counts(record, manifest)
+                self.metrics.quality(record.id, manifest["quality"])
             record.progress = 1.0
             record.move(JobState.COMPLETED)
         except asyncio.CancelledError:

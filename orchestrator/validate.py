@@ -35,14 +35,18 @@ def _template_problems(spec: JobSpec) -> list[Problem]:
 
 def _input_problems(spec: JobSpec) -> list[Problem]:
     p = spec.prompts
-    path, uri = ("prompts.file.uri", p.file.uri) if p.file else (
-        ("prompts.openai_batch.uri", p.openai_batch.uri) if p.openai_batch else (None, None))
-    if uri is None:
-        return []
+    inputs = [("prompts.file.uri", p.file.uri) if p.file else (
+        ("prompts.openai_batch.uri", p.openai_batch.uri) if p.openai_batch else (None, None)),
+        ("quality.reference", spec.quality.reference), ("mix.uri", spec.mix.uri if spec.mix else None)]
+    problems = [problem for path, uri in inputs if path and uri for problem in _file_problems(path, uri)]
+    if p.openai_batch and p.openai_batch.uri.lower().endswith(".parquet"):
+        problems.append(Problem("prompts.openai_batch.uri", "an OpenAI Batch input file is JSONL"))
+    return problems
+
+
+def _file_problems(path: str, uri: str) -> list[Problem]:
     if not uri.lower().endswith((".jsonl", ".json", ".parquet")):
         return [Problem(path, f"{uri}: expected a .jsonl or .parquet file")]
-    if p.openai_batch and uri.lower().endswith(".parquet"):
-        return [Problem(path, "an OpenAI Batch input file is JSONL")]
     try:
         store, key = split_uri(uri)
         if store.size(key) is None:
@@ -54,15 +58,20 @@ def _input_problems(spec: JobSpec) -> list[Problem]:
 
 
 def _model_problems(spec: JobSpec) -> list[Problem]:
-    if spec.model.path is None or spec.model.engine == "fake":
-        return []
-    path = Path(spec.model.path)
-    if not path.is_dir():
-        return [Problem("model.path", f"{path} is not a folder; give a local model folder or use model.id "
-                                      "for a hub model (`synthfleet make-tiny-model DIR` builds a demo one)")]
-    if not (path / "config.json").is_file():
-        return [Problem("model.path", f"{path} has no config.json; is it a Hugging Face model folder?")]
-    return []
+    models = [("model.path", spec.model)]
+    if spec.judge is not None and spec.judge.model != "self":
+        models.append(("judge.model.path", spec.judge.model))
+    problems = []
+    for field, model in models:
+        if model.path is None or model.engine == "fake":
+            continue
+        path = Path(model.path)
+        if not path.is_dir():
+            problems.append(Problem(field, f"{path} is not a folder; give a local model folder or use model.id "
+                                    "for a hub model (`synthfleet make-tiny-model DIR` builds a demo one)"))
+        elif not (path / "config.json").is_file():
+            problems.append(Problem(field, f"{path} has no config.json; is it a Hugging Face model folder?"))
+    return problems
 
 
 def _resource_problems(spec: JobSpec) -> list[Problem]:

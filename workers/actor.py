@@ -36,6 +36,7 @@ class GenerationWorker:
             # Ray pins OMP_NUM_THREADS to the actor's CPU count; the CPU engine needs the real count.
             os.environ["OMP_NUM_THREADS"] = str(threads)
         self.engine: Engine | None = None
+        self.judges: dict[str, Engine] = {}  # judge models other than the worker's own, loaded on first use
         self.counts: dict[str, dict[str, int]] = {}
         self.engine_loads = 0
 
@@ -52,7 +53,18 @@ class GenerationWorker:
         assert self.engine is not None, "start() the worker first"
         store = open_store(spec.output.uri).child(plan.job_id)
         counts = self.counts.setdefault(plan.job_id, {})
-        return await run_shard(self.engine, store, spec, plan, shard, attempt, counts)
+        return await run_shard(self.engine, store, spec, plan, shard, attempt, counts, self._judge(spec))
+
+    def _judge(self, spec: JobSpec) -> Engine | None:
+        """The engine that judges this spec's rows: None for `self` (the worker's own engine)."""
+        if spec.judge is None or spec.judge.model == "self":
+            return None
+        model = spec.judge.model
+        key = model.model_dump_json()
+        if key not in self.judges:
+            self.judges[key] = _make_engine(model, self.on_gpu)
+            self.engine_loads += 1
+        return self.judges[key]
 
     def drain_counts(self) -> WorkerCounts:
         """Token counts per job and storage calls since the last call (polled for metrics)."""
@@ -63,5 +75,6 @@ class GenerationWorker:
         return WorkerCounts(drained, drain_storage_stats())
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.engine.requests if self.engine else 0, "engine_loads": self.engine_loads,
+        engines = [self.engine, *self.judges.values()] if self.engine else []
+        return {"requests": sum(e.requests for e in engines), "engine_loads": self.engine_loads,
                 "pid": os.getpid()}

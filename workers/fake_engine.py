@@ -28,6 +28,7 @@ class FakeEngineArgs(BaseModel):
     die_rows: list[int] = Field(default_factory=list, description="Row indices on which the engine dies.")
     once_dir: str | None = Field(None, description="Folder of markers: each injected fault fires once.")
     request_log: str | None = Field(None, description="Append every requested row index to this file.")
+    echo: bool = Field(False, description="Completions start with the prompt (tests of filters on content).")
 
 
 class FakeEngine:
@@ -60,5 +61,7 @@ class FakeEngine:
         tokens = row.sampling.max_tokens
         await asyncio.sleep(tokens / self.args.tokens_per_s)
         text = " ".join(["tok"] * tokens)
+        if self.args.echo:
+            text = f"{row.prompt or (row.messages or [{}])[-1].get('content', '')} {text}"
         prompt_tokens = len((row.prompt or str(row.messages)).split())
         return [Completion(text, "length", prompt_tokens, tokens) for _ in range(row.sampling.n)]

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from orchestrator import defaults, layout, rows
-from orchestrator.commit import CommitOutcome, ShardStats, commit_shard
+from orchestrator.commit import CommitOutcome, ShardStats, ShardTables, commit_shard
 from orchestrator.errors import RowErrorCode
+from orchestrator.gates import Judge
 from orchestrator.planner import Plan, Shard
 from orchestrator.spec import JobSpec
 from orchestrator.storage import Store
 from workers.engine import Completion, Engine, sampling_key
-from workers.filters import schema_violation
+from workers.filters import rejection, schema_violation
+from workers.judge import judge_row, judge_sampling
 from workers.prompts import PromptRow, RowFailure, shard_rows
 
 
@@ -65,47 +68,106 @@ async def _generate(engine: Engine, row: PromptRow, counts: dict[str, int] | Non
     return result
 
 
+@dataclass
+class Sorted:
+    """A shard's rows sorted into data, errors and rejected, with the token counts behind them."""
+
+    data: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    judge_prompt_tokens: int = 0
+    judge_completion_tokens: int = 0
+    judge_scores: Counter[str] = field(default_factory=Counter)
+
+    def reject(self, row: dict[str, Any], reason: str, detail: str) -> None:
+        self.rejected.append({**row, "reject_reason": reason, "reject_detail": detail})
+
+    def tables(self, spec: JobSpec) -> ShardTables:
+        return ShardTables(pa.Table.from_pylist(self.data, schema=rows.data_schema(spec)),
+                           pa.Table.from_pylist(self.errors, schema=rows.errors_schema(spec)),
+                           pa.Table.from_pylist(self.rejected, schema=rows.rejected_schema(spec)))
+
+
 def assemble(spec: JobSpec, plan: Plan, prompt_rows: list[PromptRow],
-             results: list[list[Completion] | RowFailure], revision: str) -> tuple[pa.Table, pa.Table, int, int]:
-    """Data and error tables for a shard, plus its prompt and completion token totals."""
+             results: list[list[Completion] | RowFailure], revision: str) -> Sorted:
+    """Sort generated rows: schema violations to errors, filtered rows to rejected, the rest to data."""
     fields = rows.variable_fields(spec)
-    data, errors, prompt_tokens, completion_tokens = [], [], 0, 0
+    out = Sorted()
     for row, result in zip(prompt_rows, results, strict=True):
         base = _base(row, spec, plan, revision, fields)
         if isinstance(result, RowFailure):
-            errors.append(_error(base, result, None))
+            out.errors.append(_error(base, result, None))
             continue
-        prompt_tokens += result[0].prompt_tokens if result else 0
+        out.prompt_tokens += result[0].prompt_tokens if result else 0
         for i, c in enumerate(result):
-            completion_tokens += c.completion_tokens
+            out.completion_tokens += c.completion_tokens
             schema = row.sampling.json_schema
             problem = schema_violation(schema, c.text) if schema is not None else None
             if problem is not None:
-                errors.append(_error(base, RowFailure(RowErrorCode.SCHEMA_VIOLATION, problem), i))
+                out.errors.append(_error(base, RowFailure(RowErrorCode.SCHEMA_VIOLATION, problem), i))
                 continue
-            data.append({**base, "sample_index": i, "completion": c.text, "finish_reason": c.finish_reason,
-                         "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens})
-    return (pa.Table.from_pylist(data, schema=rows.data_schema(spec)),
-            pa.Table.from_pylist(errors, schema=rows.errors_schema(spec)), prompt_tokens, completion_tokens)
+            generated = {**base, "sample_index": i, "completion": c.text, "finish_reason": c.finish_reason,
+                         "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
+            rejected = rejection(spec.filters, c.text, c.completion_tokens) if spec.filters else None
+            if rejected is not None:
+                out.reject(generated, *rejected)
+            else:
+                out.data.append(generated)
+    return out
 
 
-async def run_shard(engine: Engine, store: Store, spec: JobSpec, plan: Plan, shard: Shard,
-                    attempt: int, counts: dict[str, int] | None = None) -> CommitOutcome | None:
-    """Generate and commit `shard`; None when it was already committed (nothing generated).
+async def judge_rows(engine: Engine, judge: Judge, out: Sorted) -> None:
+    """Score every data row on `engine`; low scores move to rejected, unusable judgements to errors."""
+    sampling = judge_sampling(judge)
+    verdicts = await asyncio.gather(*(judge_row(engine, judge, r, sampling) for r in out.data))
+    kept = []
+    for row, verdict in zip(out.data, verdicts, strict=True):
+        if isinstance(verdict, RowFailure):
+            out.errors.append(_error(row, verdict, row["sample_index"]))
+            continue
+        out.judge_prompt_tokens += verdict.prompt_tokens
+        out.judge_completion_tokens += verdict.completion_tokens
+        out.judge_scores[str(verdict.score)] += 1
+        judged = {**row, "judge_score": verdict.score, "judge_reason": verdict.reason}
+        if verdict.score < judge.min_score:
+            out.reject(judged, "judge_low_score", f"{verdict.score} < {judge.min_score}: {verdict.reason}")
+        else:
+            kept.append(judged)
+    out.data = kept
+
+
+def _stats(shard: Shard, attempt: int, out: Sorted, seconds: float, revision: str) -> ShardStats:
+    return ShardStats(
+        index=shard.index, attempt=attempt, rows_ok=len(out.data), rows_failed=len(out.errors),
+        prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens, seconds=round(seconds, 3),
+        model_revision=revision, rows_rejected=len(out.rejected),
+        rejected=dict(Counter(r["reject_reason"] for r in out.rejected)),
+        failed=dict(Counter(r["error_code"] for r in out.errors)), judge_scores=dict(out.judge_scores),
+        judge_prompt_tokens=out.judge_prompt_tokens, judge_completion_tokens=out.judge_completion_tokens)
+
+
+async def run_shard(engine: Engine, store: Store, spec: JobSpec, plan: Plan, shard: Shard, attempt: int,
+                    counts: dict[str, int] | None = None, judge: Engine | None = None) -> CommitOutcome | None:
+    """Generate, check and commit `shard`; None when it was already committed (nothing generated).
 
     `counts` is bumped as each row finishes, so progress is visible before the shard commits.
+    `judge` is the engine that scores rows when the spec has a judge (the same engine for `self`).
     """
-    if store.exists(layout.data_key(shard.index, plan.num_shards)):
+    staged = spec.dedup is not None
+    if store.exists(layout.commit_key(shard.index, plan.num_shards, staged)):
         return None
     started = time.perf_counter()
     prompt_rows = await asyncio.to_thread(shard_rows, spec, plan, shard)
     results = await asyncio.gather(*(_generate(engine, r, counts) for r in prompt_rows))
     revision = engine.info.revision
-    data, errors, p_tok, c_tok = await asyncio.to_thread(assemble, spec, plan, prompt_rows, list(results), revision)
-    stats = ShardStats(index=shard.index, attempt=attempt, rows_ok=data.num_rows, rows_failed=errors.num_rows,
-                       prompt_tokens=p_tok, completion_tokens=c_tok,
-                       seconds=round(time.perf_counter() - started, 3), model_revision=revision)
-    commit = asyncio.ensure_future(asyncio.to_thread(commit_shard, store, plan.num_shards, data, errors, stats))
+    out = await asyncio.to_thread(assemble, spec, plan, prompt_rows, list(results), revision)
+    if spec.judge is not None:
+        await judge_rows(judge or engine, spec.judge, out)
+    tables = await asyncio.to_thread(out.tables, spec)
+    stats = _stats(shard, attempt, out, time.perf_counter() - started, revision)
+    commit = asyncio.ensure_future(asyncio.to_thread(commit_shard, store, plan.num_shards, tables, stats, staged))
     try:
         return await asyncio.shield(commit)
     except asyncio.CancelledError:

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 from orchestrator.errors import StorageError
 
-
 _STATS: Counter[str] = Counter()
 _STATS_LOCK = threading.Lock()
 

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator import layout, rows
-from orchestrator.commit import ShardStats, commit_shard, committed_shards, decode_footer, recover_shard
+from orchestrator.commit import (ShardStats, ShardTables, commit_shard, committed_shards, decode_footer,
+                                 recover_shard)
 from orchestrator.finalize import finalize
 from orchestrator.planner import Plan, make_plan
 from orchestrator.results import read_table
@@ -46,15 +47,16 @@ def lineage(spec: JobSpec) -> dict[str, object]:
             "template_hash": "t", "seed": 1, "sampling": "{}"}
 
 
-def tables(spec: JobSpec, index: int, ok: int, failed: int, text: str = "out") -> tuple[pa.Table, pa.Table]:
+def tables(spec: JobSpec, index: int, ok: int, failed: int, text: str = "out") -> ShardTables:
     """`ok` data rows and `failed` error rows for shard `index`."""
     base = [{"row_id": f"r{index}-{i}", "prompt": f"p{i}", "topic": "a", "n": i, "lineage": lineage(spec)}
             for i in range(ok + failed)]
     data = [{**b, "sample_index": 0, "completion": f"{text}{i}", "finish_reason": "stop",
              "prompt_tokens": 3, "completion_tokens": 5} for i, b in enumerate(base[:ok])]
     errors = [{**b, "error_code": "template_error", "error_message": "boom"} for b in base[ok:]]
-    return (pa.Table.from_pylist(data, schema=rows.data_schema(spec)),
-            pa.Table.from_pylist(errors, schema=rows.errors_schema(spec)))
+    return ShardTables(pa.Table.from_pylist(data, schema=rows.data_schema(spec)),
+                       pa.Table.from_pylist(errors, schema=rows.errors_schema(spec)),
+                       rows.rejected_schema(spec).empty_table())
 
 
 def stats(index: int, ok: int, failed: int, attempt: int = 1) -> ShardStats:
@@ -64,8 +66,7 @@ def stats(index: int, ok: int, failed: int, attempt: int = 1) -> ShardStats:
 
 def commit(store: Store, spec: JobSpec, index: int, ok: int = 2, failed: int = 1, *, text: str = "out",
            attempt: int = 1, num_shards: int = NUM_SHARDS):  # type: ignore[no-untyped-def]
-    data, errors = tables(spec, index, ok, failed, text)
-    return commit_shard(store, num_shards, data, errors, stats(index, ok, failed, attempt))
+    return commit_shard(store, num_shards, tables(spec, index, ok, failed, text), stats(index, ok, failed, attempt))
 
 
 def read_parquet(blob: bytes) -> pa.Table:
@@ -119,9 +120,10 @@ def test_the_shard_record_holds_the_final_stats(store: Store, spec: JobSpec) -> 
 def test_the_footer_carries_the_stats_and_error_rows(spec: JobSpec) -> None:
     store = MemoryStore()
     commit(store, spec, 0, ok=2, failed=1)
-    footer_stats, errors = decode_footer(store.get(layout.data_key(0, NUM_SHARDS)))
+    footer_stats, errors, rejected = decode_footer(store.get(layout.data_key(0, NUM_SHARDS)))
     assert footer_stats == stats(0, 2, 1)
-    assert errors.equals(tables(spec, 0, 2, 1)[1])
+    assert errors.equals(tables(spec, 0, 2, 1).errors)
+    assert rejected.num_rows == 0
 
 
 def test_committed_shards_lists_the_indices_of_data_files(store: Store, spec: JobSpec) -> None:

@@ -1,0 +1,82 @@
+"""The `mixed/` split: kept synthetic rows and real rows interleaved at an exact ratio.
+
+Real rows are taken in file order, synthetic rows in shard order; position i of the split is real
+when the running count of real rows must grow there (an even spread, so any prefix of the split has
+close to the ratio: a reader that stops early still trains on the right mixture).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from orchestrator import layout, rows
+from orchestrator.commit import parquet_bytes
+from orchestrator.gates import Mix, reference_text
+from orchestrator.quality import input_records, input_texts, kept_tables
+from orchestrator.storage import Store
+
+SCHEMA = pa.schema([
+    pa.field("source", pa.string(), nullable=False),  # real | synthetic
+    pa.field("row_id", pa.string(), nullable=False),
+    pa.field("prompt", pa.string()),
+    pa.field("messages", rows.MESSAGES),
+    pa.field("completion", pa.string()),
+    pa.field("lineage", rows.LINEAGE),  # null for real rows
+])
+
+
+def mix_counts(synthetic: int, real_available: int, ratio: float) -> tuple[int, int]:
+    """(synthetic, real) rows so that real / (real + synthetic) is `ratio`, as exactly as integers allow.
+
+    All synthetic rows are used when the real file has enough rows; otherwise all real rows are, and
+    the synthetic rows are cut to match.
+    """
+    real = round(synthetic * ratio / (1 - ratio))
+    if real <= real_available:
+        return synthetic, real
+    return min(synthetic, round(real_available * (1 - ratio) / ratio)), real_available
+
+
+def is_real(position: int, total: int, real: int) -> bool:
+    """Whether `position` of the split holds a real row: real rows spread evenly over the split."""
+    return (position + 1) * real // total > position * real // total
+
+
+def _real_rows(uri: str) -> Iterator[dict[str, Any]]:
+    for number, record in input_records(uri):
+        text = reference_text(record)
+        if text is not None:
+            prompt = record.get("prompt")
+            yield {"source": "real", "row_id": f"real-{number}", "prompt": prompt if isinstance(prompt, str) else None,
+                   "messages": None, "completion": text, "lineage": None}
+
+
+def _synthetic_rows(store: Store, manifest_shards: list[str]) -> Iterator[dict[str, Any]]:
+    for table in kept_tables(store, manifest_shards, ["row_id", "sample_index", "prompt", "messages", "completion",
+                                                      "lineage"]):
+        for r in table.to_pylist():
+            yield {"source": "synthetic", "row_id": f"{r['row_id']}/{r['sample_index']}", "prompt": r["prompt"],
+                   "messages": r["messages"], "completion": r["completion"], "lineage": r["lineage"]}
+
+
+def write_mixed(store: Store, mix: Mix, data_keys: list[str], kept: int, rows_per_part: int) -> dict[str, Any]:
+    """Write `mixed/` (each part exactly once); what the manifest says of it."""
+    available = sum(1 for _ in input_texts(mix.uri))
+    n_synth, n_real = mix_counts(kept, available, mix.ratio)
+    total = n_synth + n_real
+    parts = max(1, math.ceil(total / rows_per_part))
+    synthetic, real = _synthetic_rows(store, data_keys), _real_rows(mix.uri)
+    buffer: list[dict[str, Any]] = []
+    part = 0
+    for position in range(total):
+        buffer.append(next(real) if is_real(position, total, n_real) else next(synthetic))
+        if len(buffer) == rows_per_part or position == total - 1:
+            table = pa.Table.from_pylist(buffer, schema=SCHEMA)
+            store.put_if_absent(layout.mixed_key(part, parts), parquet_bytes(table))
+            part, buffer = part + 1, []
+    return {"uri": mix.uri, "ratio": mix.ratio, "rows": total, "real_rows": n_real, "synthetic_rows": n_synth,
+            "parts": [layout.mixed_key(i, parts) for i in range(parts)]}

@@ -1,0 +1,233 @@
+"""The finalize pass over committed shards: job-wide dedup, then the quality report of the kept rows.
+
+With dedup, shards commit to `_generated/`; pass 1 scans every completion, pass 2 writes each
+shard's kept rows to `data/` and its duplicates to `rejected/` (both exactly once: conditional
+writes of deterministic content). Without dedup, the committed `data/` files are read once.
+Either way the kept rows feed the report: a bounded sample for diversity, all lengths, seed
+value counts for bias drift. Nothing here holds more than one shard's text at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator import diversity, drift, layout, rows
+from orchestrator.commit import FOOTER_KEY, ShardStats, parquet_bytes
+from orchestrator.dedup import Deduper
+from orchestrator.gates import reference_text
+from orchestrator.planner import Plan, product_size, template_variables
+from orchestrator.spec import JobSpec
+from orchestrator.storage import Store
+from orchestrator.storage.reader import open_input
+
+READ_BATCH = 4096
+
+
+@dataclass
+class ShardResult:
+    """What the finalize pass did to one shard: the final data file and the duplicates it dropped."""
+
+    rows_ok: int
+    bytes: int
+    sha256: str
+    duplicates: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class KeptRows:
+    """Running measurements of the kept rows, bounded in memory."""
+
+    sample: diversity.BottomK
+    chars: list[np.ndarray] = field(default_factory=list)
+    tokens: list[np.ndarray] = field(default_factory=list)
+    seeds: dict[str, Counter[Any]] = field(default_factory=dict)
+
+    def add(self, table: pa.Table, variables: list[str]) -> None:
+        texts = table.column("completion").to_pylist()
+        ids = table.column("row_id").to_pylist()
+        samples = table.column("sample_index").to_pylist()
+        for row_id, k, text in zip(ids, samples, texts, strict=True):
+            self.sample.add(diversity.sample_key(f"{row_id}/{k}"), text or "")
+        self.chars.append(np.array([len(t or "") for t in texts], dtype=np.int64))
+        self.tokens.append(table.column("completion_tokens").to_numpy(zero_copy_only=False).astype(np.int64))
+        for name in variables:
+            counts = self.seeds.setdefault(name, Counter())
+            for item in table.column(name).value_counts().to_pylist():
+                counts[item["values"]] += item["counts"]
+
+
+def _read(store: Store, key: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.get(key)), columns=columns)
+
+
+def _ids(table: pa.Table) -> list[str]:
+    return [f"{r}/{k}" for r, k in zip(table.column("row_id").to_pylist(), table.column("sample_index").to_pylist(),
+                                        strict=True)]
+
+
+def _write_once(store: Store, key: str, blob: bytes) -> tuple[int, str]:
+    """Write `blob` unless a crashed earlier pass did; the size and hash of what is stored."""
+    if not store.put_if_absent(key, blob):
+        blob = store.get(key)
+    return len(blob), hashlib.sha256(blob).hexdigest()
+
+
+def dedup_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> dict[int, ShardResult]:
+    """Both dedup passes over `_generated/`: write `data/` and `rejected/duplicates-*`."""
+    assert spec.dedup is not None
+    n = plan.num_shards
+    deduper = Deduper(spec.dedup)
+    for i in range(n):
+        texts = _read(store, layout.commit_key(i, n, staged=True), ["completion"]).column("completion").to_pylist()
+        for start in range(0, len(texts), READ_BATCH):
+            deduper.scan([t or "" for t in texts[start:start + READ_BATCH]])
+    deduper.close_scan()
+    variables = [f.name for f in rows.variable_fields(spec)]
+    results = {}
+    for i in range(n):
+        table = _read(store, layout.commit_key(i, n, staged=True))
+        table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items()
+                                               if k != FOOTER_KEY})
+        texts, ids = table.column("completion").to_pylist(), _ids(table)
+        verdicts = []
+        for start in range(0, len(texts), READ_BATCH):
+            end = start + READ_BATCH
+            verdicts += deduper.decide([t or "" for t in texts[start:end]], ids[start:end])
+        keep = pa.array([v is None for v in verdicts])
+        data = table.filter(keep)
+        dropped = [(j, v) for j, v in enumerate(verdicts) if v is not None]
+        if dropped:
+            dups = table.take([j for j, _ in dropped]).append_column(
+                "reject_reason", pa.array([v.reason for _, v in dropped])).append_column(
+                "reject_detail", pa.array([f"duplicate of {v.of}" for _, v in dropped]))
+            _write_once(store, layout.rejected_key(i, n, "duplicates"),
+                        parquet_bytes(dups.cast(rows.rejected_schema(spec))))
+        size, sha = _write_once(store, layout.data_key(i, n), parquet_bytes(data))
+        kept.add(data, variables)
+        results[i] = ShardResult(data.num_rows, size, sha, dict(Counter(v.reason for _, v in dropped)))
+    return results
+
+
+def measure_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> None:
+    """Without dedup: read each committed data file once for the report."""
+    variables = [f.name for f in rows.variable_fields(spec)]
+    columns = ["row_id", "sample_index", "completion", "completion_tokens", *variables]
+    for i in range(plan.num_shards):
+        kept.add(_read(store, layout.data_key(i, plan.num_shards), columns), variables)
+
+
+def planned_seed_counts(spec: JobSpec, plan: Plan) -> dict[str, Counter[Any]]:
+    """How often each seed value was planned (times sampling.n), as stored in the seed columns."""
+    source = spec.prompts.template
+    if source is None or not source.seeds:
+        return {}
+    fields = {f.name: f for f in rows.variable_fields(spec)}
+    n = spec.sampling.n
+    counts: dict[str, Counter[Any]] = {name: Counter() for name in fields}
+    if source.sample is None:  # the full product: each listed value appears product/len times
+        size = product_size(source)
+        for name, values in source.seeds.items():
+            for v in values:
+                counts[name][rows.column_value(fields[name], v)] += size // len(values) * n
+        return counts
+    for index in range(plan.total_rows):
+        for name, v in template_variables(source, index).items():
+            counts[name][rows.column_value(fields[name], v)] += n
+    return counts
+
+
+def input_records(uri: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(record number, record) of every record of a JSONL or Parquet file of real data."""
+    with open_input(uri) as f:
+        if uri.endswith(".parquet"):
+            batches = pq.ParquetFile(f).iter_batches(batch_size=READ_BATCH)
+            yield from enumerate(r for b in batches for r in b.to_pylist())
+            return
+        number = 0
+        for line in f:
+            if line.strip():
+                yield number, json.loads(line)
+                number += 1
+
+
+def input_texts(uri: str) -> Iterator[tuple[int, str]]:
+    """(record number, text) of the records of real data that have a text."""
+    for number, record in input_records(uri):
+        text = reference_text(record)
+        if text is not None:
+            yield number, text
+
+
+def kept_tables(store: Store, keys: list[str], columns: list[str]) -> Iterator[pa.Table]:
+    for key in keys:
+        yield _read(store, key, columns)
+
+
+def reference_metrics(uri: str, sample_rows: int) -> dict[str, float]:
+    sample = diversity.BottomK(sample_rows)
+    for number, text in input_texts(uri):
+        sample.add(diversity.sample_key(f"reference/{number}"), text)
+    return diversity.diversity_metrics(sample.texts())
+
+
+def _totals(shards: list[ShardStats], results: dict[int, ShardResult]) -> dict[str, Any]:
+    rejected: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    scores: Counter[str] = Counter()
+    for s in shards:
+        rejected.update(s.rejected)
+        failed.update(s.failed)
+        scores.update(s.judge_scores)
+    for r in results.values():
+        rejected.update(r.duplicates)
+    return {"rejected": dict(rejected), "failed": dict(failed), "scores": scores}
+
+
+def build_report(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: dict[int, ShardResult],
+                 kept: KeptRows) -> dict[str, Any]:
+    """The quality section of the manifest (and the data behind `quality_report.html`)."""
+    q = spec.quality
+    totals = _totals(shards, results)
+    texts = kept.sample.texts()
+    metrics = diversity.diversity_metrics(texts)
+    generated = sum(s.rows_ok + s.rows_rejected for s in shards)
+    n_kept = sum(len(c) for c in kept.chars)
+    reference = None
+    if q.reference is not None:
+        ref = reference_metrics(q.reference, q.sample_rows)
+        reference = {"uri": q.reference, "metrics": ref, "min_ratio": q.min_reference_ratio,
+                     **diversity.compare_to_reference(metrics, ref, q.min_reference_ratio)}
+    dedup = None
+    if spec.dedup is not None:
+        exact, near = (sum(r.duplicates.get(k, 0) for r in results.values())
+                       for k in ("exact_duplicate", "near_duplicate"))
+        before = sum(s.rows_ok for s in shards)
+        dedup = {"exact_duplicates": exact, "near_duplicates": near, "rows_scanned": before,
+                 "rate": (exact + near) / before if before else 0.0, "near_threshold": spec.dedup.near_threshold}
+    judge = None
+    if spec.judge is not None:
+        scores = totals["scores"]
+        judged = sum(scores.values())
+        judge = {"scores": {str(k): scores.get(str(k), 0) for k in range(1, 11)}, "min_score": spec.judge.min_score,
+                 "mean": sum(int(k) * v for k, v in scores.items()) / judged if judged else None,
+                 "errors": totals["failed"].get("judge_error", 0)}
+    lengths = {name: diversity.length_summary(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+               for name, parts in (("completion_chars", kept.chars), ("completion_tokens", kept.tokens))}
+    return {
+        "job_id": plan.job_id,
+        "rows": {"input": plan.total_rows * spec.sampling.n, "generated": generated, "kept": n_kept,
+                 "failed": sum(s.rows_failed for s in shards), "rejected": totals["rejected"]},
+        "diversity": metrics, "sample_rows": len(texts), "reference": reference, "dedup": dedup,
+        "lengths": lengths, "judge": judge,
+        "drift": drift.bias_drift(planned_seed_counts(spec, plan), kept.seeds, q.drift_threshold, q.drift_alpha),
+    }
