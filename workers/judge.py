@@ -9,6 +9,7 @@ for the judge, an engine error) is a judge error, and the row goes to `errors/`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from workers.prompts import PromptRow, RowFailure
 MAX_TOKENS_PER_CHAR = 6  # a JSON escape (\\u00e9) is 6 characters; a raw character at most 4 byte tokens
 SCHEMA_OVERHEAD_TOKENS = 32  # {"score":10,"reason":"..."} around the reason
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SYSTEM = ("You are a strict evaluator of answers. Score the response from 1 (useless) to 10 (excellent) "
           "against this rubric: {rubric}\nReply with JSON only: {{\"score\": <1-10>, \"reason\": \"<one sentence>\"}}.")
 
@@ -70,13 +72,13 @@ def parse_verdict(result: list[Completion] | RowFailure) -> Verdict | RowFailure
         return RowFailure(RowErrorCode.JUDGE_ERROR, f"{result.code}: {result.message}")
     c = result[0]
     try:
-        value = json.loads(c.text)
+        value = json.loads(c.text, strict=False)  # the grammar lets raw control characters into strings
         score, reason = value["score"], value["reason"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         return RowFailure(RowErrorCode.JUDGE_ERROR, f"unusable judgement ({c.finish_reason}): {e}: {c.text[:200]!r}")
     if not isinstance(score, int) or not 1 <= score <= 10 or not isinstance(reason, str):
         return RowFailure(RowErrorCode.JUDGE_ERROR, f"judgement out of range: {c.text[:200]!r}")
-    return Verdict(score, reason, c.prompt_tokens, c.completion_tokens)
+    return Verdict(score, CONTROL.sub(" ", reason), c.prompt_tokens, c.completion_tokens)
 
 
 async def judge_row(engine: Engine, judge: Judge, row: dict[str, Any], sampling: Sampling) -> Verdict | RowFailure:

