@@ -63,8 +63,8 @@ queries = {  # title: (PromQL, the labels to show)
     "completion tokens per job": ("sum by (job) (synthfleet_generated_tokens_total)", ["job"]),
     "rows by outcome": ("sum by (job, outcome) (synthfleet_rows_total)", ["job", "outcome"]),
     "progress": ("synthfleet_job_progress_ratio", ["job"]),
-    "shard latency p95 (s)": ("histogram_quantile(0.95, sum by (le) "
-                              "(rate(synthfleet_shard_duration_seconds_bucket[5m])))", []),
+    "mean shard time (s)": ("sum(synthfleet_shard_duration_seconds_sum) "
+                            "/ sum(synthfleet_shard_duration_seconds_count)", []),
     "workers": ("sum by (state) (synthfleet_workers)", ["state"]),
     "jobs by state": ("sum by (state) (synthfleet_jobs) > 0", ["state"]),
 }
