@@ -112,67 +112,72 @@ def bench_dedup(rows: int) -> dict[str, Any]:
             "duplicates_dropped": child["dropped"], "seconds": round(child["seconds"], 2)}
 
 
-async def _shards(engine: Any, spec: Any) -> tuple[float, list[Any]]:
+async def _generated_rows(engine: Any, spec: Any) -> list[dict[str, Any]]:
+    """The data rows of a plain job on `engine` (what the judge is asked about)."""
+    from orchestrator import layout
     from orchestrator.planner import make_plan
+    from orchestrator.quality import _read
     from orchestrator.storage import MemoryStore
-    from workers.shard import run_shard
-
-    plan, store = make_plan(spec), MemoryStore()
-    started = time.perf_counter()
-    outcomes = await asyncio.gather(*(run_shard(engine, store, spec, plan, s, 1) for s in plan.shards()))
-    return time.perf_counter() - started, [o.stats for o in outcomes if o is not None]
-
-
-async def _plain(engine: Any, spec: Any, tokens: int) -> float:
-    """Generate, without a grammar, the judge's own prompts and as many output tokens as it wrote."""
-    from orchestrator.planner import make_plan
-    from orchestrator.spec import Sampling
-    from orchestrator.storage import MemoryStore
-    from workers.judge import judge_request, judge_sampling
     from workers.shard import run_shard
 
     plan, store = make_plan(spec), MemoryStore()
     await asyncio.gather(*(run_shard(engine, store, spec, plan, s, 1) for s in plan.shards()))
-    from orchestrator.quality import _read  # noqa: PLC0415 - the rows the judge saw
+    return [r for i in range(plan.num_shards) for r in _read(store, layout.data_key(i, plan.num_shards)).to_pylist()]
 
-    from orchestrator import layout
 
-    rows = [r for i in range(plan.num_shards) for r in _read(store, layout.data_key(i, plan.num_shards)).to_pylist()]
-    sampling = Sampling(temperature=0.0, max_tokens=max(1, round(tokens / len(rows))), ignore_eos=True)
-    requests = [judge_request(spec.judge, r, judge_sampling(spec.judge)) for r in rows]
-    requests = [type(q)(**{**q.__dict__, "sampling": sampling}) for q in requests]
+async def _timed(coros: list[Any]) -> tuple[float, list[Any]]:
     started = time.perf_counter()
-    await asyncio.gather(*(engine.generate(q) for q in requests))
-    return time.perf_counter() - started
+    results = await asyncio.gather(*coros)
+    return time.perf_counter() - started, results
 
 
-def bench_judge(model: str, repeats: int) -> dict[str, Any]:
-    from orchestrator.spec import ModelSpec, parse_spec
+async def _judge_runs(model: str, repeats: int, rows_wanted: int) -> list[dict[str, float]]:
+    """Judge every row, then generate exactly its tokens without a grammar; alternate the order.
+
+    One engine, made and used on one event loop (AsyncLLM is bound to its loop).
+    """
+    from orchestrator.gates import Judge
+    from orchestrator.spec import ModelSpec, Sampling, parse_spec
     from workers.engine import VllmEngine
+    from workers.judge import judge_request, judge_row, judge_sampling
 
     engine = VllmEngine(ModelSpec(path=model, max_model_len=512, dtype="float32",
                                   engine_args={"enable_prefix_caching": False}), on_gpu=False)
-    base = {"name": "judge-bench", "model": {"path": model, "max_model_len": 512, "dtype": "float32"},
-            "prompts": {"template": {"text": "Explain {{ topic }} in one line, take {{ k }}:",
-                                     "seeds": {"topic": [f"topic {i}" for i in range(16)], "k": list(range(8))}}},
-            "sampling": {"max_tokens": 48, "ignore_eos": True, "seed": 3}, "output": {"uri": "mem", "rows_per_shard": 32}}
-    plain_spec = parse_spec(base)
-    judge_spec = parse_spec({**base, "judge": {"model": "self", "min_score": 1, "reason_max_chars": 60}})
+    spec = parse_spec({
+        "name": "judge-bench", "model": {"path": model, "max_model_len": 512, "dtype": "float32"},
+        "prompts": {"template": {"text": "Explain {{ topic }} in one line, take {{ k }}:",
+                                 "seeds": {"topic": [f"topic {i}" for i in range(rows_wanted // 16)],
+                                           "k": list(range(16))}}},
+        "sampling": {"max_tokens": 48, "ignore_eos": True, "seed": 3}, "output": {"uri": "mem", "rows_per_shard": 64}})
+    judge = Judge(min_score=1, reason_max_chars=60)
+    rows = await _generated_rows(engine, spec)
+    sampling = judge_sampling(judge)
+    _, verdicts = await _timed([judge_row(engine, judge, r, sampling) for r in rows])  # warm-up
+    # Greedy judgements repeat exactly, so the plain requests ask for each judgement's own token count.
+    plain = [type(q)(**{**q.__dict__, "sampling": Sampling(temperature=0.0, max_tokens=v.completion_tokens,
+                                                             ignore_eos=True)})
+             for q, v in zip((judge_request(judge, r, sampling) for r in rows), verdicts, strict=True)]
+    runs = []
+    for k in range(repeats):  # alternate which side goes first, against drift in the machine's load
+        sides: dict[str, float] = {}
+        for side in (("judge", "plain") if k % 2 == 0 else ("plain", "judge")):
+            coros = [judge_row(engine, judge, r, sampling) for r in rows] if side == "judge" else \
+                [engine.generate(q) for q in plain]
+            sides[side], _ = await _timed(coros)
+        runs.append({"judge_s": sides["judge"], "plain_s": sides["plain"], "rows": len(rows),
+                     "judge_prompt_tokens": sum(v.prompt_tokens for v in verdicts),
+                     "judge_completion_tokens": sum(v.completion_tokens for v in verdicts)})
+    return runs
 
-    async def once() -> dict[str, float]:
-        t_plain, _ = await _shards(engine, plain_spec)
-        t_judged, stats = await _shards(engine, judge_spec)
-        tokens = sum(s.judge_completion_tokens for s in stats)
-        t_equiv = await _plain(engine, judge_spec, tokens)
-        return {"added_s": t_judged - t_plain, "equivalent_s": t_equiv, "judge_prompt_tokens":
-                sum(s.judge_prompt_tokens for s in stats), "judge_completion_tokens": tokens}
 
-    runs = [asyncio.run(once()) for _ in range(repeats)]
-    ratios = [r["added_s"] / r["equivalent_s"] for r in runs]
-    return {"judge_added_over_generating_its_tokens": round(statistics.median(ratios), 3),
-            "ratios": [round(x, 3) for x in ratios], "judge_prompt_tokens": runs[0]["judge_prompt_tokens"],
+def bench_judge(model: str, repeats: int, rows: int) -> dict[str, Any]:
+    runs = asyncio.run(_judge_runs(model, repeats, rows))
+    ratios = [r["judge_s"] / r["plain_s"] for r in runs]
+    return {"judge_over_generating_its_tokens": round(statistics.median(ratios), 3),
+            "ratios": [round(x, 3) for x in ratios], "rows_judged": runs[0]["rows"],
+            "judge_prompt_tokens": runs[0]["judge_prompt_tokens"],
             "judge_completion_tokens": runs[0]["judge_completion_tokens"],
-            "added_s": [round(r["added_s"], 2) for r in runs], "equivalent_s": [round(r["equivalent_s"], 2) for r in runs]}
+            "judge_s": [round(r["judge_s"], 2) for r in runs], "plain_s": [round(r["plain_s"], 2) for r in runs]}
 
 
 def main() -> None:
@@ -188,7 +193,13 @@ def main() -> None:
         return
     result: dict[str, Any] = {"dedup": bench_dedup(args.rows)}
     if not args.skip_judge:
-        result["judge"] = bench_judge(args.model, args.repeats)
+        from workers.tiny_model import build_tiny_model
+
+        result["judge"] = bench_judge(args.model, args.repeats, 512)
+        with tempfile.TemporaryDirectory() as tmp:  # a model whose forward pass, not the grammar, dominates
+            small = build_tiny_model(Path(tmp) / "small", hidden_size=512, layers=4)
+            result["judge_small_model"] = {"hidden_size": 512, "layers": 4,
+                                           **bench_judge(str(small), args.repeats, 256)}
     print(json.dumps(result))
 
 

@@ -102,8 +102,14 @@ class Metrics:
         self.bias_drift_flagged.labels(job).set(report["drift"]["flagged_values"])
         self.bias_drift_max_shift.labels(job).set(report["drift"]["max_shift"])
 
-    def job_finished(self, job: str) -> None:
+    def job_finished(self, job: str, completed: bool = True) -> None:
+        """Start the job's retention clock; a job that did not complete loses its progress and ETA now,
+        so a stalled-job alert never matches a cancelled or failed job."""
         self._finished[job] = time.time()
+        if not completed:
+            for metric in (self.job_progress, self.job_eta):
+                if (job,) in metric._metrics:  # noqa: SLF001 - prometheus-client has no public lister
+                    metric.remove(job)
 
     def expire(self) -> None:
         """Drop the series of jobs that finished more than `retention_s` ago."""

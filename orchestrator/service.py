@@ -314,7 +314,7 @@ class Coordinator:
             record.move(JobState.FAILED)
         finally:
             self.running.pop(record.id, None)
-            self.metrics.job_finished(record.id)
+            self.metrics.job_finished(record.id, completed=record.state == JobState.COMPLETED)
             await self._save(record)
             self._wake.set()
 

@@ -61,8 +61,12 @@ def build_tokenizer(out_dir: Path) -> None:
     fast.save_pretrained(out_dir)
 
 
-def build_tiny_model(out_dir: str | Path, *, seed: int = 0) -> Path:
-    """Write config, random weights (safetensors) and tokenizer to `out_dir`; return the path."""
+def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = HIDDEN_SIZE,
+                     layers: int = LAYERS) -> Path:
+    """Write config, random weights (safetensors) and tokenizer to `out_dir`; return the path.
+
+    Benchmarks pass a larger `hidden_size` and `layers` for a model whose forward pass dominates.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -71,9 +75,9 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0) -> Path:
     build_tokenizer(out)
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=HIDDEN_SIZE,
-        intermediate_size=HIDDEN_SIZE * 4,
-        num_hidden_layers=LAYERS,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 4,
+        num_hidden_layers=layers,
         num_attention_heads=HEADS,
         num_key_value_heads=HEADS,
         max_position_embeddings=MAX_POSITIONS,

@@ -40,3 +40,15 @@ def test_series_of_a_recently_finished_job_are_kept() -> None:
     m.job_finished("done")
     m.expire()
     assert 'job="done"' in _exposition(m)
+
+
+def test_a_job_that_did_not_complete_loses_its_progress_and_eta_at_once() -> None:
+    m = Metrics(retention_s=3600.0)
+    for job in ("cancelled", "completed"):
+        m.job_progress.labels(job).set(0.4)
+        m.job_eta.labels(job).set(30)
+    m.job_finished("cancelled", completed=False)
+    m.job_finished("completed")
+    text = _exposition(m)
+    assert 'job_progress_ratio{job="cancelled"}' not in text and 'job_eta_seconds{job="cancelled"}' not in text
+    assert 'job_progress_ratio{job="completed"}' in text
