@@ -27,9 +27,10 @@ demo: $(STAMP) $(MODEL)/config.json
 test: $(STAMP)
 	$(BIN)/pytest
 
-bench: $(STAMP)
+bench: $(STAMP) $(MODEL)/config.json
 	$(BIN)/python benchmarks/e2e.py
 	$(BIN)/python benchmarks/dispatch.py
+	$(BIN)/python benchmarks/quality.py --model $(MODEL)
 
 clean:
 	rm -rf outputs models test-artifacts

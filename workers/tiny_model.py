@@ -61,12 +61,8 @@ def build_tokenizer(out_dir: Path) -> None:
     fast.save_pretrained(out_dir)
 
 
-def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = HIDDEN_SIZE,
-                     layers: int = LAYERS) -> Path:
-    """Write config, random weights (safetensors) and tokenizer to `out_dir`; return the path.
-
-    Benchmarks pass a larger `hidden_size` and `layers` for a model whose forward pass dominates.
-    """
+def build_tiny_model(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Write config, random weights (safetensors) and tokenizer to `out_dir`; return the path."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -75,9 +71,9 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = H
     build_tokenizer(out)
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
-        num_hidden_layers=layers,
+        hidden_size=HIDDEN_SIZE,
+        intermediate_size=HIDDEN_SIZE * 4,
+        num_hidden_layers=LAYERS,
         num_attention_heads=HEADS,
         num_key_value_heads=HEADS,
         max_position_embeddings=MAX_POSITIONS,
