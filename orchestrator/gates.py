@@ -23,7 +23,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _checked_uri(uri: str) -> str:
+def checked_uri(uri: str) -> str:
+    """A pydantic field check: the URI is a valid output or input location."""
     try:
         return check_uri(uri)
     except StorageError as e:
@@ -104,7 +105,7 @@ class Quality(_Strict):
     drift_alpha: float = Field(defaults.DRIFT_ALPHA, gt=0, lt=1, description="Chi-square significance level.")
     sample_rows: int = Field(defaults.QUALITY_SAMPLE_ROWS, ge=10, le=100_000,
                              description="Rows sampled for diversity and similarity metrics.")
-    _uri = field_validator("reference")(lambda v: v if v is None else _checked_uri(v))
+    _uri = field_validator("reference")(lambda v: v if v is None else checked_uri(v))
 
 
 class Mix(_Strict):
@@ -112,7 +113,7 @@ class Mix(_Strict):
 
     uri: str = Field(..., description="Real rows: JSONL or Parquet with `completion` or `text` (and `prompt`).")
     ratio: float = Field(..., gt=0, lt=1, description="Share of real rows in the mixed split.")
-    _uri = field_validator("uri")(_checked_uri)
+    _uri = field_validator("uri")(checked_uri)
 
 
 def reference_text(record: dict[str, Any]) -> str | None:

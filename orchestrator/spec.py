@@ -17,8 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator import defaults, gates
-from orchestrator.errors import Problem, SpecError, StorageError
-from orchestrator.storage import check_uri
+from orchestrator.errors import Problem, SpecError
 
 
 class _Strict(BaseModel):
@@ -111,21 +110,14 @@ class TemplateSource(_Strict):
         return seeds
 
 
-def _checked_uri(uri: str) -> str:
-    try:
-        return check_uri(uri)
-    except StorageError as e:
-        raise ValueError(str(e)) from None
-
-
 class FileSource(_Strict):
     uri: str = Field(..., description="JSONL or Parquet with a `prompt` or `messages` column.")
-    _uri = field_validator("uri")(_checked_uri)
+    _uri = field_validator("uri")(gates.checked_uri)
 
 
 class BatchSource(_Strict):
     uri: str = Field(..., description="OpenAI Batch input JSONL (custom_id, method, url, body).")
-    _uri = field_validator("uri")(_checked_uri)
+    _uri = field_validator("uri")(gates.checked_uri)
 
 
 class Prompts(_Strict):
@@ -172,7 +164,7 @@ class Sampling(_Strict):
 class Output(_Strict):
     uri: str = Field(..., description="Folder, file:// or s3://bucket/prefix; the job goes under it.")
     rows_per_shard: int = Field(defaults.ROWS_PER_SHARD, ge=1)
-    _uri = field_validator("uri")(_checked_uri)
+    _uri = field_validator("uri")(gates.checked_uri)
 
 
 class Resources(_Strict):

@@ -122,3 +122,20 @@ def test_a_filter_that_removes_one_persona_is_flagged_as_bias_drift(ray_runtime:
     unfiltered = run_job(spec(None))
     drift = json.loads((Path(unfiltered.uri) / layout.MANIFEST).read_text())["quality"]["drift"]
     assert drift["flagged_variables"] == [] and drift["flagged_values"] == 0
+
+
+def test_a_judge_model_given_as_a_model_spec_judges_next_to_the_generator(ray_runtime: None, tiny_model: Path,
+                                                                         tmp_path: Path) -> None:
+    """Generation on the fake engine, judgement by the tiny vLLM model given as a model spec."""
+    spec = parse_spec({
+        "name": "judged-by-other", "model": {"path": "fake", "engine": "fake", "engine_args": {"echo": True}},
+        "prompts": {"template": {"text": "A fact about {{ topic }}:", "seeds": {"topic": ["rain", "salt", "moss"]}}},
+        "sampling": {"max_tokens": 8}, "output": {"uri": str(tmp_path), "rows_per_shard": 2},
+        "judge": {"model": {"path": str(tiny_model), "max_model_len": 256, "dtype": "float32"},
+                  "min_score": 1, "reason_max_chars": 40},
+        "resources": {**RESOURCES, "workers": 1, "cpus_per_worker": 0}})
+    result = run_job(spec)
+    data = _parquet_rows(Path(result.uri) / "data")
+    assert result.rows_failed == 0 and len(data) == 3
+    assert all(1 <= r["judge_score"] <= 10 for r in data)
+    assert json.loads((Path(result.uri) / layout.MANIFEST).read_text())["judge_completion_tokens"] > 0
