@@ -81,12 +81,19 @@ class Job:
             raise JobFailedError(f"job {self.id} {record.state.value}: {'; '.join(record.errors) or 'no detail'}", [])
         return record
 
-    def read(self) -> pa.Table:
-        """All data rows of the finished job (reads storage directly, through the manifest)."""
+    def read(self, *, errors: bool = False, rejected: bool = False) -> pa.Table:
+        """All data rows of the finished job (or its error or rejected rows), read from storage through
+        the manifest."""
         from orchestrator.results import read_table
 
-        table = read_table(self._output())
+        table = read_table(self._output(), errors=errors, rejected=rejected)
         return table if table is not None else pa.table({})
+
+    def quality(self) -> dict[str, Any]:
+        """The finished job's quality report: diversity, dedup, judge scores, bias drift, reference."""
+        from orchestrator.results import manifest, open_job
+
+        return dict(manifest(open_job(self._output()))["quality"])
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         from orchestrator.results import iter_tables, open_job

@@ -27,15 +27,21 @@ def manifest(store: Store) -> dict[str, Any]:
     return json.loads(store.get(layout.MANIFEST))
 
 
-def iter_tables(store: Store, *, errors: bool = False) -> Iterator[pa.Table]:
-    """Each committed shard's rows (or error rows), in shard order, one shard in memory at a time."""
+def _keys(shard: dict[str, Any], *, errors: bool, rejected: bool) -> list[str]:
+    if rejected:
+        return list(shard.get("rejected_paths", []))
+    key = shard["errors_path"] if errors else shard["path"]
+    return [key] if key else []
+
+
+def iter_tables(store: Store, *, errors: bool = False, rejected: bool = False) -> Iterator[pa.Table]:
+    """Each committed shard's rows (or its error or rejected rows), in shard order, one file at a time."""
     for shard in manifest(store)["shards"]:
-        key = shard["errors_path"] if errors else shard["path"]
-        if key:
+        for key in _keys(shard, errors=errors, rejected=rejected):
             yield pq.read_table(io.BytesIO(store.get(key))).replace_schema_metadata(None)
 
 
-def read_table(uri: str, *, errors: bool = False) -> pa.Table | None:
-    """All data (or error) rows of a finished job as one table (None when there are none)."""
-    tables = list(iter_tables(open_job(uri), errors=errors))
-    return pa.concat_tables(tables) if tables else None
+def read_table(uri: str, *, errors: bool = False, rejected: bool = False) -> pa.Table | None:
+    """All data (or error, or rejected) rows of a finished job as one table (None when there are none)."""
+    tables = list(iter_tables(open_job(uri), errors=errors, rejected=rejected))
+    return pa.concat_tables(tables, promote_options="default") if tables else None

@@ -139,3 +139,16 @@ def test_a_judge_model_given_as_a_model_spec_judges_next_to_the_generator(ray_ru
     assert result.rows_failed == 0 and len(data) == 3
     assert all(1 <= r["judge_score"] <= 10 for r in data)
     assert json.loads((Path(result.uri) / layout.MANIFEST).read_text())["judge_completion_tokens"] > 0
+
+
+def test_the_client_reads_rejected_rows_and_the_quality_report(pool: Any, tiny_model: Path, tmp_path: Path) -> None:
+    from orchestrator.client import Client
+
+    with Client.local(str(tmp_path / "state"), pools=[pool]) as client:
+        job = client.submit(make_spec(tiny_model, str(tmp_path / "out"), FACTS, filters={"max_chars": 1}))
+        job.wait(timeout=600)
+        assert job.read().num_rows == 0
+        rejected = job.read(rejected=True)
+        assert rejected.num_rows == 24 and set(rejected.column("reject_reason").to_pylist()) == {"too_long"}
+        quality = job.quality()
+        assert quality["rows"]["rejected"] == {"too_long": 24} and quality["rows"]["kept"] == 0
