@@ -81,9 +81,18 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{result.rows_rejected} rejected; {result.completion_tokens} tokens; {result.shards_generated} of "
               f"{result.shards} shards generated this run at {result.tokens_per_s:,.0f} tokens/s", highlight=False)
     _print_quality(result.quality)
-    out.print(f"data: {result.uri}/data/  manifest: {result.uri}/_manifest.json  "
-              f"report: {result.uri}/quality_report.html", highlight=False)
+    where = _shown(result.uri)
+    out.print(f"data: {where}/data/  manifest: {where}/_manifest.json  report: {where}/quality_report.html",
+              highlight=False)
     return EXIT_OK
+
+
+def _shown(uri: str) -> str:
+    """A local job folder relative to the working directory when it is below it; other URIs as they are."""
+    if "://" in uri or not os.path.isabs(uri):
+        return uri
+    rel = os.path.relpath(uri)
+    return uri if rel.startswith("..") else rel
 
 
 def _print_quality(q: dict[str, Any] | None) -> None:
