@@ -2,9 +2,13 @@
 
 Same tiny model, same prompts, same per-row seeds and sampling (fixed max_tokens, ignore_eos), the
 same engine settings; the job runs one worker on a local Ray runtime and commits Parquet shards to a
-local S3 server (moto over HTTP through boto3). Engine loading is excluded from both timings.
-Each side runs `--repeats` times on its warm engine (one engine alive at a time) and the medians are
-compared, which damps this shared machine's noise. Prints one JSON line.
+local S3 server (moto over HTTP through boto3), or with `--output local` to a local folder.
+
+Each side runs in a child process of its own, so neither pays for the other's idle runtime (Ray's
+daemons, a second engine): the child loads its engine, warms it on 64 prompts, then times `--runs`
+passes over all the prompts. Engine loading and warm-up are excluded. The sides take turns,
+`--repeats` pairs, alternating which goes first, and the ratio is the median of the pairs' ratios,
+which damps this shared machine's drifting load. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,43 +29,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 PROMPT_TOPICS = ["rivers", "proofs", "markets", "cells", "orbits", "poems", "bridges", "storms"]
+SEED, MAX_MODEL_LEN, WARM_ROWS = 0, 512, 64
 
 
 def prompts(n: int) -> list[str]:
     return [f"Write a short note number {i} about {PROMPT_TOPICS[i % len(PROMPT_TOPICS)]}." for i in range(n)]
 
 
-def engine_kwargs(model: Path, max_model_len: int) -> dict[str, object]:
-    return dict(model=str(model), dtype="float32", max_model_len=max_model_len, gpu_memory_utilization=0.1,
-                enable_chunked_prefill=False)
-
-
-def direct(model: Path, texts: list[str], max_tokens: int, seed: int, max_model_len: int,
-           repeats: int) -> list[float]:
-    """Tokens/s of LLM.generate on all prompts at once (after a warm-up batch), `repeats` times."""
+def direct(args: argparse.Namespace, texts: list[str]) -> list[float]:
+    """Tokens/s of LLM.generate on all prompts at once, `args.runs` times on one warm engine."""
     from vllm import LLM, SamplingParams
 
     from orchestrator.planner import row_seed
 
-    llm = LLM(**engine_kwargs(model, max_model_len))  # type: ignore[arg-type]
-    params = [SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=1.0, seed=row_seed(seed, i))
+    llm = LLM(model=str(args.model), dtype="float32", max_model_len=MAX_MODEL_LEN, gpu_memory_utilization=0.1,
+              enable_chunked_prefill=False)
+    params = [SamplingParams(max_tokens=args.max_tokens, ignore_eos=True, temperature=1.0, seed=row_seed(SEED, i))
               for i in range(len(texts))]
-    llm.generate(texts[:64], params[:64], use_tqdm=False)
+    llm.generate(texts[:WARM_ROWS], params[:WARM_ROWS], use_tqdm=False)
     rates = []
-    for _ in range(repeats):
+    for _ in range(args.runs):
         started = time.perf_counter()
         outs = llm.generate(texts, params, use_tqdm=False)
         rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - started))
     llm.llm_engine.engine_core.shutdown()
-    del llm
     return rates
 
 
-def synthfleet(model: Path, texts: list[str], max_tokens: int, seed: int, max_model_len: int,
-               rows_per_shard: int, in_flight: int, work: Path, repeats: int) -> tuple[list[float], dict[str, object]]:
-    """Tokens/s of `repeats` synthfleet jobs (new job ids, one warm worker) writing to local S3."""
-    import asyncio
-
+def s3_server() -> Any:
+    """A moto S3 server on 127.0.0.1 with the bucket `bench`, reached through the AWS environment."""
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as s:
@@ -72,37 +69,58 @@ def synthfleet(model: Path, texts: list[str], max_tokens: int, seed: int, max_mo
     server.start()
     import boto3
 
+    boto3.client("s3").create_bucket(Bucket="bench")
+    return server
+
+
+def synthfleet(args: argparse.Namespace, texts: list[str]) -> list[float]:
+    """Tokens/s of `args.runs` synthfleet jobs (a new job id each) on one warm worker."""
+    import asyncio
+
     from orchestrator.coordinator import run_job
     from orchestrator.pool import WorkerPool, ensure_ray
     from orchestrator.spec import parse_spec
 
-    boto3.client("s3").create_bucket(Bucket="bench")
-    prompt_file = work / "prompts.jsonl"
-    prompt_file.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    server = s3_server() if args.output == "s3" else None
+    uri = "s3://bench/e2e" if server else str(args.work / "out")
 
-    def spec(k: int) -> Any:
+    def spec(name: str, rows: list[str]) -> Any:
+        prompt_file = args.work / f"{name}.jsonl"
+        prompt_file.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in rows))
         return parse_spec({
-            "name": f"bench-e2e-{k}",
-            "model": {"path": str(model), "dtype": "float32", "max_model_len": max_model_len},
+            "name": name,
+            "model": {"path": str(args.model), "dtype": "float32", "max_model_len": MAX_MODEL_LEN},
             "prompts": {"file": {"uri": str(prompt_file)}},
-            "sampling": {"max_tokens": max_tokens, "ignore_eos": True, "temperature": 1.0, "seed": seed},
-            "output": {"uri": "s3://bench/e2e", "rows_per_shard": rows_per_shard},
+            "sampling": {"max_tokens": args.max_tokens, "ignore_eos": True, "temperature": 1.0, "seed": SEED},
+            "output": {"uri": uri, "rows_per_shard": args.rows_per_shard},
             "resources": {"workers": 1, "gpus_per_worker": 0, "cpus_per_worker": os.cpu_count() or 1,
-                          "shards_in_flight": in_flight},
+                          "shards_in_flight": args.in_flight},
         })
 
     ensure_ray(worker_logs=False)
-    pool = WorkerPool(spec(0).model, spec(0).resources)
+    warm = spec(f"warm-{os.getpid()}", texts[:WARM_ROWS])
+    pool = WorkerPool(warm.model, warm.resources)
     asyncio.run(pool.grow(1))
-    rates, detail = [], {}
-    for k in range(repeats):
-        result = run_job(spec(k), pool=pool)
+    run_job(warm, pool=pool)
+    rates = []
+    for k in range(args.runs):
+        result = run_job(spec(f"e2e-{os.getpid()}-{k}", texts), pool=pool)
+        assert result.rows_ok == len(texts), result
         rates.append(result.tokens_per_s)
-        detail = {"shards": result.shards, "rows_ok": result.rows_ok, "tokens": result.tokens_generated,
-                  "generation_seconds": round(result.generation_seconds, 2)}
     pool.close()
-    server.stop()
-    return rates, detail
+    if server:
+        server.stop()
+    return rates
+
+
+def side(args: argparse.Namespace, name: str) -> list[float]:
+    """Run one side in a child process; its tokens/s per run."""
+    cmd = [sys.executable, __file__, "--side", name, "--model", str(args.model), "--work", str(args.work),
+           "--runs", str(args.runs), "--prompts", str(args.prompts), "--max-tokens", str(args.max_tokens),
+           "--rows-per-shard", str(args.rows_per_shard), "--in-flight", str(args.in_flight),
+           "--output", args.output]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["rates"]
 
 
 def main() -> None:
@@ -111,27 +129,39 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rows-per-shard", type=int, default=128)
     ap.add_argument("--in-flight", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3, help="runs of each side; medians are compared")
+    ap.add_argument("--repeats", type=int, default=3, help="pairs of sides; the median pair ratio is reported")
+    ap.add_argument("--runs", type=int, default=2, help="timed passes per side in each pair (their median counts)")
+    ap.add_argument("--output", choices=["s3", "local"], default="s3",
+                    help="the job writes to a local S3 server (default) or a local folder")
     ap.add_argument("--model", type=Path, help="model folder (default: build the tiny model)")
+    ap.add_argument("--side", choices=["direct", "synthfleet"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    texts = prompts(args.prompts)
+    if args.side:
+        rates = (direct if args.side == "direct" else synthfleet)(args, texts)
+        print(json.dumps({"rates": rates}))
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        model = args.model
-        if model is None:
+        args.work = Path(tmp)
+        if args.model is None:
             from workers.tiny_model import build_tiny_model
 
-            model = build_tiny_model(work / "tiny")
-        texts = prompts(args.prompts)
-        direct_rates = direct(model, texts, args.max_tokens, 0, 512, args.repeats)
-        job_rates, job = synthfleet(model, texts, args.max_tokens, 0, 512, args.rows_per_shard, args.in_flight,
-                                    work, args.repeats)
-    direct_tps, job_tps = statistics.median(direct_rates), statistics.median(job_rates)
+            args.model = build_tiny_model(args.work / "tiny")
+        pairs = []
+        for k in range(args.repeats):  # alternate which side goes first, against drift in the machine's load
+            order = ["direct", "synthfleet"] if k % 2 == 0 else ["synthfleet", "direct"]
+            runs = {name: statistics.median(side(args, name)) for name in order}
+            pairs.append((runs["direct"], runs["synthfleet"]))
+    ratios = [j / d for d, j in pairs]
     print(json.dumps({
         "benchmark": "e2e", "prompts": args.prompts, "max_tokens": args.max_tokens,
-        "rows_per_shard": args.rows_per_shard, "shards_in_flight": args.in_flight, "repeats": args.repeats,
-        "direct_tokens_per_s": round(direct_tps), "synthfleet_tokens_per_s": round(job_tps),
-        "ratio": round(job_tps / direct_tps, 3), "direct_runs": [round(r) for r in direct_rates],
-        "synthfleet_runs": [round(r) for r in job_rates], "job": job,
+        "rows_per_shard": args.rows_per_shard, "shards_in_flight": args.in_flight, "output": args.output,
+        "repeats": args.repeats, "runs": args.runs,
+        "direct_tokens_per_s": round(statistics.median(d for d, _ in pairs)),
+        "synthfleet_tokens_per_s": round(statistics.median(j for _, j in pairs)),
+        "ratio": round(statistics.median(ratios), 3), "pair_ratios": [round(r, 3) for r in ratios],
+        "direct_runs": [round(d) for d, _ in pairs], "synthfleet_runs": [round(j) for _, j in pairs],
     }))
 
 

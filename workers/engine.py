@@ -75,6 +75,7 @@ class VllmEngine:
 
     def __init__(self, model: ModelSpec, *, on_gpu: bool):
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         started = time.perf_counter()
@@ -96,7 +97,9 @@ class VllmEngine:
             # discards a sampled token ("CPU Generator does not use offset"): never chunk there.
             args["enable_chunked_prefill"] = False
         args.update(model.engine_args)
-        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        # Batch generation, not serving: the offline batch defaults (on CPU 256 sequences and 4096
+        # tokens per step rather than the server's 128 and 2048), as `vllm.LLM` would pick.
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
         self.tokenizer = self.llm.get_tokenizer()
         revision = model.revision or (weights_fingerprint(model.path) if model.path else "unpinned")
         self.info = EngineInfo(model.name, revision, time.perf_counter() - started,
