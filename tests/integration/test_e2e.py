@@ -40,12 +40,22 @@ def _assert_exactly_once(spec: Any, data: pa.Table, errors: pa.Table | None) -> 
     assert max(counts.values()) == spec.sampling.n
 
 
-def test_job_to_a_folder_reads_back_with_pyarrow_dataset(pool: Any, tiny_model: Path, tmp_path: Path) -> None:
-    spec = make_spec(tiny_model, str(tmp_path), TOPICS)
+def test_job_to_a_folder_reads_back_with_pyarrow_pandas_and_hf_datasets(pool: Any, tiny_model: Path,
+                                                                         tmp_path: Path) -> None:
+    import pandas as pd
+    from datasets import load_dataset
+
+    out = tmp_path / "out"
+    spec = make_spec(tiny_model, str(out), TOPICS)
     result = run_job(spec, pool=pool)
-    job = tmp_path / spec.job_id
+    job = out / spec.job_id
     table = ds.dataset(job / "data", format="parquet").to_table()
     assert result.rows_ok == table.num_rows == 20 and result.rows_failed == 0
+    # the README's other readers see the same rows: `_`-prefixed files are skipped by each of them
+    ids = sorted(table.column("row_id").to_pylist())
+    assert sorted(pd.read_parquet(job / "data")["row_id"]) == ids
+    hf = load_dataset("parquet", data_dir=str(job / "data"), split="train", cache_dir=str(tmp_path / "hf"))
+    assert sorted(hf["row_id"]) == ids and hf[0]["lineage"]["spec_hash"] == spec.content_hash()
     assert sorted(p.name for p in (job / "data").iterdir()) == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
     assert (job / layout.SUCCESS).exists() and json.loads((job / "spec.json").read_text())["name"] == "it"
     manifest = json.loads((job / layout.MANIFEST).read_text())
