@@ -1,9 +1,13 @@
 """Self-evaluation: the model scores a completion 1-10 against the rubric, through structured output.
 
-The judgement is constrained by a JSON schema (an integer score 1-10, a reason of bounded length),
-and its token budget covers the longest reason the schema allows, so a judgement always parses,
-even from random weights. Anything else (a prompt too long
-for the judge, an engine error) is a judge error, and the row goes to `errors/`.
+The judgement is constrained by a JSON schema: an integer score 1-10 first, then a reason. The
+reason's length is bounded by the token budget, not by the schema: a `maxLength` becomes a bounded
+repetition in the grammar that makes xgrammar check every vocabulary token at every step of the
+string (measured 1.3x the time of generating the same tokens unconstrained on the tiny model, against
+about 1x for an open string). A judgement that reaches its budget is cut inside the reason, after the
+score is complete: the grammar fixes everything before the cut, so closing the string reads it
+exactly. Anything else (a prompt too long for the judge, an engine error) is a judge error, and the
+row goes to `errors/`.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from orchestrator.spec import Sampling
 from workers.engine import Completion, Engine
 from workers.prompts import PromptRow, RowFailure
 
-MAX_TOKENS_PER_CHAR = 6  # a JSON escape (\\u00e9) is 6 characters; a raw character at most 4 byte tokens
-SCHEMA_OVERHEAD_TOKENS = 32  # {"score":10,"reason":"..."} around the reason
+REASON_CHARS_PER_TOKEN = 2  # prose runs 3-5 characters per token in common tokenizers
+SCHEMA_OVERHEAD_TOKENS = 16  # {"score":10,"reason":"..."} around the reason
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CUT = re.compile(r'\{"score":(-?\d+),"reason":"(.*)', re.DOTALL)  # a judgement cut inside its reason
+HALF_ESCAPE = re.compile(r"(\\+)(u[0-9a-fA-F]{0,3})?$")
+STRING_END = re.compile(r'(\\*)"$')
 SYSTEM = ("You are a strict evaluator of answers. Score the response from 1 (useless) to 10 (excellent) "
           "against this rubric: {rubric}\nReply with JSON only: {{\"score\": <1-10>, \"reason\": \"<one sentence>\"}}.")
 
@@ -32,7 +39,7 @@ def judge_schema(judge: Judge) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "score": {"type": "integer", "minimum": 1, "maximum": 10},
-            "reason": {"type": "string", "maxLength": judge.reason_max_chars},
+            "reason": {"type": "string"},  # bounded by the token budget: see the module's docstring
         },
         "required": ["score", "reason"],
         "additionalProperties": False,
@@ -40,7 +47,7 @@ def judge_schema(judge: Judge) -> dict[str, Any]:
 
 
 def judge_sampling(judge: Judge) -> Sampling:
-    budget = judge.reason_max_chars * MAX_TOKENS_PER_CHAR + SCHEMA_OVERHEAD_TOKENS
+    budget = -(-judge.reason_max_chars // REASON_CHARS_PER_TOKEN) + SCHEMA_OVERHEAD_TOKENS
     return Sampling(temperature=0.0, max_tokens=budget, json_schema=judge_schema(judge))
 
 
@@ -67,19 +74,41 @@ def judge_request(judge: Judge, row: dict[str, Any], sampling: Sampling) -> Prom
                      sampling=sampling, messages=messages)
 
 
-def parse_verdict(result: list[Completion] | RowFailure) -> Verdict | RowFailure:
+def _closed(text: str, finish_reason: str) -> Any:
+    """The judgement's JSON; one cut inside its reason by the token budget is closed where it stops."""
+    try:
+        return json.loads(text, strict=False)  # the grammar lets raw control characters into strings
+    except json.JSONDecodeError:
+        cut = CUT.fullmatch(text) if finish_reason == "length" else None
+        if cut is None:
+            raise
+        body = cut.group(2)
+        end = STRING_END.search(body)
+        if end and len(end.group(1)) % 2 == 0:  # cut right after the string's closing quote
+            body = body[:-1]
+        elif (half := HALF_ESCAPE.search(body)) and len(half.group(1)) % 2:  # the last backslash starts an escape
+            body = body[: half.end(1) - 1]
+        return {"score": int(cut.group(1)), "reason": json.loads(f'"{body}"', strict=False)}
+
+
+def _clean(reason: str, max_chars: int) -> str:
+    """At most `max_chars`, control characters blanked, lone surrogates (a cut or stray escape) replaced."""
+    return CONTROL.sub(" ", reason[:max_chars]).encode("utf-8", "replace").decode("utf-8")
+
+
+def parse_verdict(result: list[Completion] | RowFailure, judge: Judge) -> Verdict | RowFailure:
     if isinstance(result, RowFailure):
         return RowFailure(RowErrorCode.JUDGE_ERROR, f"{result.code}: {result.message}")
     c = result[0]
     try:
-        value = json.loads(c.text, strict=False)  # the grammar lets raw control characters into strings
+        value = _closed(c.text, c.finish_reason)
         score, reason = value["score"], value["reason"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         return RowFailure(RowErrorCode.JUDGE_ERROR, f"unusable judgement ({c.finish_reason}): {e}: {c.text[:200]!r}")
     if not isinstance(score, int) or not 1 <= score <= 10 or not isinstance(reason, str):
         return RowFailure(RowErrorCode.JUDGE_ERROR, f"judgement out of range: {c.text[:200]!r}")
-    return Verdict(score, CONTROL.sub(" ", reason), c.prompt_tokens, c.completion_tokens)
+    return Verdict(score, _clean(reason, judge.reason_max_chars), c.prompt_tokens, c.completion_tokens)
 
 
 async def judge_row(engine: Engine, judge: Judge, row: dict[str, Any], sampling: Sampling) -> Verdict | RowFailure:
-    return parse_verdict(await engine.generate(judge_request(judge, row, sampling)))
+    return parse_verdict(await engine.generate(judge_request(judge, row, sampling)), judge)
