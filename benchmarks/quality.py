@@ -116,13 +116,13 @@ async def _generated_rows(engine: Any, spec: Any) -> list[dict[str, Any]]:
     """The data rows of a plain job on `engine` (what the judge is asked about)."""
     from orchestrator import layout
     from orchestrator.planner import make_plan
-    from orchestrator.quality import _read
+    from orchestrator.commit import read_parquet
     from orchestrator.storage import MemoryStore
     from workers.shard import run_shard
 
     plan, store = make_plan(spec), MemoryStore()
     await asyncio.gather(*(run_shard(engine, store, spec, plan, s, 1) for s in plan.shards()))
-    return [r for i in range(plan.num_shards) for r in _read(store, layout.data_key(i, plan.num_shards)).to_pylist()]
+    return [r for i in range(plan.num_shards) for r in read_parquet(store, layout.data_key(i, plan.num_shards)).to_pylist()]
 
 
 async def _timed(coros: list[Any]) -> tuple[float, list[Any]]:

@@ -79,6 +79,11 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return out.getvalue()
 
 
+def read_parquet(store: Store, key: str, columns: list[str] | None = None) -> pa.Table:
+    """One stored Parquet object as a table (`columns` only, when given)."""
+    return pq.read_table(io.BytesIO(store.get(key)), columns=columns)
+
+
 def encode_shard(tables: ShardTables, stats: ShardStats) -> bytes:
     """Parquet bytes of the data rows; errors and rejected rows (Arrow IPC) and stats ride in the footer."""
     meta = dict(tables.data.schema.metadata or {})

@@ -14,9 +14,9 @@ from typing import Any
 import pyarrow as pa
 
 from orchestrator import layout, rows
-from orchestrator.commit import parquet_bytes
+from orchestrator.commit import parquet_bytes, read_parquet
 from orchestrator.gates import Mix, reference_text
-from orchestrator.quality import input_records, input_texts, kept_tables
+from orchestrator.quality import input_records, input_texts
 from orchestrator.storage import Store
 
 SCHEMA = pa.schema([
@@ -56,9 +56,9 @@ def _real_rows(uri: str) -> Iterator[dict[str, Any]]:
 
 
 def _synthetic_rows(store: Store, manifest_shards: list[str]) -> Iterator[dict[str, Any]]:
-    for table in kept_tables(store, manifest_shards, ["row_id", "sample_index", "prompt", "messages", "completion",
-                                                      "lineage"]):
-        for r in table.to_pylist():
+    columns = ["row_id", "sample_index", "prompt", "messages", "completion", "lineage"]
+    for key in manifest_shards:
+        for r in read_parquet(store, key, columns).to_pylist():
             yield {"source": "synthetic", "row_id": f"{r['row_id']}/{r['sample_index']}", "prompt": r["prompt"],
                    "messages": r["messages"], "completion": r["completion"], "lineage": r["lineage"]}
 

@@ -10,7 +10,6 @@ value counts for bias drift. Nothing here holds more than one shard's text at a 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator import diversity, drift, layout, rows
-from orchestrator.commit import FOOTER_KEY, ShardStats, parquet_bytes
+from orchestrator.commit import FOOTER_KEY, ShardStats, parquet_bytes, read_parquet
 from orchestrator.dedup import Deduper
 from orchestrator.gates import reference_text
 from orchestrator.planner import Plan, product_size, template_variables
@@ -66,10 +65,6 @@ class KeptRows:
                 counts[item["values"]] += item["counts"]
 
 
-def _read(store: Store, key: str, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(store.get(key)), columns=columns)
-
-
 def _ids(table: pa.Table) -> list[str]:
     return [f"{r}/{k}" for r, k in zip(table.column("row_id").to_pylist(), table.column("sample_index").to_pylist(),
                                         strict=True)]
@@ -88,14 +83,14 @@ def dedup_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> dic
     n = plan.num_shards
     deduper = Deduper(spec.dedup)
     for i in range(n):
-        texts = _read(store, layout.commit_key(i, n, staged=True), ["completion"]).column("completion").to_pylist()
+        texts = read_parquet(store, layout.commit_key(i, n, staged=True), ["completion"]).column("completion").to_pylist()
         for start in range(0, len(texts), READ_BATCH):
             deduper.scan([t or "" for t in texts[start:start + READ_BATCH]])
     deduper.close_scan()
     variables = [f.name for f in rows.variable_fields(spec)]
     results = {}
     for i in range(n):
-        table = _read(store, layout.commit_key(i, n, staged=True))
+        table = read_parquet(store, layout.commit_key(i, n, staged=True))
         table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items()
                                                if k != FOOTER_KEY})
         texts, ids = table.column("completion").to_pylist(), _ids(table)
@@ -123,7 +118,7 @@ def measure_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> N
     variables = [f.name for f in rows.variable_fields(spec)]
     columns = ["row_id", "sample_index", "completion", "completion_tokens", *variables]
     for i in range(plan.num_shards):
-        kept.add(_read(store, layout.data_key(i, plan.num_shards), columns), variables)
+        kept.add(read_parquet(store, layout.data_key(i, plan.num_shards), columns), variables)
 
 
 def planned_seed_counts(spec: JobSpec, plan: Plan) -> dict[str, Counter[Any]]:
@@ -166,11 +161,6 @@ def input_texts(uri: str) -> Iterator[tuple[int, str]]:
         text = reference_text(record)
         if text is not None:
             yield number, text
-
-
-def kept_tables(store: Store, keys: list[str], columns: list[str]) -> Iterator[pa.Table]:
-    for key in keys:
-        yield _read(store, key, columns)
 
 
 def reference_metrics(uri: str, sample_rows: int) -> dict[str, float]:

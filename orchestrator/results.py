@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from orchestrator import layout
+from orchestrator.commit import read_parquet
 from orchestrator.errors import StorageError
 from orchestrator.storage import Store, open_store
 
@@ -38,7 +37,7 @@ def iter_tables(store: Store, *, errors: bool = False, rejected: bool = False) -
     """Each committed shard's rows (or its error or rejected rows), in shard order, one file at a time."""
     for shard in manifest(store)["shards"]:
         for key in _keys(shard, errors=errors, rejected=rejected):
-            yield pq.read_table(io.BytesIO(store.get(key))).replace_schema_metadata(None)
+            yield read_parquet(store, key).replace_schema_metadata(None)
 
 
 def read_table(uri: str, *, errors: bool = False, rejected: bool = False) -> pa.Table | None:
