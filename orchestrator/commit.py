@@ -44,6 +44,7 @@ class ShardStats:
     failed: dict[str, int] = field(default_factory=dict)  # error code -> rows
     judge_scores: dict[str, int] = field(default_factory=dict)  # "1".."10" -> rows judged so
     judge_prompt_tokens: int = 0
+    judge_cached_tokens: int = 0  # of the judge's prompt tokens, those read from the prefix cache
     judge_completion_tokens: int = 0
 
     @classmethod

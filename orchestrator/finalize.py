@@ -38,7 +38,7 @@ def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], results:
     entries = [_entry(s, n, results.get(s.index)) for s in shards]
     totals = {k: sum(e[k] for e in entries) for k in ("rows_ok", "rows_failed", "rows_rejected", "prompt_tokens",
                                                         "completion_tokens", "judge_prompt_tokens",
-                                                        "judge_completion_tokens", "bytes")}
+                                                        "judge_cached_tokens", "judge_completion_tokens", "bytes")}
     return {
         "format": 1,
         "job_id": plan.job_id,

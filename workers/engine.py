@@ -11,9 +11,12 @@ import hashlib
 import itertools
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import jinja2
 
 from orchestrator import defaults
 from orchestrator.errors import EngineDeadError, RowErrorCode
@@ -27,6 +30,8 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV the engine already held (prefix cache)
+    follow_up_ids: list[int] | None = None  # the conversation continued by a follow-up turn, when asked
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,10 @@ class Engine(Protocol):
     info: EngineInfo
     requests: int
 
-    async def generate(self, row: PromptRow) -> list[Completion] | RowFailure: ...
+    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
+        """The row's completions; with `follow_up`, each also carries the token ids of its conversation
+        continued by a user turn `follow_up` (None when the engine cannot say: ask in words instead)."""
+        ...
 
 
 def weights_fingerprint(path: str) -> str:
@@ -68,6 +76,42 @@ def _classify(e: Exception) -> RowFailure:
     too_long = "maximum model length" in msg or "maximum context length" in msg or "input_tokens" in msg
     code = RowErrorCode.PROMPT_TOO_LONG if too_long else RowErrorCode.INVALID_REQUEST
     return RowFailure(code, msg[: defaults.ERROR_MESSAGE_MAX_CHARS])
+
+
+class FollowUps:
+    """A conversation continued by a user turn, as token ids: the tokens the model saw and wrote, then
+    the turn. The engine's prefix cache still holds all but the turn, so a follow-up on the same engine
+    reads the conversation for free (whole KV blocks of it)."""
+
+    MARK = "\x00reply\x00"
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.special = frozenset(tokenizer.all_special_ids)
+        self.turns: dict[str, list[int]] = {}
+
+    def turn(self, text: str) -> list[int]:
+        """What the chat template puts after an assistant's reply for a user turn `text` and the
+        assistant's generation prompt: end of turn, the user turn, the assistant's header. A model
+        without a chat template (or one that rewrites replies) gets the turn as a plain paragraph."""
+        if text not in self.turns:
+            try:
+                rendered = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": "?"}, {"role": "assistant", "content": self.MARK},
+                     {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+                after = rendered.split(self.MARK, 1)[1]
+            except (ValueError, IndexError, jinja2.TemplateError):
+                after = f"\n\n{text}\n"
+            self.turns[text] = self.tokenizer.encode(after, add_special_tokens=False)
+        return self.turns[text]
+
+    def ids(self, prompt_ids: Sequence[int], reply_ids: Sequence[int], cut_text: str | None, text: str) -> list[int]:
+        """Trailing special tokens of the reply (EOS) give way to the template's end of turn; a reply a
+        stop string cut (`cut_text`) is encoded again, so the follow-up sees exactly the stored text."""
+        reply = list(reply_ids) if cut_text is None else self.tokenizer.encode(cut_text, add_special_tokens=False)
+        while reply and reply[-1] in self.special:
+            reply.pop()
+        return [*prompt_ids, *reply, *self.turn(text)]
 
 
 class VllmEngine:
@@ -101,6 +145,7 @@ class VllmEngine:
         # tokens per step rather than the server's 128 and 2048), as `vllm.LLM` would pick.
         self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
         self.tokenizer = self.llm.get_tokenizer()
+        self.follow_ups = FollowUps(self.tokenizer)
         revision = model.revision or (weights_fingerprint(model.path) if model.path else "unpinned")
         self.info = EngineInfo(model.name, revision, time.perf_counter() - started,
                                self.llm.model_config.max_model_len)
@@ -119,13 +164,15 @@ class VllmEngine:
             structured_outputs=structured, output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
-    def _prompt(self, row: PromptRow) -> dict[str, str]:
+    def _prompt(self, row: PromptRow) -> dict[str, Any]:
+        if row.prompt_token_ids is not None:
+            return {"prompt_token_ids": row.prompt_token_ids}
         if row.messages is not None:
             text = self.tokenizer.apply_chat_template(row.messages, tokenize=False, add_generation_prompt=True)
             return {"prompt": text}
         return {"prompt": row.prompt or ""}
 
-    async def generate(self, row: PromptRow) -> list[Completion] | RowFailure:
+    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
 
         self.requests += 1
@@ -141,5 +188,8 @@ class VllmEngine:
                 raise EngineDeadError(f"engine stopped: {e}") from None
             return _classify(e)
         assert final is not None
-        n_prompt = len(final.prompt_token_ids or [])
-        return [Completion(c.text, str(c.finish_reason), n_prompt, len(c.token_ids)) for c in final.outputs]
+        prompt_ids, cached = final.prompt_token_ids or [], final.num_cached_tokens or 0
+        return [Completion(c.text, str(c.finish_reason), len(prompt_ids), len(c.token_ids), cached,
+                           None if follow_up is None else self.follow_ups.ids(
+                               prompt_ids, c.token_ids, c.text if isinstance(c.stop_reason, str) else None, follow_up))
+                for c in final.outputs]

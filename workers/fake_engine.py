@@ -49,7 +49,7 @@ class FakeEngine:
         except FileExistsError:
             return False
 
-    async def generate(self, row: PromptRow) -> list[Completion] | RowFailure:
+    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
         self.requests += 1
         if self.args.request_log:
             with open(self.args.request_log, "a") as log:

@@ -30,8 +30,11 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CUT = re.compile(r'\{"score":(-?\d+),"reason":"(.*)', re.DOTALL)  # a judgement cut inside its reason
 HALF_ESCAPE = re.compile(r"(\\+)(u[0-9a-fA-F]{0,3})?$")
 STRING_END = re.compile(r'(\\*)"$')
+REPLY_FORMAT = "Reply with JSON only: {{\"score\": <1-10>, \"reason\": \"<one sentence>\"}}."
 SYSTEM = ("You are a strict evaluator of answers. Score the response from 1 (useless) to 10 (excellent) "
-          "against this rubric: {rubric}\nReply with JSON only: {{\"score\": <1-10>, \"reason\": \"<one sentence>\"}}.")
+          "against this rubric: {rubric}\n" + REPLY_FORMAT)
+FOLLOW_UP = ("Now be a strict evaluator of your answer above. Score it from 1 (useless) to 10 (excellent) "
+             "against this rubric: {rubric}\n" + REPLY_FORMAT)
 
 
 def judge_schema(judge: Judge) -> dict[str, Any]:
@@ -57,21 +60,34 @@ class Verdict:
     reason: str
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of the prompt tokens, those the engine read from its prefix cache
 
 
-def _asked(row: dict[str, Any]) -> str:
-    if row.get("messages"):
-        return "\n".join(f"{m['role']}: {m['content']}" for m in row["messages"])
-    return str(row.get("prompt") or "")
+def follow_up(judge: Judge) -> str:
+    """The self judge's turn, continuing the conversation that produced the reply."""
+    return FOLLOW_UP.format(rubric=judge.rubric)
 
 
-def judge_request(judge: Judge, row: dict[str, Any], sampling: Sampling) -> PromptRow:
-    """The judge's chat request about one generated row (seeded by the row, for reproducibility)."""
+def _asked(row: PromptRow) -> str:
+    if row.messages:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in row.messages)
+    return row.prompt or ""
+
+
+def judge_request(judge: Judge, row: PromptRow, sample: int, reply: Completion, sampling: Sampling) -> PromptRow:
+    """The judge's request about one reply (seeded by its row, for reproducibility).
+
+    A reply carrying follow-up ids was written by this engine: the judgement is the next turn of the
+    same conversation, so the engine reads the prompt and the reply from its prefix cache instead of
+    computing them again. Otherwise (a separate judge model) the judge reads a transcript.
+    """
+    base: dict[str, Any] = {"index": -1, "row_id": f"{row.row_id}-judge{sample}", "seed": row.seed,
+                            "sampling": sampling}
+    if reply.follow_up_ids is not None:
+        return PromptRow(prompt_token_ids=reply.follow_up_ids, **base)
     messages = [{"role": "system", "content": SYSTEM.format(rubric=judge.rubric)},
-                {"role": "user", "content": f"Prompt:\n{_asked(row)}\n\nResponse:\n{row['completion']}"}]
-    seed = row["lineage"]["seed"]
-    return PromptRow(index=-1, row_id=f"{row['row_id']}-judge{row['sample_index']}", seed=seed,
-                     sampling=sampling, messages=messages)
+                {"role": "user", "content": f"Prompt:\n{_asked(row)}\n\nResponse:\n{reply.text}"}]
+    return PromptRow(messages=messages, **base)
 
 
 def _closed(text: str, finish_reason: str) -> Any:
@@ -107,8 +123,10 @@ def parse_verdict(result: list[Completion] | RowFailure, judge: Judge) -> Verdic
         return RowFailure(RowErrorCode.JUDGE_ERROR, f"unusable judgement ({c.finish_reason}): {e}: {c.text[:200]!r}")
     if not isinstance(score, int) or not 1 <= score <= 10 or not isinstance(reason, str):
         return RowFailure(RowErrorCode.JUDGE_ERROR, f"judgement out of range: {c.text[:200]!r}")
-    return Verdict(score, _clean(reason, judge.reason_max_chars), c.prompt_tokens, c.completion_tokens)
+    return Verdict(score, _clean(reason, judge.reason_max_chars), c.prompt_tokens, c.completion_tokens,
+                   c.cached_tokens)
 
 
-async def judge_row(engine: Engine, judge: Judge, row: dict[str, Any], sampling: Sampling) -> Verdict | RowFailure:
-    return parse_verdict(await engine.generate(judge_request(judge, row, sampling)), judge)
+async def judge_reply(engine: Engine, judge: Judge, row: PromptRow, sample: int, reply: Completion,
+                      sampling: Sampling) -> Verdict | RowFailure:
+    return parse_verdict(await engine.generate(judge_request(judge, row, sample, reply, sampling)), judge)

@@ -42,6 +42,7 @@ class PromptRow:
     sampling: Sampling
     prompt: str | None = None
     messages: list[dict[str, str]] | None = None
+    prompt_token_ids: list[int] | None = None  # already tokenized (a follow-up on the same engine)
     variables: dict[str, Any] = field(default_factory=dict)
     custom_id: str | None = None
     template_hash: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -15,11 +15,11 @@ from orchestrator.commit import CommitOutcome, ShardStats, ShardTables, commit_s
 from orchestrator.errors import RowErrorCode
 from orchestrator.gates import Judge
 from orchestrator.planner import Plan, Shard
-from orchestrator.spec import JobSpec
+from orchestrator.spec import JobSpec, Sampling
 from orchestrator.storage import Store
 from workers.engine import Completion, Engine, sampling_key
 from workers.filters import rejection, schema_violation
-from workers.judge import judge_row, judge_sampling
+from workers.judge import Verdict, follow_up, judge_reply, judge_sampling
 from workers.prompts import PromptRow, RowFailure, shard_rows
 
 
@@ -60,12 +60,61 @@ def _error(base: dict[str, Any], failure: RowFailure, sample: int | None) -> dic
             "error_message": failure.message[: defaults.ERROR_MESSAGE_MAX_CHARS]}
 
 
-async def _generate(engine: Engine, row: PromptRow, counts: dict[str, int] | None) -> list[Completion] | RowFailure:
-    result = row.failure if row.failure is not None else await engine.generate(row)
+Check = RowFailure | tuple[str, str] | None  # a schema violation, a filter's (reason, detail), or passing
+
+
+def check(spec: JobSpec, row: PromptRow, c: Completion) -> Check:
+    schema = row.sampling.json_schema
+    problem = schema_violation(schema, c.text) if schema is not None else None
+    if problem is not None:
+        return RowFailure(RowErrorCode.SCHEMA_VIOLATION, problem)
+    return rejection(spec.filters, c.text, c.completion_tokens) if spec.filters else None
+
+
+@dataclass(frozen=True)
+class Judging:
+    """A shard's judge: its engine, and for `self` the follow-up turn that reuses the generation's KV."""
+
+    engine: Engine
+    judge: Judge
+    sampling: Sampling
+    follow_up: str | None
+
+    @classmethod
+    def of(cls, spec: JobSpec, engine: Engine, judge_engine: Engine | None) -> Judging | None:
+        if spec.judge is None:
+            return None
+        own = judge_engine is None or judge_engine is engine
+        return cls(engine if own else judge_engine, spec.judge, judge_sampling(spec.judge),
+                   follow_up(spec.judge) if own else None)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One prompt row's outcome: its completions (or why none), and with a judge each sample's check
+    and verdict (None where a check already failed)."""
+
+    result: list[Completion] | RowFailure
+    checks: list[Check] | None = None
+    verdicts: list[Verdict | RowFailure | None] | None = None
+
+
+async def _generate(engine: Engine, spec: JobSpec, row: PromptRow, counts: dict[str, int] | None,
+                    judging: Judging | None) -> Generated:
+    """Generate the row; with a judge, judge each passing sample as soon as it is written (its KV is
+    then still in the engine's prefix cache, and the judgement fills the batch beside generation)."""
+    follow = judging.follow_up if judging else None
+    result = row.failure if row.failure is not None else await engine.generate(row, follow)
     if counts is not None and not isinstance(result, RowFailure):
         counts["completion_tokens"] = counts.get("completion_tokens", 0) + sum(c.completion_tokens for c in result)
         counts["prompt_tokens"] = counts.get("prompt_tokens", 0) + (result[0].prompt_tokens if result else 0)
-    return result
+    if judging is None or isinstance(result, RowFailure):
+        return Generated(result)
+    checks = [check(spec, row, c) for c in result]
+    judged = await asyncio.gather(*(judge_reply(judging.engine, judging.judge, row, i, c, judging.sampling)
+                                    for i, (c, k) in enumerate(zip(result, checks, strict=True)) if k is None))
+    verdicts: list[Verdict | RowFailure | None] = [None if k is not None else judged.pop(0) for k in checks]
+    return Generated([replace(c, follow_up_ids=None) for c in result], checks, verdicts)
 
 
 @dataclass
@@ -78,11 +127,27 @@ class Sorted:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     judge_prompt_tokens: int = 0
+    judge_cached_tokens: int = 0
     judge_completion_tokens: int = 0
     judge_scores: Counter[str] = field(default_factory=Counter)
 
     def reject(self, row: dict[str, Any], reason: str, detail: str) -> None:
         self.rejected.append({**row, "reject_reason": reason, "reject_detail": detail})
+
+    def judged(self, row: dict[str, Any], verdict: Verdict | RowFailure, judge: Judge) -> None:
+        """Low scores to rejected, unusable judgements to errors, the rest to data with score and reason."""
+        if isinstance(verdict, RowFailure):
+            self.errors.append(_error(row, verdict, row["sample_index"]))
+            return
+        self.judge_prompt_tokens += verdict.prompt_tokens
+        self.judge_cached_tokens += verdict.cached_tokens
+        self.judge_completion_tokens += verdict.completion_tokens
+        self.judge_scores[str(verdict.score)] += 1
+        row = {**row, "judge_score": verdict.score, "judge_reason": verdict.reason}
+        if verdict.score < judge.min_score:
+            self.reject(row, "judge_low_score", f"{verdict.score} < {judge.min_score}: {verdict.reason}")
+        else:
+            self.data.append(row)
 
     def tables(self, spec: JobSpec) -> ShardTables:
         return ShardTables(pa.Table.from_pylist(self.data, schema=rows.data_schema(spec)),
@@ -90,52 +155,34 @@ class Sorted:
                            pa.Table.from_pylist(self.rejected, schema=rows.rejected_schema(spec)))
 
 
-def assemble(spec: JobSpec, plan: Plan, prompt_rows: list[PromptRow],
-             results: list[list[Completion] | RowFailure], revision: str) -> Sorted:
-    """Sort generated rows: schema violations to errors, filtered rows to rejected, the rest to data."""
+def assemble(spec: JobSpec, plan: Plan, prompt_rows: list[PromptRow], results: list[Generated],
+             revision: str) -> Sorted:
+    """Sort generated rows: schema violations and judge errors to errors, filtered or low-scored rows
+    to rejected, the rest to data."""
     fields = rows.variable_fields(spec)
     out = Sorted()
-    for row, result in zip(prompt_rows, results, strict=True):
+    for row, g in zip(prompt_rows, results, strict=True):
         base = _base(row, spec, plan, revision, fields)
-        if isinstance(result, RowFailure):
-            out.errors.append(_error(base, result, None))
+        if isinstance(g.result, RowFailure):
+            out.errors.append(_error(base, g.result, None))
             continue
-        out.prompt_tokens += result[0].prompt_tokens if result else 0
-        for i, c in enumerate(result):
+        out.prompt_tokens += g.result[0].prompt_tokens if g.result else 0
+        for i, c in enumerate(g.result):
             out.completion_tokens += c.completion_tokens
-            schema = row.sampling.json_schema
-            problem = schema_violation(schema, c.text) if schema is not None else None
-            if problem is not None:
-                out.errors.append(_error(base, RowFailure(RowErrorCode.SCHEMA_VIOLATION, problem), i))
+            outcome = g.checks[i] if g.checks is not None else check(spec, row, c)
+            if isinstance(outcome, RowFailure):
+                out.errors.append(_error(base, outcome, i))
                 continue
             generated = {**base, "sample_index": i, "completion": c.text, "finish_reason": c.finish_reason,
                          "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens}
-            rejected = rejection(spec.filters, c.text, c.completion_tokens) if spec.filters else None
-            if rejected is not None:
-                out.reject(generated, *rejected)
+            verdict = g.verdicts[i] if g.verdicts is not None else None
+            if outcome is not None:
+                out.reject(generated, *outcome)
+            elif verdict is not None and spec.judge is not None:
+                out.judged(generated, verdict, spec.judge)
             else:
                 out.data.append(generated)
     return out
-
-
-async def judge_rows(engine: Engine, judge: Judge, out: Sorted) -> None:
-    """Score every data row on `engine`; low scores move to rejected, unusable judgements to errors."""
-    sampling = judge_sampling(judge)
-    verdicts = await asyncio.gather(*(judge_row(engine, judge, r, sampling) for r in out.data))
-    kept = []
-    for row, verdict in zip(out.data, verdicts, strict=True):
-        if isinstance(verdict, RowFailure):
-            out.errors.append(_error(row, verdict, row["sample_index"]))
-            continue
-        out.judge_prompt_tokens += verdict.prompt_tokens
-        out.judge_completion_tokens += verdict.completion_tokens
-        out.judge_scores[str(verdict.score)] += 1
-        judged = {**row, "judge_score": verdict.score, "judge_reason": verdict.reason}
-        if verdict.score < judge.min_score:
-            out.reject(judged, "judge_low_score", f"{verdict.score} < {judge.min_score}: {verdict.reason}")
-        else:
-            kept.append(judged)
-    out.data = kept
 
 
 def _stats(shard: Shard, attempt: int, out: Sorted, seconds: float, revision: str) -> ShardStats:
@@ -145,7 +192,8 @@ def _stats(shard: Shard, attempt: int, out: Sorted, seconds: float, revision: st
         model_revision=revision, rows_rejected=len(out.rejected),
         rejected=dict(Counter(r["reject_reason"] for r in out.rejected)),
         failed=dict(Counter(r["error_code"] for r in out.errors)), judge_scores=dict(out.judge_scores),
-        judge_prompt_tokens=out.judge_prompt_tokens, judge_completion_tokens=out.judge_completion_tokens)
+        judge_prompt_tokens=out.judge_prompt_tokens, judge_cached_tokens=out.judge_cached_tokens,
+        judge_completion_tokens=out.judge_completion_tokens)
 
 
 async def run_shard(engine: Engine, store: Store, spec: JobSpec, plan: Plan, shard: Shard, attempt: int,
@@ -160,11 +208,10 @@ async def run_shard(engine: Engine, store: Store, spec: JobSpec, plan: Plan, sha
         return None
     started = time.perf_counter()
     prompt_rows = await asyncio.to_thread(shard_rows, spec, plan, shard)
-    results = await asyncio.gather(*(_generate(engine, r, counts) for r in prompt_rows))
+    judging = Judging.of(spec, engine, judge)
+    results = await asyncio.gather(*(_generate(engine, spec, r, counts, judging) for r in prompt_rows))
     revision = engine.info.revision
     out = await asyncio.to_thread(assemble, spec, plan, prompt_rows, list(results), revision)
-    if spec.judge is not None:
-        await judge_rows(judge or engine, spec.judge, out)
     tables = await asyncio.to_thread(out.tables, spec)
     stats = _stats(shard, attempt, out, time.perf_counter() - started, revision)
     commit = asyncio.ensure_future(asyncio.to_thread(commit_shard, store, plan.num_shards, tables, stats, staged))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import jsonschema
 import pytest
@@ -10,28 +11,37 @@ import pytest
 from orchestrator.errors import RowErrorCode
 from orchestrator.gates import Judge
 from workers.engine import Completion
-from workers.judge import judge_request, judge_sampling, judge_schema, parse_verdict
-from workers.prompts import RowFailure
+from orchestrator.spec import Sampling
+from workers.judge import follow_up, judge_request, judge_sampling, judge_schema, parse_verdict
+from workers.prompts import PromptRow, RowFailure
 
-ROW = {"row_id": "abc-0000000001", "sample_index": 1, "prompt": "Name a prime.", "messages": None,
-       "completion": "Seven.", "lineage": {"seed": 42}}
+ROW = PromptRow(index=1, row_id="abc-0000000001", seed=42, sampling=Sampling(), prompt="Name a prime.")
+REPLY = Completion("Seven.", "stop", 4, 2)
 
 
-def test_the_request_carries_rubric_prompt_and_response_deterministically() -> None:
+def test_a_separate_judge_reads_rubric_prompt_and_response_deterministically() -> None:
     judge = Judge(rubric="Is it a prime number?")
-    req = judge_request(judge, ROW, judge_sampling(judge))
+    req = judge_request(judge, ROW, 1, REPLY, judge_sampling(judge))
     system, user = req.messages or []
     assert "Is it a prime number?" in system["content"]
     assert "Name a prime." in user["content"] and "Seven." in user["content"]
-    assert req.sampling.temperature == 0.0 and req.seed == 42
+    assert req.sampling.temperature == 0.0 and req.seed == 42 and req.prompt_token_ids is None
     assert req.row_id == "abc-0000000001-judge1"
 
 
-def test_chat_prompts_are_shown_to_the_judge_as_a_transcript() -> None:
-    row = {**ROW, "prompt": None, "messages": [{"role": "system", "content": "Be terse."},
-                                               {"role": "user", "content": "Name a prime."}]}
-    user = (judge_request(Judge(), row, judge_sampling(Judge())).messages or [])[1]["content"]
+def test_chat_prompts_are_shown_to_a_separate_judge_as_a_transcript() -> None:
+    row = replace(ROW, prompt=None, messages=[{"role": "system", "content": "Be terse."},
+                                              {"role": "user", "content": "Name a prime."}])
+    user = (judge_request(Judge(), row, 0, REPLY, judge_sampling(Judge())).messages or [])[1]["content"]
     assert "system: Be terse.\nuser: Name a prime." in user
+
+
+def test_the_self_judge_continues_the_conversation_from_the_engines_own_tokens() -> None:
+    judge = Judge(rubric="Is it a prime number?")
+    reply = replace(REPLY, follow_up_ids=[5, 6, 7, 8])
+    req = judge_request(judge, ROW, 0, reply, judge_sampling(judge))
+    assert req.prompt_token_ids == [5, 6, 7, 8] and req.messages is None and req.prompt is None
+    assert "Is it a prime number?" in follow_up(judge) and "your answer above" in follow_up(judge)
 
 
 def test_the_schema_is_score_then_an_open_reason_and_the_budget_follows_reason_max_chars() -> None:

@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,6 +21,7 @@ from orchestrator.planner import Plan, make_plan, row_id
 from orchestrator.spec import JobSpec
 from orchestrator.storage import MemoryStore
 from workers.engine import Completion, EngineInfo, sampling_key
+from workers.judge import follow_up
 from workers.prompts import PromptRow, RowFailure
 from workers.shard import run_shard
 from tests.unit.specs import file_spec, make_spec, template_spec
@@ -41,7 +43,7 @@ class FakeEngine:
         self.requests = 0
         self.reply = reply
 
-    async def generate(self, row: PromptRow) -> list[Completion] | RowFailure:
+    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
         self.requests += 1
         await asyncio.sleep(0)
         return self.reply(row)
@@ -237,3 +239,76 @@ def test_batch_rows_keep_their_custom_id_and_own_schema(tmp_path: Path) -> None:
     assert errors.select(["custom_id", "error_code"]).to_pylist() == [
         {"custom_id": "bad", "error_code": "schema_violation"}]
     assert json.loads(data["lineage"][0].as_py()["sampling"])["json_schema"] == SCHEMA
+
+
+# --- the judge, row by row ----------------------------------------------------------------------
+
+VERDICTS = {0: '{"score":9,"reason":"good"}', 1: '{"score":2,"reason":"vague"}', 2: '{"score":7,"reason":"ok"}',
+            3: '{"score": "nine"}'}
+
+
+class JudgingEngine(FakeEngine):
+    """Echoes rows (row i after `delays[i]` s) and judges them: the verdict follows the row index it
+    finds in the follow-up ids (self) or in the transcript (a separate judge)."""
+
+    def __init__(self, delays: dict[int, float] | None = None):
+        super().__init__()
+        self.delays, self.log, self.follow_ups = delays or {}, [], []  # type: ignore[var-annotated]
+
+    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
+        self.requests += 1
+        if row.index == -1:
+            self.log.append(f"judge {row.row_id}")
+            asked = row.prompt_token_ids[0] if row.prompt_token_ids else int((row.messages or [])[1]["content"][-1])
+            return [Completion(VERDICTS[asked], "stop", 40, 6, cached_tokens=32)]
+        await asyncio.sleep(self.delays.get(row.index, 0.0))
+        self.log.append(f"wrote {row.row_id}")
+        self.follow_ups.append(follow_up)
+        ids = None if follow_up is None else [row.index, 1, 2]
+        return [Completion(f"answer {row.index}", "stop", 2, 3, follow_up_ids=ids)]
+
+
+def judged_spec(**sections: Any) -> JobSpec:
+    return make_spec(prompts={"template": {"text": "{{ i }}", "seeds": {"i": [0, 1, 2, 3]}}},
+                     output={"uri": "out", "rows_per_shard": 4}, **sections)
+
+
+def test_the_self_judge_scores_each_reply_in_its_own_conversation() -> None:
+    engine, store = JudgingEngine(), MemoryStore()
+    spec = judged_spec(judge={"min_score": 5})
+    plan = make_plan(spec)
+    outcome = run(engine, store, spec, plan)
+    assert outcome is not None and outcome.stats.judge_cached_tokens == 3 * 32
+    assert set(engine.follow_ups) == {follow_up(spec.judge)}  # asked of the engine that wrote the replies
+    data = data_rows(store, plan).to_pylist()
+    assert [(r["i"], r["judge_score"], r["judge_reason"]) for r in data] == [(0, 9, "good"), (2, 7, "ok")]
+    rejected = pq.read_table(io.BytesIO(store.get(layout.rejected_key(0, 1)))).to_pylist()
+    assert [(r["i"], r["reject_reason"], r["reject_detail"]) for r in rejected] == [(1, "judge_low_score", "2 < 5: vague")]
+    assert error_rows(store, plan).select(["i", "error_code"]).to_pylist() == [{"i": 3, "error_code": "judge_error"}]
+
+
+def test_rows_a_filter_rejects_are_never_judged() -> None:
+    engine = JudgingEngine()
+    spec = judged_spec(judge={"min_score": 1}, filters={"deny": ["answer [13]"]})
+    run(engine, MemoryStore(), spec, make_plan(spec))
+    assert sorted(x for x in engine.log if x.startswith("judge")) == [
+        f"judge {row_id(make_plan(spec).spec_hash, i)}-judge0" for i in (0, 2)]
+
+
+def test_each_reply_is_judged_as_soon_as_it_is_written() -> None:
+    """While row 0 is still generating, rows 1-3 are already judged (their KV is still cached)."""
+    engine = JudgingEngine(delays={0: 0.2})
+    spec = judged_spec(judge={"min_score": 1})
+    run(engine, MemoryStore(), spec, make_plan(spec))
+    slow = row_id(make_plan(spec).spec_hash, 0)
+    assert engine.log.index(f"wrote {slow}") > engine.log.index(f"judge {row_id(make_plan(spec).spec_hash, 1)}-judge0")
+
+
+def test_a_separate_judge_model_reads_a_transcript_and_the_generator_is_not_asked_for_follow_ups() -> None:
+    generator, judge, store = JudgingEngine(), JudgingEngine(), MemoryStore()
+    spec = judged_spec(judge={"min_score": 5})
+    plan = make_plan(spec)
+    asyncio.run(run_shard(generator, store, spec, plan, plan.shard(0), attempt=1, judge=judge))
+    assert generator.follow_ups == [None] * 4 and not any(x.startswith("judge") for x in generator.log)
+    assert len([x for x in judge.log if x.startswith("judge")]) == 4
+    assert [r["judge_score"] for r in data_rows(store, plan).to_pylist()] == [9, 7]
