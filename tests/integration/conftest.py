@@ -11,7 +11,9 @@ import pytest
 
 from orchestrator.spec import JobSpec, parse_spec
 
-MODEL_ARGS = {"max_model_len": 256, "dtype": "float32"}
+# 32-token KV blocks (the CPU backend's smallest; GPUs use 16) so short test rows fill whole blocks
+# and the self judge's reuse of the generation's prefix cache shows.
+MODEL_ARGS = {"max_model_len": 256, "dtype": "float32", "engine_args": {"block_size": 32}}
 RESOURCES = {"workers": 2, "gpus_per_worker": 0, "cpus_per_worker": 1, "max_attempts": 3}
 
 

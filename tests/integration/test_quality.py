@@ -38,7 +38,8 @@ def _every_row_once(spec: Any, job: Path) -> None:
 
 def test_the_model_judges_its_own_rows_on_the_warm_engine(pool: Any, tiny_model: Path, tmp_path: Path) -> None:
     loads = pool.stats("engine_loads")
-    spec = make_spec(tiny_model, str(tmp_path), FACTS, judge={**JUDGE, "min_score": 1})
+    spec = make_spec(tiny_model, str(tmp_path), FACTS, judge={**JUDGE, "min_score": 1},
+                     sampling={"max_tokens": 32, "temperature": 0.9, "seed": 1})
     result = run_job(spec, pool=pool)
     job = tmp_path / spec.job_id
     assert pool.stats("engine_loads") == loads  # `self`: no second model load, no second pool
@@ -49,6 +50,10 @@ def test_the_model_judges_its_own_rows_on_the_warm_engine(pool: Any, tiny_model:
     judge = manifest["quality"]["judge"]
     assert sum(judge["scores"].values()) == 24 and judge["errors"] == 0
     assert manifest["judge_prompt_tokens"] > 0 and manifest["judge_completion_tokens"] > 0
+    # Each judgement continues its row's conversation: every whole 32-token KV block of the row's
+    # prompt and reply comes from the generation's prefix cache (an EOS gives way to the end of turn).
+    assert manifest["judge_cached_tokens"] == sum(
+        (r["prompt_tokens"] + r["completion_tokens"] - (r["finish_reason"] == "stop")) // 32 * 32 for r in data)
 
 
 def test_rows_below_the_threshold_go_to_rejected_with_the_judges_reason(pool: Any, tiny_model: Path,
