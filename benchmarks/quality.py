@@ -4,10 +4,12 @@ dedup: the finalize dedup pass (both passes, reading `_generated/` and writing `
 `rejected/`) over 1,000,000 short rows in a child process pinned to one core; rows/s and the child's
 peak RSS. Goals: >= 20,000 rows/s, <= 1 GB.
 
-judge: on one warm tiny vLLM engine, the same shards generated without and with `judge: self`; the
-judge's added time is compared with plain generation of exactly the tokens it reads and writes (its
-prompts, and as many output tokens, without a grammar). Goal: ratio <= 1. Prefix caching is off so
-repeated prompts are not free.
+judge: on one warm tiny vLLM engine with a job's settings (prefix caching on, the CPU backend's
+128-token KV blocks), 512 replies of `--reply-tokens` tokens, then `judge: self` on them as a job
+runs it: each judgement continues its reply's conversation, so the engine reads the prompt and reply
+from its prefix cache. Compared with plain generation of exactly the tokens the judge reads and
+writes (its prompt ids with the prefix cache emptied, as many output tokens, no grammar). Goal:
+ratio <= 1. Also the judge with the cache emptied (`without_kv_reuse`): what the grammar costs.
 """
 
 from __future__ import annotations
@@ -112,72 +114,90 @@ def bench_dedup(rows: int) -> dict[str, Any]:
             "duplicates_dropped": child["dropped"], "seconds": round(child["seconds"], 2)}
 
 
-async def _generated_rows(engine: Any, spec: Any) -> list[dict[str, Any]]:
-    """The data rows of a plain job on `engine` (what the judge is asked about)."""
-    from orchestrator import layout
-    from orchestrator.planner import make_plan
-    from orchestrator.commit import read_parquet
-    from orchestrator.storage import MemoryStore
-    from workers.shard import run_shard
-
-    plan, store = make_plan(spec), MemoryStore()
-    await asyncio.gather(*(run_shard(engine, store, spec, plan, s, 1) for s in plan.shards()))
-    return [r for i in range(plan.num_shards) for r in read_parquet(store, layout.data_key(i, plan.num_shards)).to_pylist()]
-
-
 async def _timed(coros: list[Any]) -> tuple[float, list[Any]]:
     started = time.perf_counter()
     results = await asyncio.gather(*coros)
     return time.perf_counter() - started, results
 
 
-async def _judge_runs(model: str, repeats: int, rows_wanted: int) -> list[dict[str, float]]:
-    """Judge every row, then generate exactly its tokens without a grammar; alternate the order.
+async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: int) -> list[dict[str, Any]]:
+    """Per repeat, fresh replies (new seeds), then three timed sides in alternating order:
 
-    One engine, made and used on one event loop (AsyncLLM is bound to its loop).
+    reuse: the judge as a job runs it, each judgement continuing its reply on the engine that wrote
+           it (the reply's KV still in the prefix cache);
+    plain: the judge's exact prompt ids, prefix cache emptied, generating as many tokens, no grammar;
+    cold:  the judge again with the prefix cache emptied (what the grammar alone costs).
+    One engine with a job's settings, made and used on one event loop (AsyncLLM is bound to its loop).
     """
     from orchestrator.gates import Judge
-    from orchestrator.spec import ModelSpec, Sampling, parse_spec
+    from orchestrator.planner import make_plan
+    from orchestrator.spec import Sampling, parse_spec
     from workers.engine import VllmEngine
-    from workers.judge import judge_request, judge_row, judge_sampling
+    from workers.judge import follow_up, judge_reply, judge_sampling
+    from workers.prompts import PromptRow, shard_rows
 
-    engine = VllmEngine(ModelSpec(path=model, max_model_len=512, dtype="float32",
-                                  engine_args={"enable_prefix_caching": False}), on_gpu=False)
-    spec = parse_spec({
-        "name": "judge-bench", "model": {"path": model, "max_model_len": 512, "dtype": "float32"},
-        "prompts": {"template": {"text": "Explain {{ topic }} in one line, take {{ k }}:",
-                                 "seeds": {"topic": [f"topic {i}" for i in range(rows_wanted // 16)],
-                                           "k": list(range(16))}}},
-        "sampling": {"max_tokens": 48, "ignore_eos": True, "seed": 3}, "output": {"uri": "mem", "rows_per_shard": 64}})
     judge = Judge(min_score=1, reason_max_chars=60)
-    rows = await _generated_rows(engine, spec)
     sampling = judge_sampling(judge)
-    _, verdicts = await _timed([judge_row(engine, judge, r, sampling) for r in rows])  # warm-up
-    # Greedy judgements repeat exactly, so the plain requests ask for each judgement's own token count.
-    plain = [type(q)(**{**q.__dict__, "sampling": Sampling(temperature=0.0, max_tokens=v.completion_tokens,
-                                                             ignore_eos=True)})
-             for q, v in zip((judge_request(judge, r, sampling) for r in rows), verdicts, strict=True)]
+
+    def spec(seed: int) -> Any:
+        return parse_spec({
+            "name": "judge-bench", "model": {"path": model, "max_model_len": 512, "dtype": "float32"},
+            "prompts": {"template": {"text": "Explain {{ topic }} in one line, take {{ k }}:",
+                                     "seeds": {"topic": [f"topic {i}" for i in range(rows_wanted // 16)],
+                                               "k": list(range(16))}}},
+            "sampling": {"max_tokens": gen_tokens, "ignore_eos": True, "seed": seed},
+            "output": {"uri": "mem", "rows_per_shard": rows_wanted}})
+
+    engine = VllmEngine(spec(0).model, on_gpu=False)
+
+    async def replies(seed: int) -> list[tuple[PromptRow, Any]]:
+        s = spec(seed)
+        plan = make_plan(s)
+        rows = shard_rows(s, plan, plan.shard(0))
+        results = await asyncio.gather(*(engine.generate(r, follow_up(judge)) for r in rows))
+        return [(r, res[0]) for r, res in zip(rows, results, strict=True)]
+
+    async def judged(pairs: list[tuple[PromptRow, Any]]) -> tuple[float, list[Any]]:
+        return await _timed([judge_reply(engine, judge, r, 0, c, sampling) for r, c in pairs])
+
+    await judged(await replies(10_000))  # warm-up: grammar compiled, engine paths hot
     runs = []
-    for k in range(repeats):  # alternate which side goes first, against drift in the machine's load
+    for k in range(repeats):
+        pairs = await replies(k + 1)
+        order = ["reuse", "plain", "cold"] if k % 2 == 0 else ["cold", "plain", "reuse"]
         sides: dict[str, float] = {}
-        for side in (("judge", "plain") if k % 2 == 0 else ("plain", "judge")):
-            coros = [judge_row(engine, judge, r, sampling) for r in rows] if side == "judge" else \
-                [engine.generate(q) for q in plain]
-            sides[side], _ = await _timed(coros)
-        runs.append({"judge_s": sides["judge"], "plain_s": sides["plain"], "rows": len(rows),
-                     "judge_prompt_tokens": sum(v.prompt_tokens for v in verdicts),
-                     "judge_completion_tokens": sum(v.completion_tokens for v in verdicts)})
+        for side in order:
+            if side != "reuse" or sides:
+                await engine.llm.reset_prefix_cache()
+            if side == "reuse" and sides:  # after an emptied cache: write the replies again, as a job would
+                pairs = await replies(k + 1)
+            if side == "plain":
+                plain = [PromptRow(index=-1, row_id=f"plain-{i}", seed=r.seed, prompt_token_ids=c.follow_up_ids,
+                                   sampling=Sampling(temperature=0.0, max_tokens=v.completion_tokens, ignore_eos=True))
+                         for i, ((r, c), v) in enumerate(zip(pairs, verdicts, strict=True))]
+                sides[side], _ = await _timed([engine.generate(q) for q in plain])
+            else:
+                sides[side], out = await judged(pairs)
+                if side == "reuse":
+                    reuse_verdicts = out
+                verdicts = out
+        runs.append({**sides, "prompt_tokens": sum(v.prompt_tokens for v in reuse_verdicts),
+                     "cached_tokens": sum(v.cached_tokens for v in reuse_verdicts),
+                     "completion_tokens": sum(v.completion_tokens for v in reuse_verdicts)})
     return runs
 
 
-def bench_judge(model: str, repeats: int, rows: int) -> dict[str, Any]:
-    runs = asyncio.run(_judge_runs(model, repeats, rows))
-    ratios = [r["judge_s"] / r["plain_s"] for r in runs]
+def bench_judge(model: str, repeats: int, rows: int, gen_tokens: int) -> dict[str, Any]:
+    runs = asyncio.run(_judge_runs(model, repeats, rows, gen_tokens))
+    ratios = [r["reuse"] / r["plain"] for r in runs]
+    cold = [r["cold"] / r["plain"] for r in runs]
     return {"judge_over_generating_its_tokens": round(statistics.median(ratios), 3),
-            "ratios": [round(x, 3) for x in ratios], "rows_judged": runs[0]["rows"],
-            "judge_prompt_tokens": runs[0]["judge_prompt_tokens"],
-            "judge_completion_tokens": runs[0]["judge_completion_tokens"],
-            "judge_s": [round(r["judge_s"], 2) for r in runs], "plain_s": [round(r["plain_s"], 2) for r in runs]}
+            "ratios": [round(x, 3) for x in ratios],
+            "without_kv_reuse": round(statistics.median(cold), 3), "ratios_without_kv_reuse": [round(x, 3) for x in cold],
+            "rows_judged": rows, "reply_tokens": gen_tokens, "judge_prompt_tokens": runs[0]["prompt_tokens"],
+            "judge_prompt_tokens_cached": runs[0]["cached_tokens"],
+            "judge_completion_tokens": runs[0]["completion_tokens"],
+            **{f"{side}_s": [round(r[side], 2) for r in runs] for side in ("reuse", "plain", "cold")}}
 
 
 def main() -> None:
@@ -185,15 +205,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=ROWS)
     parser.add_argument("--model", default="models/tiny")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reply-tokens", type=int, default=256, help="Tokens per generated reply the judge reads.")
+    parser.add_argument("--judge-only", action="store_true")
     parser.add_argument("--skip-judge", action="store_true")
     parser.add_argument("--dedup-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dedup_child:
         dedup_child(args.dedup_child[0], int(args.dedup_child[1]))
         return
-    result: dict[str, Any] = {"dedup": bench_dedup(args.rows)}
+    result: dict[str, Any] = {} if args.judge_only else {"dedup": bench_dedup(args.rows)}
     if not args.skip_judge:
-        result["judge"] = bench_judge(args.model, args.repeats, 512)
+        result["judge"] = bench_judge(args.model, args.repeats, 512, args.reply_tokens)
     print(json.dumps(result))
 
 

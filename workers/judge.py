@@ -1,5 +1,11 @@
 """Self-evaluation: the model scores a completion 1-10 against the rubric, through structured output.
 
+With `self`, a judgement is the next turn of the conversation that produced the reply, given to the
+engine as token ids (what it saw, what it wrote, then the judge's turn), right after the reply is
+written: the engine's prefix cache still holds the reply's KV, so the judge reads the prompt and
+reply without computing them again (every whole KV block of them) and pays only for its own turn and
+judgement. A separate judge model reads a transcript instead.
+
 The judgement is constrained by a JSON schema: an integer score 1-10 first, then a reason. The
 reason's length is bounded by the token budget, not by the schema: a `maxLength` becomes a bounded
 repetition in the grammar that makes xgrammar check every vocabulary token at every step of the
