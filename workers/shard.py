@@ -111,9 +111,9 @@ async def _generate(engine: Engine, spec: JobSpec, row: PromptRow, counts: dict[
     if judging is None or isinstance(result, RowFailure):
         return Generated(result)
     checks = [check(spec, row, c) for c in result]
-    judged = await asyncio.gather(*(judge_reply(judging.engine, judging.judge, row, i, c, judging.sampling)
-                                    for i, (c, k) in enumerate(zip(result, checks, strict=True)) if k is None))
-    verdicts: list[Verdict | RowFailure | None] = [None if k is not None else judged.pop(0) for k in checks]
+    judged = iter(await asyncio.gather(*(judge_reply(judging.engine, judging.judge, row, i, c, judging.sampling)
+                                         for i, (c, k) in enumerate(zip(result, checks, strict=True)) if k is None)))
+    verdicts: list[Verdict | RowFailure | None] = [None if k is not None else next(judged) for k in checks]
     return Generated([replace(c, follow_up_ids=None) for c in result], checks, verdicts)
 
 
