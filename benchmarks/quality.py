@@ -126,27 +126,32 @@ async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: in
     reuse: the judge as a job runs it, each judgement continuing its reply on the engine that wrote
            it (the reply's KV still in the prefix cache);
     plain: the judge's exact prompt ids, prefix cache emptied, generating as many tokens, no grammar;
-    cold:  the judge again with the prefix cache emptied (what the grammar alone costs).
+    cold:  the judge again with the prefix cache emptied (what the grammar alone costs);
+    and a whole job (4 shards in flight through the worker's shard path) without and with the judge:
+    the judge's added time there, where judgements also fill the batch beside generation.
     One engine with a job's settings, made and used on one event loop (AsyncLLM is bound to its loop).
     """
     from orchestrator.gates import Judge
     from orchestrator.planner import make_plan
     from orchestrator.spec import Sampling, parse_spec
+    from orchestrator.storage import MemoryStore
     from workers.engine import VllmEngine
     from workers.judge import follow_up, judge_reply, judge_sampling
     from workers.prompts import PromptRow, shard_rows
+    from workers.shard import run_shard
 
     judge = Judge(min_score=1, reason_max_chars=60)
     sampling = judge_sampling(judge)
 
-    def spec(seed: int) -> Any:
+    def spec(seed: int, shards: int = 1, judged: bool = False) -> Any:
         return parse_spec({
             "name": "judge-bench", "model": {"path": model, "max_model_len": 512, "dtype": "float32"},
             "prompts": {"template": {"text": "Explain {{ topic }} in one line, take {{ k }}:",
                                      "seeds": {"topic": [f"topic {i}" for i in range(rows_wanted // 16)],
                                                "k": list(range(16))}}},
             "sampling": {"max_tokens": gen_tokens, "ignore_eos": True, "seed": seed},
-            "output": {"uri": "mem", "rows_per_shard": rows_wanted}})
+            "output": {"uri": "mem", "rows_per_shard": rows_wanted // shards},
+            **({"judge": judge.model_dump()} if judged else {})})
 
     engine = VllmEngine(spec(0).model, on_gpu=False)
 
@@ -159,6 +164,12 @@ async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: in
 
     async def judged(pairs: list[tuple[PromptRow, Any]]) -> tuple[float, list[Any]]:
         return await _timed([judge_reply(engine, judge, r, 0, c, sampling) for r, c in pairs])
+
+    async def job(seed: int, with_judge: bool) -> float:
+        s = spec(seed, shards=4, judged=with_judge)
+        plan, store = make_plan(s), MemoryStore()
+        seconds, _ = await _timed([run_shard(engine, store, s, plan, shard, 1) for shard in plan.shards()])
+        return seconds
 
     await judged(await replies(10_000))  # warm-up: grammar compiled, engine paths hot
     runs = []
@@ -181,6 +192,8 @@ async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: in
                 if side == "reuse":
                     reuse_verdicts = out
                 verdicts = out
+        for with_judge in (False, True) if k % 2 == 0 else (True, False):
+            sides["job_judged" if with_judge else "job"] = await job(k + 1, with_judge)
         runs.append({**sides, "prompt_tokens": sum(v.prompt_tokens for v in reuse_verdicts),
                      "cached_tokens": sum(v.cached_tokens for v in reuse_verdicts),
                      "completion_tokens": sum(v.completion_tokens for v in reuse_verdicts)})
@@ -191,13 +204,16 @@ def bench_judge(model: str, repeats: int, rows: int, gen_tokens: int) -> dict[st
     runs = asyncio.run(_judge_runs(model, repeats, rows, gen_tokens))
     ratios = [r["reuse"] / r["plain"] for r in runs]
     cold = [r["cold"] / r["plain"] for r in runs]
+    in_job = [(r["job_judged"] - r["job"]) / r["plain"] for r in runs]
     return {"judge_over_generating_its_tokens": round(statistics.median(ratios), 3),
             "ratios": [round(x, 3) for x in ratios],
             "without_kv_reuse": round(statistics.median(cold), 3), "ratios_without_kv_reuse": [round(x, 3) for x in cold],
+            "job_added_over_generating": round(statistics.median(in_job), 3),
+            "ratios_job_added": [round(x, 3) for x in in_job],
             "rows_judged": rows, "reply_tokens": gen_tokens, "judge_prompt_tokens": runs[0]["prompt_tokens"],
             "judge_prompt_tokens_cached": runs[0]["cached_tokens"],
             "judge_completion_tokens": runs[0]["completion_tokens"],
-            **{f"{side}_s": [round(r[side], 2) for r in runs] for side in ("reuse", "plain", "cold")}}
+            **{f"{side}_s": [round(r[side], 2) for r in runs] for side in ("reuse", "plain", "cold", "job", "job_judged")}}
 
 
 def main() -> None:
