@@ -177,6 +177,7 @@ async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: in
         pairs = await replies(k + 1)
         order = ["reuse", "plain", "cold"] if k % 2 == 0 else ["cold", "plain", "reuse"]
         sides: dict[str, float] = {}
+        verdicts: list[Any] = []  # the last judge side's: plain asks for as many tokens as each judgement
         for side in order:
             if side != "reuse" or sides:
                 await engine.llm.reset_prefix_cache()
@@ -188,10 +189,9 @@ async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: in
                          for i, ((r, c), v) in enumerate(zip(pairs, verdicts, strict=True))]
                 sides[side], _ = await _timed([engine.generate(q) for q in plain])
             else:
-                sides[side], out = await judged(pairs)
+                sides[side], verdicts = await judged(pairs)
                 if side == "reuse":
-                    reuse_verdicts = out
-                verdicts = out
+                    reuse_verdicts = verdicts
         for with_judge in (False, True) if k % 2 == 0 else (True, False):
             sides["job_judged" if with_judge else "job"] = await job(k + 1, with_judge)
         runs.append({**sides, "prompt_tokens": sum(v.prompt_tokens for v in reuse_verdicts),

@@ -20,11 +20,11 @@ from orchestrator.errors import RowErrorCode
 from orchestrator.planner import Plan, make_plan, row_id
 from orchestrator.spec import JobSpec
 from orchestrator.storage import MemoryStore
+from tests.unit.specs import file_spec, make_spec, template_spec
 from workers.engine import Completion, EngineInfo, sampling_key
 from workers.judge import follow_up
 from workers.prompts import PromptRow, RowFailure
 from workers.shard import run_shard
-from tests.unit.specs import file_spec, make_spec, template_spec
 
 Reply = Callable[[PromptRow], "list[Completion] | RowFailure"]
 
