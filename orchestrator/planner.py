@@ -19,13 +19,18 @@ from orchestrator.storage import split_uri
 
 @dataclass(frozen=True)
 class Shard:
-    """Rows [start, end) of the job; for JSONL sources also their bytes [byte_start, byte_end)."""
+    """Rows [start, end) of the job; for JSONL sources also their bytes [byte_start, byte_end).
+
+    `first_line` is the 1-based file line number at `byte_start` (blank lines count), so a row's
+    errors can name its line in the file.
+    """
 
     index: int
     start: int
     end: int
     byte_start: int | None = None
     byte_end: int | None = None
+    first_line: int | None = None
 
     @property
     def rows(self) -> int:
@@ -40,6 +45,7 @@ class Plan:
     rows_per_shard: int
     source_fingerprint: str | None = None
     line_offsets: tuple[int, ...] | None = None  # JSONL: byte offset of every shard's first line
+    first_lines: tuple[int, ...] | None = None  # JSONL: 1-based file line number at each offset
 
     @property
     def num_shards(self) -> int:
@@ -50,7 +56,8 @@ class Plan:
         end = min(start + self.rows_per_shard, self.total_rows)
         if self.line_offsets is None:
             return Shard(index, start, end)
-        return Shard(index, start, end, self.line_offsets[index], self.line_offsets[index + 1])
+        first_line = None if self.first_lines is None else self.first_lines[index]
+        return Shard(index, start, end, self.line_offsets[index], self.line_offsets[index + 1], first_line)
 
     def shards(self) -> Iterator[Shard]:
         for i in range(self.num_shards):
@@ -100,24 +107,40 @@ def template_variables(source: TemplateSource, index: int) -> dict[str, object]:
     return values
 
 
-def _scan_jsonl(uri: str, rows_per_shard: int) -> tuple[int, tuple[int, ...], str]:
-    """Count non-blank lines, recording the byte offset where each shard's first line starts."""
+@dataclass(frozen=True)
+class _JsonlScan:
+    """What one pass over a JSONL file finds: its rows, where shards begin (bytes and file lines)."""
+
+    rows: int
+    offsets: tuple[int, ...]
+    first_lines: tuple[int, ...]
+    fingerprint: str
+
+
+def _scan_jsonl(uri: str, rows_per_shard: int) -> _JsonlScan:
+    """Count non-blank lines, recording the byte offset and line number where each shard starts.
+
+    Bytes only, never decoded: a line that is not valid UTF-8 is still one row here, and becomes
+    that row's error when its shard is read.
+    """
     from orchestrator.storage.reader import open_input
 
     store, key = split_uri(uri)
     if store.size(key) is None:
         raise SpecError([Problem("prompts", f"input file {uri} does not exist")])
-    offsets, rows, pos = [0], 0, 0
+    offsets, first_lines, rows, lines, pos = [0], [1], 0, 0, 0
     with open_input(uri) as f:
         for line in f:
-            pos += len(line)
+            pos, lines = pos + len(line), lines + 1
             if line.strip():
                 rows += 1
                 if rows % rows_per_shard == 0:
                     offsets.append(pos)
+                    first_lines.append(lines + 1)
     if rows % rows_per_shard or rows == 0:
         offsets.append(pos)
-    return rows, tuple(offsets), store.fingerprint(key)
+        first_lines.append(lines + 1)
+    return _JsonlScan(rows, tuple(offsets), tuple(first_lines), store.fingerprint(key))
 
 
 def _parquet_rows(uri: str) -> tuple[int, str]:
@@ -142,7 +165,7 @@ def make_plan(spec: JobSpec) -> Plan:
         if uri.lower().endswith(".parquet"):
             total, fingerprint = _parquet_rows(uri)
             return Plan(spec.job_id, spec_hash, total, per_shard, fingerprint)
-        total, offsets, fingerprint = _scan_jsonl(uri, per_shard)
+        scan = _scan_jsonl(uri, per_shard)
     except StorageError as e:
         raise SpecError([Problem("prompts", f"cannot read input file {uri}: {e}")]) from None
-    return Plan(spec.job_id, spec_hash, total, per_shard, fingerprint, offsets)
+    return Plan(spec.job_id, spec_hash, scan.rows, per_shard, scan.fingerprint, scan.offsets, scan.first_lines)

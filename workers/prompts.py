@@ -10,7 +10,7 @@ import functools
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,13 +91,14 @@ def _render_template(spec: JobSpec, plan: Plan, index: int) -> PromptRow:
         return PromptRow(failure=failure, **base)
 
 
-def _lines(uri: str, shard: Shard) -> Iterator[bytes]:
-    assert shard.byte_start is not None and shard.byte_end is not None
+def _lines(uri: str, shard: Shard) -> Iterator[tuple[int, bytes]]:
+    """(1-based file line number, undecoded bytes) of each non-blank line in the shard's byte range."""
+    assert shard.byte_start is not None and shard.byte_end is not None and shard.first_line is not None
     with open_input(uri, shard.byte_start) as f:
         data = f.read(shard.byte_end - shard.byte_start)
-    for line in io.BytesIO(data):
+    for number, line in enumerate(io.BytesIO(data), start=shard.first_line):
         if line.strip():
-            yield line
+            yield number, line
 
 
 def _parquet_records(uri: str, shard: Shard) -> Iterator[dict[str, Any]]:
@@ -115,18 +116,34 @@ def _parquet_records(uri: str, shard: Shard) -> Iterator[dict[str, Any]]:
             first += n
 
 
-def _records(uri: str, shard: Shard) -> Iterator[dict[str, Any] | RowFailure]:
+def _records(uri: str, shard: Shard) -> Iterator[tuple[int | None, dict[str, Any] | bytes]]:
+    """The shard's rows in order: (file line number, raw JSONL line), or (None, Parquet record).
+
+    JSONL lines stay undecoded here so that a bad one fails only its own row (see `_record`).
+    """
     if shard.byte_start is None:
-        yield from _parquet_records(uri, shard)
-        return
-    for line in _lines(uri, shard):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield RowFailure(RowErrorCode.INVALID_REQUEST, f"line is not valid JSON: {e}")
-            continue
-        yield record if isinstance(record, dict) else RowFailure(
-            RowErrorCode.INVALID_REQUEST, "line is not a JSON object")
+        yield from ((None, record) for record in _parquet_records(uri, shard))
+    else:
+        yield from _lines(uri, shard)
+
+
+def _record(line: bytes) -> dict[str, Any]:
+    """One JSONL line as an object; a ValueError saying why not (positions are within the line).
+
+    Decoded here, strictly, rather than by `json.loads` on bytes, whose UnicodeDecodeError would
+    fail the whole shard: invalid UTF-8 fails only its own row. A BOM is dropped, as `json.loads` does.
+    """
+    try:
+        text = line.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")  # so json's column is the line's
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid UTF-8 ({e.reason} 0x{line[e.start]:02x} at byte {e.start + 1})") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    return record
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
@@ -201,16 +218,22 @@ def shard_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[PromptRow]:
     uri = p.file.uri if p.file is not None else p.openai_batch.uri  # type: ignore[union-attr]
     make = _file_row if p.file is not None else _batch_row
     rows = []
-    for index, record in enumerate(_records(uri, shard), start=shard.start):
+    for index, (number, source) in enumerate(_records(uri, shard), start=shard.start):
         base: dict[str, Any] = dict(index=index, row_id=row_id(plan.spec_hash, index),
                                     seed=row_seed(spec.sampling.seed, index), sampling=spec.sampling)
-        if isinstance(record, RowFailure):
-            rows.append(PromptRow(failure=record, **base))
-            continue
-        try:
-            rows.append(make(record, dict(base)))
-        except (ValueError, ValidationError) as e:
-            if record.get("custom_id") is not None:
-                base["custom_id"] = str(record["custom_id"])
-            rows.append(PromptRow(failure=RowFailure(RowErrorCode.INVALID_REQUEST, str(e)), **base))
+        rows.append(_input_row(make, number, source, base))
     return rows
+
+
+def _input_row(make: Callable[[dict[str, Any], dict[str, Any]], PromptRow], number: int | None,
+               source: dict[str, Any] | bytes, base: dict[str, Any]) -> PromptRow:
+    """One file row made by `make`, or an invalid_request row saying why, led by its file line."""
+    record: dict[str, Any] = {}
+    try:
+        record = _record(source) if isinstance(source, bytes) else source
+        return make(record, dict(base))
+    except (ValueError, ValidationError) as e:
+        if record.get("custom_id") is not None:
+            base["custom_id"] = str(record["custom_id"])
+        where = "" if number is None else f"line {number}: "
+        return PromptRow(failure=RowFailure(RowErrorCode.INVALID_REQUEST, f"{where}{e}"), **base)

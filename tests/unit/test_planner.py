@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import RowErrorCode, SpecError
 from orchestrator.planner import Plan, make_plan, row_id, row_seed, template_variables
 from orchestrator.spec import JobSpec
 from workers.prompts import shard_rows
@@ -257,7 +257,8 @@ def test_the_same_jsonl_on_s3_plans_identically_to_the_local_copy(jsonl: Path, b
     local_spec = file_spec(str(jsonl), rows_per_shard=3)
     s3_spec = file_spec(f"s3://{bucket}/in/prompts.jsonl", rows_per_shard=3)
     local, remote = make_plan(local_spec), make_plan(s3_spec)
-    assert (remote.total_rows, remote.line_offsets) == (local.total_rows, local.line_offsets)
+    assert (remote.total_rows, remote.line_offsets, remote.first_lines) == (local.total_rows, local.line_offsets,
+                                                                         local.first_lines)
     assert spans(remote) == spans(local)
     assert all_prompts(s3_spec, remote) == JSONL_PROMPTS
 
@@ -277,7 +278,7 @@ def test_parquet_shards_return_every_row_exactly_once_across_row_groups(tmp_path
     spec = file_spec(str(path), rows_per_shard=per_shard)
     plan = make_plan(spec)
     assert plan.total_rows == 11
-    assert plan.line_offsets is None
+    assert plan.line_offsets is None and plan.first_lines is None
     assert all_prompts(spec, plan) == [f"q{i}" for i in range(11)]
 
 
@@ -293,3 +294,43 @@ def test_parquet_on_s3_reads_the_same_rows(tmp_path: Path, bucket: str) -> None:
     boto3.client("s3").put_object(Bucket=bucket, Key="p.parquet", Body=path.read_bytes())
     spec = file_spec(f"s3://{bucket}/p.parquet", rows_per_shard=4)
     assert all_prompts(spec, make_plan(spec)) == [f"q{i}" for i in range(9)]
+
+
+# --- file line numbers ------------------------------------------------------------------------
+
+def test_jsonl_plans_record_the_file_line_where_each_shard_begins(jsonl: Path) -> None:
+    plan = make_plan(file_spec(str(jsonl), rows_per_shard=3))
+    assert plan.first_lines == (1, 5, 11, 14, 15)  # blank lines 2, 5, 8, 9 count; p9 is on line 14
+    assert [s.first_line for s in plan.shards()] == [1, 5, 11, 14]
+
+
+def test_jsonl_plans_hold_one_line_number_per_shard_offset(jsonl: Path) -> None:
+    for per_shard in (1, 3, 5, 10, 64):
+        plan = make_plan(file_spec(str(jsonl), rows_per_shard=per_shard))
+        assert plan.first_lines is not None and plan.line_offsets is not None
+        assert len(plan.first_lines) == len(plan.line_offsets) == plan.num_shards + 1
+
+
+@pytest.mark.parametrize("per_shard", [1, 2, 3, 5, 64])
+def test_every_row_error_names_its_own_file_line_however_the_file_is_sharded(tmp_path: Path, per_shard: int) -> None:
+    lines = [b"", b"[1]", b"  ", b"", b"[2]", b"[3]", b"\t", b"[4]", b"", b"[5]", b"[6]", b""]
+    path = tmp_path / "arrays.jsonl"
+    path.write_bytes(b"\r\n".join(lines))
+    spec = file_spec(str(path), rows_per_shard=per_shard)
+    plan = make_plan(spec)
+    messages = [row.failure.message for shard in plan.shards() for row in shard_rows(spec, plan, shard)
+                if row.failure is not None]
+    assert messages == [f"line {n}: not a JSON object" for n, line in enumerate(lines, start=1) if line.strip()]
+
+
+def test_a_line_of_invalid_utf8_is_planned_as_one_row_and_fails_alone(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "p0"}\n{"prompt": "p1"}\n\n{"prompt": "caf\xe9"}\n'
+                     b'{"prompt": "p3"}\n{"prompt": "p4"}\n')
+    spec = file_spec(str(path), rows_per_shard=2)
+    plan = make_plan(spec)
+    assert plan.total_rows == 5
+    rows = [row for shard in plan.shards() for row in shard_rows(spec, plan, shard)]
+    assert [row.prompt for row in rows] == ["p0", "p1", None, "p3", "p4"]
+    assert rows[2].failure is not None and rows[2].failure.code == RowErrorCode.INVALID_REQUEST
+    assert rows[2].failure.message.startswith("line 4: not valid UTF-8")

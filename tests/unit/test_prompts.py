@@ -286,3 +286,63 @@ def test_unknown_response_format_type_is_an_invalid_request() -> None:
 
     with pytest.raises(ValueError, match="unsupported response_format"):
         batch_sampling(Sampling(), {"response_format": {"type": "yaml"}})
+
+
+# --- errors name the file line ----------------------------------------------------------------
+
+INVALID_UTF8 = [b'{"prompt": "caf\xe9"}', b"\xff\xfe{}", b'{"prompt": "cut \xe2\x82"}']
+
+
+@pytest.mark.parametrize("kind", ["file", "openai_batch"])
+@pytest.mark.parametrize("bad", INVALID_UTF8, ids=["latin-1", "utf-16-bom", "truncated-sequence"])
+def test_a_line_of_invalid_utf8_is_one_invalid_request_row_naming_its_line(tmp_path: Path, kind: str,
+                                                                          bad: bytes) -> None:
+    good = (json.dumps({"prompt": "ok"}) if kind == "file" else json.dumps(chat_request("ok"))).encode()
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join([good, b"", bad, good]) + b"\n")
+    rows = rows_of(file_spec(str(path), kind=kind, rows_per_shard=10))
+    assert [r.failure is None for r in rows] == [True, False, True]
+    assert_invalid_request(rows[1])
+    assert rows[1].failure.message.startswith("line 3: not valid UTF-8 (")  # type: ignore[union-attr]
+
+
+def test_a_utf8_bom_before_the_first_line_is_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "first"}\n{"prompt": "second"}\n')
+    assert [r.prompt for r in rows_of(file_spec(str(path)))] == ["first", "second"]
+
+
+@pytest.mark.parametrize("line, reason", [
+    ({"text": "no prompt column"}, "row has neither a string `prompt`"),
+    ({"messages": "not a list"}, "messages must be a list"),
+    ("[1, 2, 3]", "not a JSON object"),
+    ('{"prompt": "unterminated', "not valid JSON (Unterminated string starting at column 12)"),
+], ids=["no-prompt", "messages-not-list", "not-object", "bad-json"])
+def test_a_file_row_error_names_the_file_line_not_a_position_in_the_line(tmp_path: Path, line: Any,
+                                                                        reason: str) -> None:
+    uri = write_lines(tmp_path, [{"prompt": "ok"}] * 3 + ["", "  "] + [line], name="in.jsonl")
+    (bad,) = [r for r in rows_of(file_spec(uri, rows_per_shard=2)) if r.failure is not None]
+    assert bad.failure is not None and bad.failure.message.startswith(f"line 6: {reason}")
+    assert "char" not in bad.failure.message
+
+
+@pytest.mark.parametrize("line, reason", [
+    ('{"custom_id": "b", "url": ', "not valid JSON"),
+    ({**chat_request("emb-1"), "url": "/v1/embeddings"}, "unsupported endpoint"),
+    (chat_request(None), "request has no custom_id"),
+    (chat_request("t", temperature=-1), "1 validation error"),
+], ids=["bad-json", "bad-url", "no-custom-id", "bad-body-value"])
+def test_a_batch_request_error_names_its_file_line(tmp_path: Path, line: Any, reason: str) -> None:
+    rows = batch_rows(tmp_path, chat_request("a"), chat_request("b"), "", chat_request("c"), line)
+    assert [r.failure is None for r in rows] == [True, True, True, False]
+    assert rows[3].failure.message.startswith(f"line 5: {reason}")  # type: ignore[union-attr]
+
+
+def test_a_parquet_row_error_names_no_file_line(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["no prompt column"]}), tmp_path / "p.parquet")
+    row = only_row(file_spec(str(tmp_path / "p.parquet")))
+    assert_invalid_request(row)
+    assert row.failure.message.startswith("row has neither")  # type: ignore[union-attr]
