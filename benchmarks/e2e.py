@@ -41,9 +41,13 @@ def direct(args: argparse.Namespace, texts: list[str]) -> list[float]:
     from vllm import LLM, SamplingParams
 
     from orchestrator.planner import row_seed
+    from orchestrator.spec import ModelSpec
+    from workers.engine import memory_args
 
-    llm = LLM(model=str(args.model), dtype="float32", max_model_len=MAX_MODEL_LEN, gpu_memory_utilization=0.1,
-              enable_chunked_prefill=False)
+    # The same explicit KV cache size as the job's worker gets on this node.
+    memory = memory_args(ModelSpec(path=str(args.model)), on_gpu=False)
+    llm = LLM(model=str(args.model), dtype="float32", max_model_len=MAX_MODEL_LEN, enable_chunked_prefill=False,
+              **memory)
     params = [SamplingParams(max_tokens=args.max_tokens, ignore_eos=True, temperature=1.0, seed=row_seed(SEED, i))
               for i in range(len(texts))]
     llm.generate(texts[:WARM_ROWS], params[:WARM_ROWS], use_tqdm=False)

@@ -6,7 +6,13 @@ SHARDS_IN_FLIGHT = 3  # per worker: the engine's batch never drains between shar
 RETRY_BACKOFF_S = 0.5
 RETRY_BACKOFF_MAX_S = 10.0
 GPU_MEMORY_UTILIZATION = 0.9
-CPU_GPU_MEMORY_UTILIZATION = 0.1  # on the CPU backend this is the share of host RAM for KV cache
+CPU_GPU_MEMORY_UTILIZATION = 0.1  # on the CPU backend vLLM's share of the NUMA node's RAM (unused: see below)
+# The CPU backend's KV cache, sized explicitly: this share of the memory *available* on the engine's
+# NUMA node, bounded. vLLM's own rule (utilization x node total - the engine's RSS) goes negative on
+# a machine whose node 0 is small.
+CPU_KV_CACHE_SHARE = 0.25
+CPU_KV_CACHE_MIN_GIB = 1.0
+CPU_KV_CACHE_MAX_GIB = 4.0
 MAX_TOKENS = 256
 ERROR_MESSAGE_MAX_CHARS = 500
 S3_MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -29,3 +35,8 @@ MIN_REFERENCE_RATIO = 0.8  # diversity below this fraction of the reference's fl
 DRIFT_THRESHOLD = 0.2  # relative change of a seed value's share that flags it
 DRIFT_ALPHA = 0.01
 QUALITY_SAMPLE_ROWS = 2000
+MAX_BODY_MB = 16.0  # the API refuses (413) a request body over this; inline seeds that big belong in a prompt file
+MAX_JSON_DEPTH = 64  # lists and objects nested deeper in a request body are refused (422), never recursed into
+API_TOKEN_ENV = "SYNTHFLEET_API_TOKEN"
+API_TOKEN_FILE_ENV = "SYNTHFLEET_API_TOKEN_FILE"
+SECRET_ENV = (API_TOKEN_ENV, API_TOKEN_FILE_ENV)  # kept out of the environment of Ray and vLLM workers

@@ -36,6 +36,12 @@ class ModelSpec(_Strict):
         description="Share of GPU memory for weights + KV cache (host RAM on the CPU backend); "
         "unset: 0.9 on GPUs, 0.1 on CPUs.",
     )
+    kv_cache_gib: float | None = Field(
+        None, gt=0,
+        description="KV cache size in GiB, overriding gpu_memory_utilization's share. Unset on the CPU "
+        "backend: a quarter of the memory available on the engine's NUMA node, bounded to 1-4 GiB. "
+        "Not part of the job's identity (the cache size never changes what is generated).",
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Any other vLLM engine argument, passed as is."
     )
@@ -192,7 +198,8 @@ class JobSpec(_Strict):
 
     def content_hash(self) -> str:
         """Hash of what determines the data (not where it goes or how fast)."""
-        content = self.model_dump(mode="json", include={"name", "model", "prompts", "sampling"})
+        content = self.model_dump(mode="json", include={"name", "model", "prompts", "sampling"},
+                                  exclude={"model": {"kv_cache_gib"}})
         for gate in ("judge", "filters", "dedup", "mix"):  # absent gates keep earlier job ids
             if getattr(self, gate) is not None:
                 content[gate] = getattr(self, gate).model_dump(mode="json")

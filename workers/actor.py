@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
+import sys
 from typing import Any
 
 import ray
@@ -12,8 +14,53 @@ from orchestrator.planner import Plan, Shard
 from orchestrator.spec import JobSpec, ModelSpec
 from orchestrator.storage import open_store
 from orchestrator.storage.base import drain_storage_stats
-from workers.engine import Engine, EngineInfo
+from workers.engine import Engine, EngineInfo, root_cause
 from workers.shard import WorkerCounts, run_shard
+
+
+class _OwnLogs:
+    """What this process (and the engine processes it starts, which inherit its stdout and stderr)
+    writes to its log files from now on: under Ray these are the worker's `.out`/`.err` files, where
+    vLLM puts the root cause of a failed start."""
+
+    def __init__(self) -> None:
+        self.marks: dict[int, tuple[str, int]] = {}
+        for fd in (1, 2):
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                self.marks[fd] = (os.readlink(f"/proc/self/fd/{fd}"), st.st_size)
+
+    def since(self) -> str:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        text = []
+        for path, offset in self.marks.values():
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    text.append(f.read(4 << 20).decode("utf-8", "replace"))
+            except OSError:
+                continue
+        return "\n".join(text)
+
+
+def _start_failure(e: Exception, logs: _OwnLogs) -> RuntimeError:
+    """An engine start failure as one message with vLLM's own error line, not "See root cause above"."""
+    text = f"{type(e).__name__}: {e}"
+    chain = "\n".join(f"{type(c).__name__}: {c}" for c in _chain(e))
+    cause = root_cause(chain) or root_cause(logs.since())
+    return RuntimeError(cause if cause and cause not in text else text)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return seen[::-1]
 
 
 def _make_engine(model: ModelSpec, on_gpu: bool) -> Engine:
@@ -42,11 +89,12 @@ class GenerationWorker:
 
     async def start(self) -> EngineInfo:
         if self.engine is None:
+            logs = _OwnLogs()
             try:
                 self.engine = _make_engine(self.model, self.on_gpu)
                 self.engine_loads += 1
             except Exception as e:  # engine errors may not pickle; send their text
-                raise RuntimeError(f"{type(e).__name__}: {e}") from None
+                raise _start_failure(e, logs) from None
         return self.engine.info
 
     async def process(self, spec: JobSpec, plan: Plan, shard: Shard, attempt: int) -> CommitOutcome | None:

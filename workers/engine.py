@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,6 +65,52 @@ def weights_fingerprint(path: str) -> str:
             with open(f, "rb") as fh:
                 h.update(fh.read(1 << 20))
     return "sha256:" + h.hexdigest()[:16]
+
+
+GIB = 1 << 30
+
+
+def cpu_kv_cache_bytes(available: int) -> int:
+    """The CPU backend's KV cache for a NUMA node with `available` bytes free or reclaimable: a share
+    of it, bounded (defaults.CPU_KV_CACHE_*), and never more than half of it, so the weights and the
+    engine's own memory still fit. The engine's RSS is not subtracted: it is already outside
+    `available`. (vLLM's rule, utilization x node *total* - RSS, is negative on a 10 GiB node.)"""
+    share = defaults.CPU_KV_CACHE_SHARE * available
+    bounded = min(max(share, defaults.CPU_KV_CACHE_MIN_GIB * GIB), defaults.CPU_KV_CACHE_MAX_GIB * GIB)
+    return int(min(bounded, available / 2))
+
+
+def _node_available_bytes() -> int:
+    """Memory available on the NUMA node vLLM binds this process's engine to (cgroup limits honoured)."""
+    from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
+
+    return int(get_memory_node_info(get_allowed_cpu_list()[0].numa_node).available_memory)
+
+
+def memory_args(model: ModelSpec, *, on_gpu: bool, available: Callable[[], int] = _node_available_bytes
+                ) -> dict[str, Any]:
+    """vLLM's memory arguments: an explicit KV cache size when the spec gives one, and always on CPU
+    (`available`: the bytes the engine's NUMA node has)."""
+    if model.kv_cache_gib is not None:
+        return {"kv_cache_memory_bytes": int(model.kv_cache_gib * GIB)}
+    if on_gpu:
+        return {"gpu_memory_utilization": model.gpu_memory_utilization or defaults.GPU_MEMORY_UTILIZATION}
+    return {"kv_cache_memory_bytes": cpu_kv_cache_bytes(available()),
+            "gpu_memory_utilization": model.gpu_memory_utilization or defaults.CPU_GPU_MEMORY_UTILIZATION}
+
+
+_ERROR_LINE = re.compile(r"^(?:\(\w+ pid=\d+\) )?(?:\w+ [\d-]+ [\d:]+ \[[^\]]+\] )?((?:\w+\.)*\w*(?:Error|Exception): .+)$")
+_GENERIC = ("Engine core initialization failed", "please check the stack trace above")
+
+
+def root_cause(log_text: str) -> str | None:
+    """vLLM's own error line in what an engine's processes wrote while it failed to start: the first
+    `SomeError: message` that is not one of vLLM's wrappers ("See root cause above")."""
+    for line in log_text.splitlines():
+        m = _ERROR_LINE.match(line.strip())
+        if m and not any(g in m.group(1) for g in _GENERIC):
+            return m.group(1)[: defaults.ERROR_MESSAGE_MAX_CHARS]
+    return None
 
 
 def sampling_key(s: Sampling) -> str:
@@ -123,14 +170,12 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         started = time.perf_counter()
-        memory = model.gpu_memory_utilization or (
-            defaults.GPU_MEMORY_UTILIZATION if on_gpu else defaults.CPU_GPU_MEMORY_UTILIZATION)
         args: dict[str, Any] = dict(
             model=model.path or model.id,
             revision=model.revision,
             tensor_parallel_size=model.tensor_parallel_size,
             dtype=model.dtype,
-            gpu_memory_utilization=memory,
+            **memory_args(model, on_gpu=on_gpu),
             structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
             disable_log_stats=True,
         )
