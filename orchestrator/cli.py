@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from orchestrator import defaults
-from orchestrator.errors import SpecError, SynthfleetError
-from orchestrator.jobs import JobState
+from orchestrator.errors import ConfigError, ServerUnavailableError, SpecError, SynthfleetError
+from orchestrator.jobs import JobRecord, JobState
 from orchestrator.spec import JobSpec, load_spec
+
+if TYPE_CHECKING:
+    from orchestrator.client import Client
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 err = Console(stderr=True, soft_wrap=True)
@@ -146,48 +149,84 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _client(args: argparse.Namespace) -> Client:
     from orchestrator.api import load_token
     from orchestrator.client import Client
 
     return Client(args.url, token=load_token(args.token_file))
 
 
+def _config_error(e: ConfigError) -> int:
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+    return EXIT_BAD_INPUT
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the coordinator service; the token leaves the environment before Ray starts (see take_token)."""
     import uvicorn
 
-    from orchestrator.api import create_app, is_loopback, load_token
+    from orchestrator.api import MB, AnnouncingServer, create_app, http_url, is_loopback, listen_socket, take_token
     from orchestrator.service import Coordinator
 
-    token = load_token(args.token_file)
+    try:
+        token = take_token(args.token_file)
+    except ConfigError as e:
+        return _config_error(e)
     if token is None and not is_loopback(args.host):
         err.print(f"refusing to listen on {args.host} without an API token: set SYNTHFLEET_API_TOKEN or "
                   "SYNTHFLEET_API_TOKEN_FILE (or --token-file), or listen on 127.0.0.1", highlight=False)
         return EXIT_BAD_INPUT
+    try:
+        sock = listen_socket(args.host, args.port)
+    except OSError as e:
+        err.print(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}", highlight=False, markup=False)
+        return EXIT_FAILED
     coordinator = Coordinator(args.state, ray_address=args.ray_address, max_running_jobs=args.max_running_jobs,
                               idle_release_s=args.idle_release_s)
-    uvicorn.run(create_app(coordinator, token=token), host=args.host, port=args.port, log_level="warning")
+    app = create_app(coordinator, token=token, max_body_bytes=int(args.max_body_mb * MB))
+    banner = (f"synthfleet serving on {http_url(args.host, sock.getsockname()[1])} "
+              f"(state: {args.state}, auth: {'token' if token else 'none'})")
+    server = AnnouncingServer(uvicorn.Config(app, log_level="warning"),
+                              lambda: out.print(banner, highlight=False, markup=False))
+    server.run(sockets=[sock])
     return EXIT_OK
 
 
-def _print_record(record) -> None:  # type: ignore[no-untyped-def]
-    c = record.request_counts
-    out.print(f"{record.id}  {record.state.value:<11} priority {record.priority:<3} "
-              f"{record.progress:6.1%}  rows {c.completed}/{c.total} (failed {c.failed})  "
-              f"{record.completion_tokens} tokens  {record.tokens_per_s:,.0f} tokens/s  {record.output}",
-              highlight=False)
-    for error in record.errors:
-        out.print(f"  error: {error}", highlight=False, markup=False)
+RECORD_COLUMNS = "{:<{w}}  {:<11}  {:>8}  {:>8}  {:>15}  {:>7}  {:>10}  {:>10}  {}"
 
 
-def _remote(fn):  # type: ignore[no-untyped-def]
+def _print_records(records: Sequence[JobRecord]) -> None:
+    """A header line, then one aligned line per job (its errors indented below it)."""
+    w = max(len("JOB"), *(len(r.id) for r in records))
+    out.print(RECORD_COLUMNS.format("JOB", "STATE", "PRIORITY", "PROGRESS", "ROWS DONE/TOTAL", "FAILED", "TOKENS",
+                                    "TOKENS/S", "OUTPUT", w=w), highlight=False, markup=False)
+    for r in records:
+        c = r.request_counts
+        out.print(RECORD_COLUMNS.format(r.id, r.state.value, r.priority, f"{r.progress:.1%}",
+                                        f"{c.completed}/{c.total}", c.failed, r.completion_tokens,
+                                        f"{r.tokens_per_s:,.0f}", r.output, w=w), highlight=False, markup=False)
+        for error in r.errors:
+            out.print(f"  error: {error}", highlight=False, markup=False)
+
+
+def _print_record(record: JobRecord) -> None:
+    _print_records([record])
+
+
+def _remote(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command that talks to a server: every failure is a short message and an exit code, no traceback."""
     def run(args: argparse.Namespace) -> int:
         try:
             return int(fn(args))
         except SpecError as e:
             return _report_problems(getattr(args, "spec", "spec"), e)
+        except ConfigError as e:
+            return _config_error(e)
+        except ServerUnavailableError as e:
+            err.print(f"{e} (--url, $SYNTHFLEET_URL)", highlight=False, markup=False)
+            return EXIT_FAILED
         except SynthfleetError as e:
-            err.print(f"[bold red]{type(e).__name__}:[/] {e}", highlight=False)
+            err.print(f"[bold red]{type(e).__name__}:[/] {escape(str(e))}", highlight=False)
             return EXIT_FAILED
     return run
 
@@ -202,74 +241,149 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 @_remote
 def cmd_status(args: argparse.Namespace) -> int:
-    _print_record(_client(args).job(args.job_id).status())
+    record = _client(args).job(args.job_id).record
+    if args.json:
+        print(record.model_dump_json(indent=2))
+    else:
+        _print_record(record)
+    return EXIT_OK
+
+
+def _already_finished(record: JobRecord) -> int:
+    out.print(f"job {record.id} already finished ({record.state.value}): nothing to cancel", highlight=False,
+              markup=False)
     return EXIT_OK
 
 
 @_remote
 def cmd_cancel(args: argparse.Namespace) -> int:
-    _print_record(_client(args).job(args.job_id).cancel())
+    """Cancel a job; one that has finished is left as it is, and the command says so."""
+    job = _client(args).job(args.job_id)
+    if job.record.terminal:
+        return _already_finished(job.record)
+    record = job.cancel()
+    if record.state in (JobState.COMPLETED, JobState.FAILED):  # it finished between the two requests
+        return _already_finished(record)
+    _print_record(record)
     return EXIT_OK
 
 
 @_remote
 def cmd_jobs(args: argparse.Namespace) -> int:
-    for job in _client(args).jobs(args.state):
-        _print_record(job.status())
+    records = [job.record for job in _client(args).jobs(args.state)]
+    if records:
+        _print_records(records)
+    else:
+        out.print(f"no jobs in state {args.state}" if args.state else "no jobs", highlight=False)
     return EXIT_OK
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except flags and unset options, whose help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("synthfleet")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+URL_DEFAULT = "http://127.0.0.1:8000"
+TOKEN_FILE_HELP = "file holding the API token (default: $SYNTHFLEET_API_TOKEN_FILE, else $SYNTHFLEET_API_TOKEN)"
+
+
+def _remote_parsers(sub: Any) -> None:
+    """submit, status, cancel and jobs: the commands that talk to a server started by `serve`."""
+    for name, fn, text in (("submit", cmd_submit, "submit a spec to a server"),
+                           ("status", cmd_status, "show one job"), ("cancel", cmd_cancel, "cancel a job"),
+                           ("jobs", cmd_jobs, "list jobs")):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("--url", default=os.environ.get("SYNTHFLEET_URL", URL_DEFAULT),
+                         help="the server's URL ($SYNTHFLEET_URL sets the default)")
+        cmd.add_argument("--token-file", help=TOKEN_FILE_HELP)
+        cmd.set_defaults(fn=fn)
+        if name == "submit":
+            cmd.add_argument("spec", help="the job spec (YAML or JSON)")
+            cmd.add_argument("--output", help="override output.uri (default: the spec's output.uri)")
+            cmd.add_argument("--priority", type=int, default=0,
+                             help="higher runs first; FIFO among jobs of the same priority")
+            cmd.add_argument("--idempotency-key", help="the same key returns the same job instead of a second "
+                                                       "one (default: none)")
+            cmd.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
+            cmd.add_argument("--quiet", action="store_true", help="with --wait: no progress bar")
+        elif name == "jobs":
+            cmd.add_argument("--state", choices=[s.value for s in JobState],
+                             help="only jobs in this state (default: every job)")
+        else:
+            cmd.add_argument("job_id", help="the job's id, as submit and jobs print it")
+        if name == "status":
+            cmd.add_argument("--json", action="store_true", help="print the whole job record as JSON")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="synthfleet", description="Distributed synthetic-data generation.")
+    p = argparse.ArgumentParser(prog="synthfleet", description="Distributed synthetic-data generation.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) a job spec")
-    run.add_argument("spec")
-    run.add_argument("--output", help="override output.uri (folder, file:// or s3://bucket/prefix)")
-    run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    run.add_argument("spec", help="the job spec (YAML or JSON)")
+    run.add_argument("--output", help="override output.uri: folder, file:// or s3://bucket/prefix "
+                                      "(default: the spec's output.uri)")
+    run.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--verbose", action="store_true", help="stream the workers' logs (vLLM, Ray)")
     run.set_defaults(fn=cmd_run)
     val = sub.add_parser("validate", help="check a spec and its inputs without running it")
-    val.add_argument("spec")
-    val.add_argument("--output", help="override output.uri")
+    val.add_argument("spec", help="the job spec (YAML or JSON)")
+    val.add_argument("--output", help="override output.uri (default: the spec's output.uri)")
     val.set_defaults(fn=cmd_validate)
     show = sub.add_parser("show", help="summarise a finished job and print a few rows")
     show.add_argument("target", help="a job folder ({output}/{job_id}) or the spec that made it")
-    show.add_argument("--rows", type=int, default=3)
-    show.add_argument("--output", help="override output.uri when TARGET is a spec")
+    show.add_argument("--rows", type=int, default=3, help="how many rows to print")
+    show.add_argument("--output", help="override output.uri when TARGET is a spec (default: the spec's)")
     show.set_defaults(fn=cmd_show)
-    serve = sub.add_parser("serve", help="run the coordinator service (HTTP API, queue, warm pools)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--ray-address")
-    serve.add_argument("--state", default="outputs/_state", help="folder or s3:// URI for job records")
-    serve.add_argument("--token-file", help="file holding the API token (else $SYNTHFLEET_API_TOKEN)")
-    serve.add_argument("--max-running-jobs", type=int, default=defaults.MAX_RUNNING_JOBS)
-    serve.add_argument("--idle-release-s", type=float, default=defaults.IDLE_RELEASE_S)
-    serve.set_defaults(fn=cmd_serve)
-    for name, fn, text in (("submit", cmd_submit, "submit a spec to a server"),
-                           ("status", cmd_status, "show one job"), ("cancel", cmd_cancel, "cancel a job"),
-                           ("jobs", cmd_jobs, "list jobs")):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--url", default=os.environ.get("SYNTHFLEET_URL", "http://127.0.0.1:8000"))
-        cmd.add_argument("--token-file", help="file holding the API token (else $SYNTHFLEET_API_TOKEN)")
-        cmd.set_defaults(fn=fn)
-        if name == "submit":
-            cmd.add_argument("spec")
-            cmd.add_argument("--output")
-            cmd.add_argument("--priority", type=int, default=0)
-            cmd.add_argument("--idempotency-key")
-            cmd.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
-            cmd.add_argument("--quiet", action="store_true")
-        elif name == "jobs":
-            cmd.add_argument("--state", choices=[s.value for s in JobState])
-        else:
-            cmd.add_argument("job_id")
+    _serve_parser(sub)
+    _remote_parsers(sub)
     tiny = sub.add_parser("make-tiny-model", help="build a tiny random-weight model for demos and tests")
-    tiny.add_argument("dir")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("dir", help="the folder to write the model to")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tiny.set_defaults(fn=cmd_make_tiny_model)
+    for cmd in sub.choices.values():
+        cmd.formatter_class = HelpFormatter
     return p
+
+
+def _serve_parser(sub: Any) -> None:
+    text = "run the coordinator service (HTTP API, queue, warm pools)"
+    serve = sub.add_parser("serve", help=text, description=text)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on; any other than loopback "
+                                                           "needs an API token")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one")
+    serve.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    serve.add_argument("--state", default="outputs/_state", help="folder or s3:// URI for job records")
+    serve.add_argument("--token-file", help=TOKEN_FILE_HELP)
+    serve.add_argument("--max-running-jobs", type=int, default=defaults.MAX_RUNNING_JOBS,
+                       help="jobs generating at once; the others wait in the queue")
+    serve.add_argument("--idle-release-s", type=float, default=defaults.IDLE_RELEASE_S,
+                       help="seconds a warm pool may stay without a job before its workers are released")
+    serve.add_argument("--max-body-mb", type=_positive, default=defaults.MAX_BODY_MB,
+                       help="larger request bodies are refused with HTTP 413")
+    serve.set_defaults(fn=cmd_serve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

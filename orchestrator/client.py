@@ -19,28 +19,54 @@ from typing import Any
 import httpx
 import pyarrow as pa
 
-from orchestrator.errors import AuthError, ConflictError, JobFailedError, NotFoundError, Problem, SpecError
+from orchestrator.errors import (
+    AuthError,
+    ConflictError,
+    JobFailedError,
+    NotFoundError,
+    Problem,
+    ServerError,
+    ServerUnavailableError,
+    SpecError,
+)
 from orchestrator.jobs import TERMINAL, JobRecord, JobState
 from orchestrator.spec import JobSpec, load_spec
 
 POLL_S = 1.0
+UNAVAILABLE_STATUS = frozenset({502, 503, 504})  # a proxy or load balancer with no server behind it
 
 
-def _raise_for(response: httpx.Response) -> None:
-    if response.status_code < 400:
+def _unreachable(url: str, e: httpx.TransportError, timeout: float) -> ServerUnavailableError:
+    """What a transport failure means to the user: nothing answering, too slow, or the connection lost."""
+    if isinstance(e, httpx.ConnectError):
+        return ServerUnavailableError(f"cannot reach synthfleet at {url} — is synthfleet serve running?")
+    if isinstance(e, httpx.TimeoutException):
+        return ServerUnavailableError(f"synthfleet at {url} did not answer within {timeout:g} s")
+    return ServerUnavailableError(f"lost the connection to synthfleet at {url} ({type(e).__name__})")
+
+
+def _raise_for(response: httpx.Response, url: str) -> None:
+    """The error of the tree that an error status stands for; nothing for a success."""
+    code = response.status_code
+    if code < 400:
         return
     body: dict[str, Any] = response.json() if response.headers.get("content-type", "").startswith(
         "application/json") else {}
-    if response.status_code == 401:
+    if code == 401:
         raise AuthError("the server refused the API token (missing or invalid)")
-    if response.status_code == 404:
+    if code == 404:
         raise NotFoundError(str(body.get("detail", "not found")))
-    if response.status_code == 409:
+    if code == 409:
         raise ConflictError(str(body.get("error", "conflict")))
-    if response.status_code == 422:
+    if code == 413:
+        raise SpecError([Problem("", str(body.get("detail", "the request body is too large")))])
+    if code == 422:
         raise SpecError([Problem(p["path"], p["message"]) for p in body.get("problems", [])]
                         or [Problem("", str(body))])
-    response.raise_for_status()
+    if code in UNAVAILABLE_STATUS:
+        raise ServerUnavailableError(f"synthfleet at {url} is unavailable (HTTP {code})")
+    detail = body.get("detail", response.reason_phrase)
+    raise ServerError(f"synthfleet at {url} failed the request (HTTP {code}): {detail}")
 
 
 class Job:
@@ -51,6 +77,11 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, state={self._record.state.value})"
+
+    @property
+    def record(self) -> JobRecord:
+        """The record as the server last returned it (no request; `status()` fetches a fresh one)."""
+        return self._record
 
     def status(self) -> JobRecord:
         self._record = JobRecord.model_validate(self.client._call("GET", f"/v1/jobs/{self.id}"))
@@ -86,8 +117,7 @@ class Job:
         the manifest."""
         from orchestrator.results import read_table
 
-        table = read_table(self._output(), errors=errors, rejected=rejected)
-        return table if table is not None else pa.table({})
+        return read_table(self._output(), errors=errors, rejected=rejected)
 
     def quality(self) -> dict[str, Any]:
         """The finished job's quality report: diversity, dedup, judge scores, bias drift, reference."""
@@ -118,7 +148,7 @@ class Client:
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.url = url.rstrip("/")
+        self.url, self.timeout = url.rstrip("/"), timeout
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self._server: Any = None
 
@@ -162,8 +192,12 @@ class Client:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
-        _raise_for(response)
+        """One API request; every failure is an error of the synthfleet tree, never an httpx one."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise _unreachable(self.url, e, self.timeout) from e
+        _raise_for(response, self.url)
         return response.json()
 
     def submit(self, spec: JobSpec | dict[str, Any] | str | Path, *, priority: int = 0,

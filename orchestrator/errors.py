@@ -8,7 +8,10 @@
     ├── ShardError              a shard attempt failed for another reason: retry elsewhere
     ├── JobFailedError          shards failed after every retry, or the job was cancelled
     ├── NotFoundError           no such job (HTTP 404)
-    └── AuthError               missing or invalid API token (HTTP 401)
+    ├── AuthError               missing or invalid API token (HTTP 401)
+    ├── ConfigError             a deployment setting is unusable (an unreadable token file); never retriable
+    ├── ServerUnavailableError  the server cannot be reached, timed out or is overloaded; retriable
+    └── ServerError             the server failed a request (HTTP 500 or an unexpected status)
 
 Per-row problems (over-long prompt, template failure, invalid structured output) are not
 exceptions that travel: they become rows in `errors/` with a code from `RowErrorCode`.
@@ -82,3 +85,17 @@ class NotFoundError(SynthfleetError):
 
 class AuthError(SynthfleetError):
     pass
+
+
+class ConfigError(SynthfleetError):
+    """A per-process setting (option or environment variable) is unusable; say which and what to do."""
+
+
+class ServerUnavailableError(SynthfleetError):
+    """No answer from the server: connection refused, timeout, connection lost, or a proxy's 502/503/504."""
+
+    retriable = True
+
+
+class ServerError(SynthfleetError):
+    """The server answered with a failure that is not the caller's to fix (HTTP 500 or an unexpected status)."""

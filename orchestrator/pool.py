@@ -11,6 +11,7 @@ from typing import Any
 
 import ray
 
+from orchestrator import defaults
 from orchestrator.errors import JobFailedError, Problem, SpecError
 from orchestrator.spec import ModelSpec, Resources
 from workers.actor import GenerationWorker
@@ -28,13 +29,22 @@ class Worker:
 
 
 def ensure_ray(address: str | None = None, *, worker_logs: bool = True) -> None:
-    """Join the cluster at `address`, or start a local Ray runtime in this process."""
+    """Join the cluster at `address`, or start a local Ray runtime in this process.
+
+    A local cluster's processes copy this process's environment, and every Ray worker and vLLM engine
+    inherits theirs: the secrets in `defaults.SECRET_ENV` are taken out while Ray starts (and put back
+    for this process afterwards), so no worker ever holds the API token.
+    """
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=worker_logs,
-             runtime_env={"env_vars": env})
+    secrets = {k: os.environ.pop(k) for k in defaults.SECRET_ENV if k in os.environ}
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=worker_logs,
+                 runtime_env={"env_vars": env})
+    finally:
+        os.environ.update(secrets)
 
 
 def fitting_workers(resources: Resources) -> int:

@@ -8,9 +8,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator import layout
+from orchestrator import layout, rows
 from orchestrator.commit import read_parquet
 from orchestrator.errors import StorageError
+from orchestrator.spec import parse_spec
 from orchestrator.storage import Store, open_store
 
 
@@ -40,7 +41,18 @@ def iter_tables(store: Store, *, errors: bool = False, rejected: bool = False) -
             yield read_parquet(store, key).replace_schema_metadata(None)
 
 
-def read_table(uri: str, *, errors: bool = False, rejected: bool = False) -> pa.Table | None:
-    """All data (or error, or rejected) rows of a finished job as one table (None when there are none)."""
-    tables = list(iter_tables(open_job(uri), errors=errors, rejected=rejected))
-    return pa.concat_tables(tables, promote_options="default") if tables else None
+def empty_table(store: Store, *, errors: bool = False, rejected: bool = False) -> pa.Table:
+    """No rows, with the columns the job's data (or error, or rejected) rows have: from its stored spec."""
+    spec = parse_spec(json.loads(store.get(layout.SPEC)), source=layout.SPEC)
+    schema = rows.rejected_schema(spec) if rejected else rows.errors_schema(spec) if errors else rows.data_schema(spec)
+    return schema.empty_table()
+
+
+def read_table(uri: str, *, errors: bool = False, rejected: bool = False) -> pa.Table:
+    """All data (or error, or rejected) rows of a finished job as one table; a kind with no rows is an
+    empty table with that kind's columns, so callers filter and count without a None case."""
+    store = open_job(uri)
+    tables = list(iter_tables(store, errors=errors, rejected=rejected))
+    if not tables:
+        return empty_table(store, errors=errors, rejected=rejected)
+    return pa.concat_tables(tables, promote_options="default")
