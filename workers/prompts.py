@@ -6,7 +6,6 @@ A row that cannot be rendered or parsed is returned with an error instead of a p
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -14,14 +13,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import StrictUndefined, meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import ValidationError
 
 from orchestrator.errors import RowErrorCode
 from orchestrator.planner import Plan, Shard, row_id, row_seed, template_variables
 from orchestrator.spec import JobSpec, Sampling, TemplateSource
 from orchestrator.storage.reader import open_input
+from workers import sandbox
 
 BATCH_URLS = ("/v1/chat/completions", "/v1/completions")
 
@@ -49,14 +47,13 @@ class PromptRow:
     failure: RowFailure | None = None
 
 
-@functools.lru_cache(maxsize=1)
-def _env() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+def _env() -> sandbox.BoundedEnvironment:
+    """The bounded sandbox every template renders in (workers/sandbox.py)."""
+    return sandbox.environment()
 
 
-@functools.lru_cache(maxsize=256)
 def _compile(text: str):  # type: ignore[no-untyped-def]
-    return _env().from_string(text)
+    return sandbox.compile_template(text)
 
 
 def template_texts(source: TemplateSource) -> list[str]:
@@ -70,8 +67,9 @@ def template_hash(source: TemplateSource) -> str:
 
 
 def undeclared_variables(text: str) -> set[str]:
-    """Variables a template reads; raises jinja2.TemplateSyntaxError on bad syntax."""
-    return meta.find_undeclared_variables(_env().parse(text))
+    """Variables a template reads; jinja2.TemplateSyntaxError on bad syntax, sandbox.TemplateTimeout when
+    analysing it takes longer than TEMPLATE_CHECK_S."""
+    return sandbox.undeclared_variables(text)
 
 
 def _render_template(spec: JobSpec, plan: Plan, index: int) -> PromptRow:
@@ -80,15 +78,14 @@ def _render_template(spec: JobSpec, plan: Plan, index: int) -> PromptRow:
     values = template_variables(source, index)
     base = dict(index=index, row_id=row_id(plan.spec_hash, index), seed=row_seed(spec.sampling.seed, index),
                 sampling=spec.sampling, variables=values, template_hash=template_hash(source))
-    try:
-        if source.text is not None:
-            return PromptRow(prompt=_compile(source.text).render(**values), **base)
-        messages = [{"role": m.role, "content": _compile(m.content).render(**values)}
-                    for m in source.messages or []]
-        return PromptRow(messages=messages, **base)
-    except Exception as e:  # TemplateError, or anything a filter or operator raises
-        failure = RowFailure(RowErrorCode.TEMPLATE_ERROR, f"{type(e).__name__}: {e}")
-        return PromptRow(failure=failure, **base)
+    try:  # within the sandbox's bounds: MAX_PROMPT_CHARS for all the row's texts, TEMPLATE_MAX_STEPS, ...
+        rendered = sandbox.render_all(template_texts(source), values)
+    except sandbox.RenderError as e:  # TemplateError, a bound, or anything a filter or operator raises
+        return PromptRow(failure=RowFailure(RowErrorCode.TEMPLATE_ERROR, str(e)), **base)
+    if source.text is not None:
+        return PromptRow(prompt=rendered[0], **base)
+    messages = [{"role": m.role, "content": text} for m, text in zip(source.messages or [], rendered, strict=True)]
+    return PromptRow(messages=messages, **base)
 
 
 def _lines(uri: str, shard: Shard) -> Iterator[tuple[int, bytes]]:
