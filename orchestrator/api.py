@@ -124,7 +124,8 @@ def _problems(e: SpecError) -> JSONResponse:
 
 
 def _too_large(limit: int) -> HTTPException:
-    return HTTPException(status_code=413, detail=(
+    """413, closing the connection: else the server would go on receiving (and dropping) the rest."""
+    return HTTPException(status_code=413, headers={"Connection": "close"}, detail=(
         f"the request body is over the server's limit of {limit / MB:g} MB (synthfleet serve --max-body-mb); "
         "read large prompt sets from a file (prompts.file.uri) instead of inline seeds"))
 
