@@ -9,7 +9,16 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator import defaults
 from orchestrator.errors import StorageError
@@ -38,8 +47,8 @@ class Judge(_Strict):
         "self", description="self: the generation engine judges (no second load); or a model spec."
     )
     rubric: str = Field(defaults.JUDGE_RUBRIC, min_length=1, description="What a good answer is.")
-    min_score: int = Field(defaults.JUDGE_MIN_SCORE, ge=1, le=10, description="Rows scoring less go to rejected/.")
-    reason_max_chars: int = Field(defaults.JUDGE_REASON_MAX_CHARS, ge=8, le=1000,
+    min_score: StrictInt = Field(defaults.JUDGE_MIN_SCORE, ge=1, le=10, description="Rows scoring less go to rejected/.")
+    reason_max_chars: StrictInt = Field(defaults.JUDGE_REASON_MAX_CHARS, ge=8, le=1000,
                                   description="Longest reason; the judgement's token budget follows from it.")
 
     @property
@@ -50,14 +59,14 @@ class Judge(_Strict):
 class Filters(_Strict):
     """Cheap per-row checks on each completion, applied on the worker before the judge."""
 
-    min_chars: int | None = Field(None, ge=0)
-    max_chars: int | None = Field(None, ge=1)
-    min_tokens: int | None = Field(None, ge=0, description="Completion tokens.")
-    max_tokens: int | None = Field(None, ge=1, description="Completion tokens.")
+    min_chars: StrictInt | None = Field(None, ge=0)
+    max_chars: StrictInt | None = Field(None, ge=1)
+    min_tokens: StrictInt | None = Field(None, ge=0, description="Completion tokens.")
+    max_tokens: StrictInt | None = Field(None, ge=1, description="Completion tokens.")
     deny: list[str] = Field(default_factory=list, description="Regexes; a completion matching any is rejected.")
     allow: list[str] = Field(default_factory=list, description="Regexes; a completion must match one.")
-    refusal: bool = Field(True, description="Reject refusals (\"I'm sorry, but I can't ...\").")
-    boilerplate: bool = Field(True, description="Reject filler and degenerate repetition.")
+    refusal: StrictBool = Field(True, description="Reject refusals (\"I'm sorry, but I can't ...\").")
+    boilerplate: StrictBool = Field(True, description="Reject filler and degenerate repetition.")
 
     @field_validator("deny", "allow")
     @classmethod
@@ -81,29 +90,29 @@ class Filters(_Strict):
 class Dedup(_Strict):
     """Job-wide dedup of completions in a finalize pass over every committed shard."""
 
-    exact: bool = Field(True, description="Drop repeats of a normalised text (case, spacing).")
-    near_threshold: float | None = Field(
+    exact: StrictBool = Field(True, description="Drop repeats of a normalised text (case, spacing).")
+    near_threshold: StrictFloat | None = Field(
         defaults.NEAR_DUP_THRESHOLD, gt=0, le=1,
         description="Drop rows whose estimated Jaccard similarity to an earlier row reaches this; null: off.",
     )
-    num_perm: int = Field(defaults.MINHASH_PERMUTATIONS, ge=16, le=1024, description="MinHash permutations.")
-    ngram: int = Field(defaults.SHINGLE_WORDS, ge=1, le=10, description="Words per shingle.")
+    num_perm: StrictInt = Field(defaults.MINHASH_PERMUTATIONS, ge=16, le=1024, description="MinHash permutations.")
+    ngram: StrictInt = Field(defaults.SHINGLE_WORDS, ge=1, le=10, description="Words per shingle.")
 
 
 class Quality(_Strict):
     """The quality report every job gets; measuring only, it never drops a row."""
 
     reference: str | None = Field(None, description="Real data (JSONL or Parquet) to compare diversity with.")
-    min_reference_ratio: float = Field(
+    min_reference_ratio: StrictFloat = Field(
         defaults.MIN_REFERENCE_RATIO, gt=0, le=10,
         description="Flag the job when a diversity metric falls below this fraction of the reference's.",
     )
-    drift_threshold: float = Field(
+    drift_threshold: StrictFloat = Field(
         defaults.DRIFT_THRESHOLD, gt=0, le=1,
         description="Flag a seed value whose share among kept rows moves by more than this, relative.",
     )
-    drift_alpha: float = Field(defaults.DRIFT_ALPHA, gt=0, lt=1, description="Chi-square significance level.")
-    sample_rows: int = Field(defaults.QUALITY_SAMPLE_ROWS, ge=10, le=100_000,
+    drift_alpha: StrictFloat = Field(defaults.DRIFT_ALPHA, gt=0, lt=1, description="Chi-square significance level.")
+    sample_rows: StrictInt = Field(defaults.QUALITY_SAMPLE_ROWS, ge=10, le=100_000,
                              description="Rows sampled for diversity and similarity metrics.")
     _uri = field_validator("reference")(lambda v: v if v is None else checked_uri(v))
 
@@ -112,7 +121,7 @@ class Mix(_Strict):
     """A training-ready `mixed/` split of real and synthetic rows at an exact ratio."""
 
     uri: str = Field(..., description="Real rows: JSONL or Parquet with `completion` or `text` (and `prompt`).")
-    ratio: float = Field(..., gt=0, lt=1, description="Share of real rows in the mixed split.")
+    ratio: StrictFloat = Field(..., gt=0, lt=1, description="Share of real rows in the mixed split.")
     _uri = field_validator("uri")(checked_uri)
 
 

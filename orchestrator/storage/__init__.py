@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from orchestrator.errors import StorageError
 from orchestrator.storage.base import Store, check_key
@@ -11,19 +11,45 @@ from orchestrator.storage.local import LocalStore
 from orchestrator.storage.memory import MemoryStore
 from orchestrator.storage.s3 import S3Store
 
-__all__ = ["Store", "LocalStore", "MemoryStore", "S3Store", "open_store", "split_uri", "check_uri"]
+__all__ = ["Store", "LocalStore", "MemoryStore", "S3Store", "open_store", "split_uri", "check_uri",
+           "check_text"]
+
+
+def check_text(text: str) -> str:
+    """Refuse a path or URI holding a control character (C0, DEL): a newline would name a folder, NUL
+    fails deep in the OS. Returns `text`."""
+    bad = next((i for i, c in enumerate(text) if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise StorageError(f"{text!r}: control character U+{ord(text[bad]):04X} at position {bad + 1}; remove it")
+    return text
+
+
+def _check_segments(uri: str, path: str) -> None:
+    """Refuse `..` in a path, also percent-encoded (`%2e%2e`), which some layers decode later."""
+    for segment in path.replace("\\", "/").split("/"):
+        if segment == ".." or (segment != unquote(segment) and unquote(segment) in (".", "..")):
+            if segment == "..":
+                raise StorageError(f"{uri}: '..' is not allowed in storage paths")
+            raise StorageError(f"{uri}: {segment!r} is a percent-encoded {unquote(segment)!r}, which is not "
+                               "allowed in storage paths")
 
 
 def check_uri(uri: str) -> str:
-    """Normalise a storage URI; reject `..`, `.` and empty segments in any object prefix."""
-    uri = uri.strip()
+    """Normalise a storage URI; reject control characters, a leading `~` (never expanded), and `..`
+    (also percent-encoded), `.` and empty segments in any object prefix."""
+    uri = check_text(uri).strip()
     if not uri:
         raise StorageError("empty storage URI")
+    if uri.startswith("~"):
+        home = os.path.expanduser(uri)
+        raise StorageError(f"{uri}: '~' is not expanded here; write the full path"
+                           + (f" ({home})" if home != uri else ""))
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise StorageError(f"{uri}: no bucket; use s3://bucket/prefix")
         prefix = parsed.path.lstrip("/").rstrip("/")
+        _check_segments(uri, prefix)
         if prefix:
             check_key(prefix)
         return f"s3://{parsed.netloc}/{prefix}".rstrip("/")
@@ -33,8 +59,7 @@ def check_uri(uri: str) -> str:
         raise StorageError(f"{uri}: a file:// URI needs an absolute path (file:///abs/path); "
                            "give a relative folder as a plain path")
     path = parsed.path if parsed.scheme == "file" else uri
-    if ".." in path.replace("\\", "/").split("/"):
-        raise StorageError(f"{uri}: '..' is not allowed in storage paths")
+    _check_segments(uri, path)
     return os.path.normpath(path)
 
 

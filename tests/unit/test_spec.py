@@ -185,13 +185,14 @@ def test_prompts_change_the_job_id() -> None:
 # --- loading files ----------------------------------------------------------------------------
 
 def test_load_spec_reads_yaml(tmp_path: Path) -> None:
-    assert load_spec(write_spec(tmp_path, spec_data())) == make_spec()
+    out = tmp_path / "out"
+    assert load_spec(write_spec(tmp_path, spec_data(out))) == make_spec(out)
 
 
 def test_load_spec_reads_json(tmp_path: Path) -> None:
-    path = tmp_path / "spec.json"
-    path.write_text(json.dumps(spec_data()))
-    assert load_spec(path) == make_spec()
+    path, out = tmp_path / "spec.json", tmp_path / "out"
+    path.write_text(json.dumps(spec_data(out)))
+    assert load_spec(path) == make_spec(out)
 
 
 def test_load_spec_of_a_missing_file_is_a_spec_error(tmp_path: Path) -> None:
