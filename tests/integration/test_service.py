@@ -37,6 +37,13 @@ def client(pool: Any, tmp_path: Path) -> Iterator[Client]:
     c.close()
 
 
+@pytest.fixture()
+def fake_client(ray_runtime: None, tmp_path: Path) -> Iterator[Client]:
+    """A service whose jobs use only the fake engine (no vLLM pool), for tests of the API and the CLI."""
+    with Client.local(str(tmp_path / "state"), max_running_jobs=1) as c:
+        yield c
+
+
 def test_submit_poll_and_read_results_through_the_client(client: Client, tiny_model: Path, tmp_path: Path) -> None:
     job = client.submit(make_spec(tiny_model, str(tmp_path / "out"), TOPICS))
     record = job.wait(timeout=300)
@@ -195,21 +202,87 @@ def test_an_idle_pool_is_released(ray_runtime: None, tmp_path: Path) -> None:
             time.sleep(0.5)
 
 
-def test_the_cli_submits_waits_lists_and_cancels_through_the_client(client: Client, tmp_path: Path,
+def _cli_env(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The token the CLI reads from the environment, and the --url of `client`'s server."""
+    monkeypatch.setenv("SYNTHFLEET_API_TOKEN", client._http.headers["Authorization"].removeprefix("Bearer "))
+    return ["--url", client.url]
+
+
+def test_the_cli_submits_waits_lists_and_cancels_through_the_client(fake_client: Client, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 
     from orchestrator.cli import main
 
-    monkeypatch.setenv("SYNTHFLEET_API_TOKEN", client._http.headers["Authorization"].removeprefix("Bearer "))
+    url = _cli_env(fake_client, monkeypatch)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(fake_job(tmp_path, "cli", rows=4)))
-    url = ["--url", client.url]
     assert main(["submit", str(path), "--wait", "--quiet", *url]) == 0
-    job_id = client.jobs()[0].id
+    job_id = fake_client.jobs()[0].id
     assert main(["status", job_id, *url]) == 0 and main(["jobs", "--state", "completed", *url]) == 0
-    assert main(["cancel", job_id, *url]) == 0  # cancelling a finished job leaves it completed
     out = capsys.readouterr().out
-    assert out.count(f"{job_id}  completed") == 4
+    assert out.count(f"{job_id}  completed") == 3
     assert main(["status", "no-such-job", *url]) == 1 and "NotFoundError" in capsys.readouterr().err
+
+
+def test_jobs_prints_a_header_then_one_aligned_line_per_job(fake_client: Client, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli import main
+
+    url = _cli_env(fake_client, monkeypatch)
+    jobs = [fake_client.submit(fake_job(tmp_path, name, rows=2)) for name in ("a", "longer-name")]
+    for job in jobs:
+        job.wait(timeout=60)
+    assert main(["jobs", *url]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == ["JOB", "STATE", "PRIORITY", "PROGRESS", "ROWS", "DONE/TOTAL", "FAILED", "TOKENS",
+                              "TOKENS/S", "OUTPUT"]
+    assert [line.split()[:2] for line in lines] == [[j.id, "completed"] for j in jobs]
+    assert len({line.index("completed") for line in lines} | {header.index("STATE")}) == 1  # aligned columns
+
+
+def test_status_json_prints_the_record_as_the_api_returns_it(fake_client: Client, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from orchestrator.cli import main
+    from orchestrator.jobs import JobRecord
+
+    url = _cli_env(fake_client, monkeypatch)
+    job = fake_client.submit(fake_job(tmp_path, "json", rows=2), priority=3)
+    job.wait(timeout=60)
+    assert main(["status", job.id, "--json", *url]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert JobRecord.model_validate(printed) == job.status()
+    assert (printed["state"], printed["priority"], printed["request_counts"]["total"]) == ("completed", 3, 2)
+
+
+def test_cancel_of_a_finished_job_says_it_already_finished_and_leaves_it(fake_client: Client, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli import main
+
+    url = _cli_env(fake_client, monkeypatch)
+    job = fake_client.submit(fake_job(tmp_path, "done", rows=2))
+    job.wait(timeout=60)
+    assert main(["cancel", job.id, *url]) == 0
+    assert capsys.readouterr().out == f"job {job.id} already finished (completed): nothing to cancel\n"
+    assert job.status().state == JobState.COMPLETED and not job.status().cancel_requested
+
+
+def test_cancel_of_a_queued_job_prints_it_cancelled(fake_client: Client, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli import main
+
+    url = _cli_env(fake_client, monkeypatch)
+    blocker = fake_client.submit(fake_job(tmp_path, "blocker", rows=8, tokens_per_s=40))  # max_running_jobs=1
+    queued = fake_client.submit(fake_job(tmp_path, "queued", rows=2))
+    assert queued.status().state == JobState.QUEUED
+    assert main(["cancel", queued.id, *url]) == 0
+    assert f"{queued.id}  cancelled" in capsys.readouterr().out
+    assert queued.status().state == JobState.CANCELLED
+    blocker.cancel()
