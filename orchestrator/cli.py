@@ -26,8 +26,17 @@ out = Console(soft_wrap=True)
 
 
 def _load(path: str, output: str | None) -> JobSpec:
+    """The spec at `path` (`--output` overriding output.uri), saying on stderr which folder its relative
+    input paths resolved against (when not the working directory) and what looks like a mistake."""
+    from orchestrator.validate import spec_warnings
+
     spec = load_spec(path)
-    return spec.with_output(output) if output else spec
+    spec = spec.with_output(output) if output else spec
+    if spec.relative_to is not None and spec.relative_to.folder != os.getcwd():
+        err.print(f"{path}: relative input paths resolved against {spec.relative_to.folder}", highlight=False)
+    for warning in spec_warnings(spec):
+        err.print(f"[bold yellow]warning:[/] {escape(str(warning))}", highlight=False)
+    return spec
 
 
 def _report_problems(path: str, e: SpecError) -> int:

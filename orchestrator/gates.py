@@ -125,9 +125,12 @@ class Mix(_Strict):
     _uri = field_validator("uri")(checked_uri)
 
 
+REFERENCE_COLUMNS = ("completion", "text", "response")  # where a real-data record holds its text, in order
+
+
 def reference_text(record: dict[str, Any]) -> str | None:
     """The text of a real-data record: its completion, or its text."""
-    for key in ("completion", "text", "response"):
+    for key in REFERENCE_COLUMNS:
         value = record.get(key)
         if isinstance(value, str):
             return value

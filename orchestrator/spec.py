@@ -4,9 +4,9 @@ A spec is a frozen pydantic model loaded from YAML or JSON. Unknown fields are e
 change the generated data (model, prompts, sampling) are hashed into every row's lineage; fields
 that only say where and how fast (output, resources) are not, so moving a job keeps its identity.
 
-Relative paths in a spec file resolve against the file's folder (`load_spec`), so a spec works from
-any working directory; the job id hashes them as written, so it does not depend on where the spec
-is checked out either (see `SpecFolder`).
+Relative paths to what a job reads resolve against the spec file's folder (`load_spec`), so a spec
+works from any working directory; the job id hashes them as written, so it does not depend on where
+the spec is checked out either (see `SpecFolder`). output.uri is relative to the working directory.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ from orchestrator.storage import check_text
 
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]  # vLLM's --dtype choices
 DTYPES: tuple[str, ...] = typing.get_args(Dtype)
-# Every spec field that holds a local path or a URI; a relative local one resolves against the spec's folder.
+# The fields naming what a job reads; a relative local path in them resolves against the spec's folder.
+# output.uri, where the job writes, is relative to the working directory, as `--output` is.
 PATH_FIELDS = ("model.path", "judge.model.path", "prompts.file.uri", "prompts.openai_batch.uri",
-               "quality.reference", "mix.uri", "output.uri")
+               "quality.reference", "mix.uri")
 
 
 class _Strict(BaseModel):
@@ -280,12 +281,7 @@ class JobSpec(_Strict):
         return f"{self.name}-{self.content_hash()[:10]}"
 
     def with_output(self, uri: str) -> JobSpec:
-        """This job written under `uri` instead (as given: a command line's path is the caller's)."""
-        update: dict[str, Any] = {"output": self.output.model_copy(update={"uri": uri})}
-        if self.relative_to is not None and "output.uri" in self.relative_to.written:
-            written = {k: v for k, v in self.relative_to.written.items() if k != "output.uri"}
-            update["relative_to"] = self.relative_to.model_copy(update={"written": written}) if written else None
-        return self.model_copy(update=update)
+        return self.model_copy(update={"output": self.output.model_copy(update={"uri": uri})})
 
 
 def is_relative_path(value: str) -> bool:
@@ -457,9 +453,11 @@ def _resolved(spec: JobSpec, folder: Path) -> JobSpec:
 def load_spec(path: str | Path) -> JobSpec:
     """Read a YAML or JSON spec file (JSON is YAML) and validate it.
 
-    Relative paths in it (model.path, judge.model.path, prompts.file.uri, prompts.openai_batch.uri,
-    quality.reference, mix.uri, output.uri) resolve against the spec file's folder, not the working
-    directory, as paths in a docker-compose or kustomize file do; see `SpecFolder` for the job id.
+    Relative paths to what the job reads (PATH_FIELDS: model.path, judge.model.path, prompts.file.uri,
+    prompts.openai_batch.uri, quality.reference, mix.uri) resolve against the spec file's folder, as
+    inputs in a docker-compose or kustomize file do, so the spec works from any working directory;
+    see `SpecFolder` for the job id. output.uri, where the job writes, stays relative to the working
+    directory like `--output` (and `..` stays refused in it).
     A spec that already carries `relative_to` (a job's spec.json) is taken as it is.
     """
     p = Path(path)

@@ -1,76 +1,222 @@
-"""Preflight: every check a spec must pass before any worker starts or any byte is written."""
+"""Preflight: every check a spec must pass before any worker starts or any byte is written.
+
+`spec_problems` lists what stops the job, each with its field path; `spec_warnings` what is
+probably a mistake yet can run (validate and run print them). Templates are analysed and their
+first rows rendered in the bounded sandbox under a time limit, so no template hangs this.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from jinja2 import TemplateSyntaxError
 
+from orchestrator import defaults
 from orchestrator.errors import Problem, SpecError, StorageError
+from orchestrator.input_checks import Source, file_findings
+from orchestrator.planner import product_size, template_variables
 from orchestrator.rows import reserved_name_problems
-from orchestrator.spec import JobSpec
+from orchestrator.spec import JobSpec, ModelSpec, TemplateSource
 from orchestrator.storage import open_store, split_uri
+from workers import sandbox
 from workers.prompts import undeclared_variables
+
+# config.json keys vLLM reads a model's context from (the smallest present wins)
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_target_positions",
+                "max_sequence_length", "max_seq_length", "seq_len")
+
+
+def _template_fields(source: TemplateSource) -> list[tuple[str, str]]:
+    """(field path, template text) of each template of the source."""
+    if source.text is not None:
+        return [("prompts.template.text", source.text)]
+    return [(f"prompts.template.messages.{i}.content", m.content) for i, m in enumerate(source.messages or [])]
+
+
+def _analysed(source: TemplateSource) -> tuple[dict[str, set[str]], list[Problem]]:
+    """The variables each template reads, by field, and the problems of those that cannot be analysed."""
+    read, problems = {}, []
+    for path, text in _template_fields(source):
+        try:
+            read[path] = undeclared_variables(text)
+        except TemplateSyntaxError as e:
+            problems.append(Problem(path, f"template syntax error on line {e.lineno}: {e.message}"))
+        except Exception as e:  # noqa: BLE001 - a time limit, a recursion limit: the template is unusable
+            problems.append(Problem(path, f"the template cannot be analysed ({type(e).__name__}: {e}); simplify it"))
+    return read, problems
 
 
 def _template_problems(spec: JobSpec) -> list[Problem]:
     source = spec.prompts.template
     if source is None:
         return []
-    where = ["prompts.template.text"] if source.text is not None else [
-        f"prompts.template.messages.{i}.content" for i in range(len(source.messages or []))]
-    texts = [source.text] if source.text is not None else [m.content for m in source.messages or []]
-    problems = []
-    for path, text in zip(where, texts, strict=True):
-        try:
-            missing = sorted(undeclared_variables(text) - set(source.seeds))
-        except TemplateSyntaxError as e:
-            problems.append(Problem(path, f"template syntax error on line {e.lineno}: {e.message}"))
-            continue
-        known = ", ".join(sorted(source.seeds)) or "none"
+    read, problems = _analysed(source)
+    known = ", ".join(sorted(source.seeds)) or "none"
+    for path, names in read.items():
         problems += [Problem(path, f"variable {name!r} is not among the seeds ({known}); add it to "
-                                   "prompts.template.seeds or remove it from the template") for name in missing]
+                                   "prompts.template.seeds or remove it from the template")
+                     for name in sorted(names - set(source.seeds))]
+    if not problems:
+        problems += _render_problems(source)
     return problems + reserved_name_problems(spec)
 
 
-def _input_problems(spec: JobSpec) -> list[Problem]:
-    p = spec.prompts
-    inputs = [("prompts.file.uri", p.file.uri) if p.file else (
-        ("prompts.openai_batch.uri", p.openai_batch.uri) if p.openai_batch else (None, None)),
-        ("quality.reference", spec.quality.reference), ("mix.uri", spec.mix.uri if spec.mix else None)]
-    problems = [problem for path, uri in inputs if path and uri for problem in _file_problems(path, uri)]
-    if p.openai_batch and p.openai_batch.uri.lower().endswith(".parquet"):
-        problems.append(Problem("prompts.openai_batch.uri", "an OpenAI Batch input file is JSONL"))
-    return problems
+def _first_rows(source: TemplateSource) -> list[int]:
+    total = source.sample.n if source.sample else product_size(source)
+    return list(range(min(defaults.TEMPLATE_CHECK_ROWS, total)))
 
 
-def _file_problems(path: str, uri: str) -> list[Problem]:
-    if not uri.lower().endswith((".jsonl", ".json", ".parquet")):
-        return [Problem(path, f"{uri}: expected a .jsonl or .parquet file")]
+def _render_failures(source: TemplateSource) -> list[tuple[int, sandbox.RenderError]]:
+    """(row, failure) of each of the first rows that does not render, exactly as the workers render it."""
+    texts = [text for _, text in _template_fields(source)]
+    failures = []
+    for row in _first_rows(source):
+        try:
+            sandbox.render_all(texts, template_variables(source, row))
+        except sandbox.RenderError as e:
+            failures.append((row, e))
+    return failures
+
+
+def _checked_renders(source: TemplateSource) -> list[tuple[int, sandbox.RenderError]]:
+    """`_render_failures` under the template time limit; a render past it fails every row."""
     try:
-        store, key = split_uri(uri)
+        return sandbox.within(defaults.TEMPLATE_CHECK_S, "rendering the first rows", _render_failures, source)
+    except sandbox.TemplateTimeout as e:
+        return [(row, sandbox.RenderError(0, e)) for row in _first_rows(source)]
+
+
+def _render_problems(source: TemplateSource) -> list[Problem]:
+    """A template that fails on every row checked would fail the whole job: refuse it, on its field."""
+    rows, failures = _first_rows(source), _checked_renders(source)
+    if not rows or len(failures) < len(rows):
+        return []
+    row, failure = failures[0]
+    path = _template_fields(source)[failure.index][0]
+    which = "the first row" if len(rows) == 1 else f"each of the first {len(rows)} rows"
+    return [Problem(path, f"the template fails on {which} ({failure}; row {row}: "
+                          f"{json.dumps(template_variables(source, row), default=str)}); fix the template")]
+
+
+def _template_warnings(spec: JobSpec) -> list[Problem]:
+    source = spec.prompts.template
+    if source is None:
+        return []
+    read, problems = _analysed(source)
+    if problems:
+        return []
+    used = set().union(*read.values())
+    warnings = [Problem(f"prompts.template.seeds.{name}",
+                        f"seed variable {name!r} is never used by the template: its {len(values)} values only "
+                        f"repeat identical prompts ({len(values)}x the rows); use it in the template or remove it")
+                for name, values in sorted(source.seeds.items()) if name not in used]
+    failures = _checked_renders(source)
+    if failures and len(failures) < len(_first_rows(source)):
+        row, failure = failures[0]
+        warnings.append(Problem(_template_fields(source)[failure.index][0], f"row {row} fails to render: {failure}"))
+    return warnings
+
+
+def _sources(spec: JobSpec) -> list[Source]:
+    p, sources = spec.prompts, []
+    if p.file is not None:
+        sources.append(Source("prompts.file.uri", p.file.uri, "prompts"))
+    if p.openai_batch is not None:
+        sources.append(Source("prompts.openai_batch.uri", p.openai_batch.uri, "batch"))
+    if spec.quality.reference is not None:
+        sources.append(Source("quality.reference", spec.quality.reference, "real", strict=True))
+    if spec.mix is not None:
+        sources.append(Source("mix.uri", spec.mix.uri, "real", strict=True))
+    return sources
+
+
+def _existence_problems(source: Source) -> list[Problem]:
+    if not source.uri.lower().endswith((".jsonl", ".json", ".parquet")):
+        return [Problem(source.field, f"{source.uri}: expected a .jsonl or .parquet file")]
+    try:
+        store, key = split_uri(source.uri)
         if store.size(key) is None:
-            return [Problem(path, f"input file {uri} does not exist")]
+            return [Problem(source.field, f"input file {source.uri} does not exist")]
         store.get_range(key, 0, 1)
     except (StorageError, OSError) as e:
-        return [Problem(path, f"cannot read input file {uri}: {e}")]
+        return [Problem(source.field, f"cannot read input file {source.uri}: {e}")]
     return []
 
 
-def _model_problems(spec: JobSpec) -> list[Problem]:
-    models = [("model.path", spec.model)]
-    if spec.judge is not None and spec.judge.model != "self":
-        models.append(("judge.model.path", spec.judge.model))
+def _input_problems(spec: JobSpec) -> list[Problem]:
     problems = []
-    for field, model in models:
-        if model.path is None or model.engine == "fake":
-            continue
-        path = Path(model.path)
-        if not path.is_dir():
-            problems.append(Problem(field, f"{path} is not a folder; give a local model folder or use model.id "
-                                    "for a hub model (`synthfleet make-tiny-model DIR` builds a demo one)"))
-        elif not (path / "config.json").is_file():
-            problems.append(Problem(field, f"{path} has no config.json; is it a Hugging Face model folder?"))
+    for source in _sources(spec):
+        problems += _existence_problems(source) or file_findings(source).problems
+    return problems
+
+
+def _input_warnings(spec: JobSpec) -> list[Problem]:
+    return [w for s in _sources(spec) if not _existence_problems(s) for w in file_findings(s).warnings]
+
+
+def _models(spec: JobSpec) -> list[tuple[str, ModelSpec]]:
+    models = [("model", spec.model)]
+    if spec.judge is not None and not isinstance(spec.judge.model, str):
+        models.append(("judge.model", spec.judge.model))
+    return models
+
+
+def _config(model: ModelSpec) -> dict[str, Any] | None:
+    """A local model folder's config.json (its text part for multimodal models), or None."""
+    try:
+        config = json.loads((Path(str(model.path)) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("text_config", config) if isinstance(config, dict) else None
+
+
+def _context(config: dict[str, Any]) -> tuple[str, int] | None:
+    """(key, tokens) of the model's own context, as vLLM derives it; None when RoPE scaling stretches it."""
+    if config.get("rope_scaling") or config.get("rope_parameters"):
+        return None
+    found = [(config[k], k) for k in CONTEXT_KEYS if isinstance(config.get(k), int) and config[k] > 0]
+    return (min(found)[1], min(found)[0]) if found else None
+
+
+def _folder_problems(field: str, model: ModelSpec) -> list[Problem]:
+    path = Path(str(model.path))
+    if not path.is_dir():
+        return [Problem(f"{field}.path", f"{path} is not a folder; give a local model folder or use model.id "
+                                         "for a hub model (`synthfleet make-tiny-model DIR` builds a demo one)")]
+    if not (path / "config.json").is_file():
+        return [Problem(f"{field}.path", f"{path} has no config.json; is it a Hugging Face model folder?")]
+    if _config(model) is None:
+        return [Problem(f"{field}.path", f"{path}/config.json is not a JSON object")]
+    return []
+
+
+def _length_problems(field: str, model: ModelSpec, max_tokens: int | None) -> list[Problem]:
+    """max_tokens <= max_model_len <= the model's own context, each saying which to lower."""
+    config = _config(model) if model.path is not None and model.engine != "fake" else None
+    context = _context(config) if config else None
+    problems = []
+    if context and model.max_model_len is not None and model.max_model_len > context[1]:
+        problems.append(Problem(f"{field}.max_model_len", f"{model.max_model_len} exceeds the model's context "
+                                f"({context[0]}={context[1]} in its config.json); lower {field}.max_model_len "
+                                f"to at most {context[1]}"))
+    bound = (f"{field}.max_model_len={model.max_model_len}" if model.max_model_len is not None else
+             f"the model's context ({context[0]}={context[1]} in its config.json)" if context else None)
+    limit = model.max_model_len if model.max_model_len is not None else (context[1] if context else None)
+    if max_tokens is not None and limit is not None and max_tokens > limit:
+        problems.append(Problem("sampling.max_tokens", f"{max_tokens} exceeds {bound}: lower sampling.max_tokens"
+                                + (f" or raise {field}.max_model_len" if model.max_model_len is not None else "")))
+    return problems
+
+
+def _model_problems(spec: JobSpec) -> list[Problem]:
+    problems = []
+    for field, model in _models(spec):
+        if model.path is not None and model.engine != "fake":
+            problems += _folder_problems(field, model)
+        max_tokens = spec.sampling.max_tokens if field == "model" else None
+        problems += _length_problems(field, model, max_tokens)
     return problems
 
 
@@ -95,6 +241,11 @@ def spec_problems(spec: JobSpec, *, check_output: bool = True) -> list[Problem]:
     problems = (_template_problems(spec) + _input_problems(spec) + _model_problems(spec)
                 + _resource_problems(spec))
     return problems + (_output_problems(spec) if check_output else [])
+
+
+def spec_warnings(spec: JobSpec) -> list[Problem]:
+    """What can run but is probably a mistake: an unused seed variable, some first rows failing."""
+    return _template_warnings(spec) + _input_warnings(spec)
 
 
 def check_spec(spec: JobSpec, *, check_output: bool = True) -> None:

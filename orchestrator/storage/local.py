@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,8 +94,15 @@ class LocalStore(Store):
         yield from sorted(keys)
 
     def check_writable(self) -> None:
+        """Create and remove a probe folder in the nearest existing folder: what the job's first write
+        will need there. Permission bits alone say yes as root, and on /proc; the OS is the judge."""
         probe = self.root
         while not probe.exists():
             probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK):
-            raise StorageError(f"output folder {self.root} is not writable (checked {probe})")
+        if not probe.is_dir():
+            raise StorageError(f"output folder {self.root} is not writable: {probe} is a file")
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=probe))
+        except OSError as e:
+            raise StorageError(f"output folder {self.root} is not writable: cannot create a folder in "
+                               f"{probe} ({e.strerror or e})") from None
