@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import threading
@@ -202,8 +203,10 @@ class Client:
 
     def submit(self, spec: JobSpec | dict[str, Any] | str | Path, *, priority: int = 0,
                idempotency_key: str | None = None) -> Job:
-        if isinstance(spec, (str, Path)):
+        if isinstance(spec, (str, Path)):  # paths the server can use: inputs already absolute, output made so
             spec = load_spec(spec)
+            if "://" not in spec.output.uri and not os.path.isabs(spec.output.uri):
+                spec = spec.with_output(os.path.abspath(spec.output.uri))
         data = spec.model_dump(mode="json") if isinstance(spec, JobSpec) else spec
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         record = self._call("POST", "/v1/jobs", json={"spec": data, "priority": priority}, headers=headers)

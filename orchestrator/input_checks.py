@@ -118,8 +118,9 @@ def _custom_id(line: bytes) -> str | None:
     """
     first = _LEADING_ID.match(line)
     if first is not None and line.count(b'"custom_id"') == 1:
+        quoted = first.group(1)
         try:
-            return str(json.loads(first.group(1)))
+            return quoted[1:-1].decode() if b"\\" not in quoted else str(json.loads(quoted))
         except ValueError:
             pass
     try:
