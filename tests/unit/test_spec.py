@@ -377,3 +377,249 @@ def test_validate_output_override_is_checked(
 def test_validate_of_a_missing_spec_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(tmp_path / "absent.yaml")]) == 2
     assert "cannot read spec file" in flat(capsys.readouterr().err)
+
+
+# --- issue 11, item 13: the spec file itself ----------------------------------------------------
+
+@pytest.mark.parametrize("raw,what", [
+    ("name: unit\n".encode("utf-16"), "is UTF-16 text"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff", "is not UTF-8 text (byte 0x89 at offset 0)"),
+], ids=["utf16", "binary"])
+def test_a_spec_file_that_is_not_utf8_is_a_message_and_exit_2(
+        tmp_path: Path, raw: bytes, what: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(raw)
+    assert main(["validate", str(path)]) == 2
+    err = flat(capsys.readouterr().err)
+    assert what in err and "save it as UTF-8" in err and "Traceback" not in err
+
+
+def test_a_spec_file_with_a_utf8_bom_loads(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + yaml.safe_dump(spec_data("s3://b/out")).encode())
+    assert load_spec(path).name == "unit"
+
+
+# --- item 15: field names, duplicate keys, strict numbers ---------------------------------------
+
+@pytest.mark.parametrize("section,typo,meant", [("sampling", "temprature", "temperature"),
+                                                ("resources", "worker", "workers"),
+                                                ("output", "rows_per_shrad", "rows_per_shard")])
+def test_an_unknown_field_suggests_the_closest_one(section: str, typo: str, meant: str) -> None:
+    data = spec_data()
+    data[section] = {**data.get(section, {}), typo: 1}
+    problem = one_problem(problems_of(data), f"{section}.{typo}")
+    assert f"did you mean `{meant}`?" in problem.message
+
+
+def test_an_unknown_field_inside_a_judge_model_suggests_its_field() -> None:
+    problems = problems_of(spec_data(judge={"model": {"path": "/m", "pth": "x"}}))
+    assert [(p.path, p.message) for p in problems] == [("judge.model.pth", "unknown field; did you mean `path`?")]
+
+
+def test_an_unknown_field_with_no_close_match_lists_the_fields_there() -> None:
+    problem = one_problem(problems_of(spec_data(resources={"zzz": 1})), "resources.zzz")
+    assert "fields here: workers, gpus_per_worker" in problem.message
+
+
+def test_a_duplicate_yaml_key_names_the_key_and_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: first\nmodel: {id: org/m}\nprompts: {template: {text: x}}\n"
+                    "output: {uri: out}\nname: second\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    assert [str(p) for p in e.value.problems] == [
+        "name: duplicate key 'name' on lines 1 and 5 of spec.yaml; YAML would keep only the last: remove one"]
+
+
+def test_a_duplicate_nested_key_is_named_by_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: a\nsampling:\n  temperature: 0.2\n  temperature: 0.9\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    assert paths(e.value.problems) == ["sampling.temperature"]
+    assert "lines 3 and 4" in e.value.problems[0].message
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: unit\nmodel: {id: org/m}\nprompts: {template: {text: x}}\noutput: {uri: 's3://b/out'}\n"
+                    "resources:\n  <<: {workers: 2, cpus_per_worker: 4}\n  workers: 3\n")
+    resources = load_spec(path).resources
+    assert (resources.workers, resources.cpus_per_worker) == (3, 4)
+
+
+@pytest.mark.parametrize("section,field,value,expected", [
+    ("resources", "workers", True, "expected a whole number, got true"),
+    ("resources", "workers", "2", 'expected a whole number, got "2"'),
+    ("resources", "gpus_per_worker", True, "expected a number, got true"),
+    ("sampling", "max_tokens", 8.5, "expected a whole number, got 8.5"),
+    ("sampling", "temperature", "0.7", 'expected a number, got "0.7"'),
+    ("sampling", "ignore_eos", "yes", 'expected true or false, got "yes"'),
+    ("output", "rows_per_shard", False, "expected a whole number, got false"),
+    ("model", "max_model_len", "512", 'expected a whole number, got "512"'),
+    ("dedup", "near_threshold", True, "expected a number, got true"),
+])
+def test_a_bool_or_string_is_not_a_number(section: str, field: str, value: Any, expected: str) -> None:
+    data = spec_data()
+    data[section] = {**data.get(section, {}), field: value}
+    assert one_problem(problems_of(data), f"{section}.{field}").message == expected
+
+
+def test_a_whole_number_is_accepted_for_a_float_field(tmp_path: Path) -> None:
+    data = spec_data("s3://b/out", sampling={"temperature": 1, "top_p": 1}, resources={"gpus_per_worker": 0})
+    spec = load_spec(write_spec(tmp_path, data))
+    assert spec.sampling.temperature == 1.0 and spec.resources.gpus_per_worker == 0.0
+
+
+# --- item 14: dtype -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["auto", "half", "float16", "bfloat16", "float", "float32"])
+def test_vllms_dtypes_are_accepted(dtype: str) -> None:
+    assert make_spec(model={"id": "org/m", "dtype": dtype}).model.dtype == dtype
+
+
+def test_another_dtype_is_refused_listing_vllms() -> None:
+    problem = one_problem(problems_of(spec_data(model={"id": "org/m", "dtype": "fp8"})), "model.dtype")
+    assert "'auto'" in problem.message and "'bfloat16'" in problem.message
+
+
+# --- item 16: URIs --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uri", ["out\nput", "out\x00", "out\tx", "out/\x1b[31m", "out\x7f", "s3://b/a\nb"])
+@pytest.mark.parametrize("field", ["output", "prompts.file", "quality", "model"])
+def test_a_path_with_a_control_character_is_refused(uri: str, field: str) -> None:
+    sections = {"output": {"output": {"uri": uri}}, "prompts.file": {"prompts": {"file": {"uri": uri + ".jsonl"}}},
+                "quality": {"quality": {"reference": uri + ".jsonl"}}, "model": {"model": {"path": uri}}}
+    path = {"output": "output.uri", "prompts.file": "prompts.file.uri", "quality": "quality.reference",
+            "model": "model.path"}[field]
+    if field == "model" and uri.startswith("s3://"):
+        pytest.skip("model.path is a local folder")
+    assert "control character" in one_problem(problems_of(spec_data(**sections[field])), path).message
+
+
+@pytest.mark.parametrize("uri", ["~/out", "~", "~someone/data"])
+def test_a_leading_tilde_is_refused_not_made_a_folder_named_tilde(uri: str) -> None:
+    problem = one_problem(problems_of(spec_data(output={"uri": uri})), "output.uri")
+    assert "'~' is not expanded" in problem.message
+
+
+@pytest.mark.parametrize("uri", ["out/%2e%2e/x", "out/%2E./x", "out/.%2e", "s3://bucket/%2e%2e/x", "file:///a/%2E%2E/b"])
+def test_a_percent_encoded_dotdot_is_refused(uri: str) -> None:
+    problem = one_problem(problems_of(spec_data(output={"uri": uri})), "output.uri")
+    assert "percent-encoded '..'" in problem.message
+
+
+def test_a_percent_sign_in_an_ordinary_name_is_kept() -> None:
+    assert make_spec("out/100%25/x").output.uri == "out/100%25/x"
+
+
+# --- item 17: relative paths resolve against the spec's folder ------------------------------------
+
+def relative_spec(folder: Path) -> Path:
+    """A spec in `folder` naming its model, prompt file and reference by paths relative to it."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "config.json").write_text("{}")
+    (folder / "data").mkdir()
+    (folder / "data" / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    (folder / "data" / "real.jsonl").write_text('{"text": "hello"}\n')
+    data = spec_data("out", model={"path": "model"}, prompts={"file": {"uri": "data/in.jsonl"}},
+                     quality={"reference": "./data/real.jsonl"})
+    return write_spec(folder, data)
+
+
+def test_relative_inputs_resolve_against_the_spec_folder_from_any_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = relative_spec(tmp_path / "project")
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec("project/spec.yaml")
+    assert spec.model.path == str(tmp_path / "project" / "model")
+    assert spec.prompts.file.uri == str(tmp_path / "project" / "data" / "in.jsonl")  # type: ignore[union-attr]
+    assert spec.quality.reference == str(tmp_path / "project" / "data" / "real.jsonl")
+    check_spec(spec)
+    assert load_spec(path) == spec
+
+
+def test_output_uri_stays_relative_to_the_working_directory(tmp_path: Path) -> None:
+    assert load_spec(relative_spec(tmp_path / "project")).output.uri == "out"
+
+
+def test_resolving_keeps_the_job_id_of_the_spec_as_written(tmp_path: Path) -> None:
+    path = relative_spec(tmp_path / "project")
+    assert load_spec(path).job_id == parse_spec(yaml.safe_load(path.read_text())).job_id
+
+
+def test_the_same_spec_checked_out_elsewhere_keeps_its_job_id(tmp_path: Path) -> None:
+    first, second = relative_spec(tmp_path / "a"), relative_spec(tmp_path / "deeper" / "b")
+    assert load_spec(first).model.path != load_spec(second).model.path
+    assert load_spec(first).job_id == load_spec(second).job_id
+
+
+def test_a_resolved_spec_keeps_its_job_id_where_it_is_sent(tmp_path: Path) -> None:
+    spec = load_spec(relative_spec(tmp_path / "project"))
+    sent = parse_spec(json.loads(spec.model_dump_json()))  # what a server receives from Client.submit
+    assert sent == spec and sent.job_id == spec.job_id
+
+
+def test_absolute_paths_hash_as_before(tmp_path: Path, model_dir: Path) -> None:
+    data = local_spec_data(tmp_path, model_dir)
+    spec = load_spec(write_spec(tmp_path, data))
+    assert spec.relative_to is None and spec.job_id == parse_spec(data).job_id
+
+
+def test_a_relative_to_that_does_not_match_its_path_is_refused(tmp_path: Path) -> None:
+    data = json.loads(load_spec(relative_spec(tmp_path / "project")).model_dump_json())
+    data["model"]["path"] = "/elsewhere/model"
+    assert "does not match model.path" in problems_of(data)[0].message
+
+
+def test_the_fake_engines_model_name_is_not_resolved(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, spec_data("s3://b/out", model={"path": "fake", "engine": "fake"}))
+    assert load_spec(path).model.path == "fake"
+
+
+def test_a_spec_json_of_a_job_loads_with_its_job_id(tmp_path: Path) -> None:
+    spec = load_spec(relative_spec(tmp_path / "project"))
+    copy = tmp_path / "elsewhere" / "spec.json"
+    copy.parent.mkdir()
+    copy.write_text(spec.model_dump_json(indent=1))
+    assert load_spec(copy) == spec
+
+
+def copied_examples(tmp_path: Path) -> Path:
+    """The repository's examples/ beside a models/tiny folder validation accepts."""
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(Path(__file__).parents[2] / "examples", root / "examples")
+    (root / "models" / "tiny").mkdir(parents=True)
+    (root / "models" / "tiny" / "config.json").write_text(json.dumps({"max_position_embeddings": 2048}))
+    return root
+
+
+@pytest.mark.parametrize("example", ["quickstart.yaml", "openai-batch.yaml"])
+@pytest.mark.parametrize("cwd", ["repo", "elsewhere"])
+def test_the_examples_validate_from_the_repository_root_and_from_elsewhere(
+        tmp_path: Path, example: str, cwd: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    root = copied_examples(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(root if cwd == "repo" else tmp_path / "elsewhere")
+    assert main(["validate", str(root / "examples" / example)]) == 0, capsys.readouterr().err
+    assert f"relative input paths resolved against {root / 'examples'}" in flat(capsys.readouterr().err)
+
+
+def test_the_quickstart_writes_to_outputs_in_the_working_directory(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root = copied_examples(tmp_path)
+    monkeypatch.chdir(root)
+    spec = load_spec("examples/quickstart.yaml")
+    assert spec.output.uri == "outputs" and spec.model.path == str(root / "models" / "tiny")
+
+
+def test_validate_prints_warnings_and_still_exits_0(
+        tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = local_spec_data(tmp_path, model_dir, prompts={"template": {"text": "{{ a }}", "seeds": {"a": [1],
+                                                                                                  "b": [1, 2]}}})
+    assert main(["validate", str(write_spec(tmp_path, data))]) == 0
+    assert "warning: prompts.template.seeds.b: seed variable 'b' is never used" in flat(capsys.readouterr().err)
