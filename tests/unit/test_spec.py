@@ -486,16 +486,22 @@ def test_another_dtype_is_refused_listing_vllms() -> None:
 
 # --- item 16: URIs --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("uri", ["out\nput", "out\x00", "out\tx", "out/\x1b[31m", "out\x7f", "s3://b/a\nb"])
-@pytest.mark.parametrize("field", ["output", "prompts.file", "quality", "model"])
-def test_a_path_with_a_control_character_is_refused(uri: str, field: str) -> None:
-    sections = {"output": {"output": {"uri": uri}}, "prompts.file": {"prompts": {"file": {"uri": uri + ".jsonl"}}},
-                "quality": {"quality": {"reference": uri + ".jsonl"}}, "model": {"model": {"path": uri}}}
-    path = {"output": "output.uri", "prompts.file": "prompts.file.uri", "quality": "quality.reference",
-            "model": "model.path"}[field]
-    if field == "model" and uri.startswith("s3://"):
-        pytest.skip("model.path is a local folder")
-    assert "control character" in one_problem(problems_of(spec_data(**sections[field])), path).message
+CONTROL = ["out\nput", "out\x00", "out\tx", "out/\x1b[31m", "out\x7f"]
+WHERE = {"output.uri": ("output", "uri", ""), "prompts.file.uri": ("prompts", "file", ".jsonl"),
+         "quality.reference": ("quality", "reference", ".jsonl")}
+
+
+@pytest.mark.parametrize("uri", CONTROL + ["s3://b/a\nb"])
+@pytest.mark.parametrize("field", ["output.uri", "prompts.file.uri", "quality.reference"])
+def test_a_uri_with_a_control_character_is_refused(uri: str, field: str) -> None:
+    section, key, ending = WHERE[field]
+    value: Any = {key: uri + ending} if section != "prompts" else {key: {"uri": uri + ending}}
+    assert "control character" in one_problem(problems_of(spec_data(**{section: value})), field).message
+
+
+@pytest.mark.parametrize("path", CONTROL)
+def test_a_model_path_with_a_control_character_is_refused(path: str) -> None:
+    assert "control character" in one_problem(problems_of(spec_data(model={"path": path})), "model.path").message
 
 
 @pytest.mark.parametrize("uri", ["~/out", "~", "~someone/data"])
