@@ -12,15 +12,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from orchestrator import defaults
-from orchestrator.errors import ConfigError, ServerUnavailableError, SpecError, SynthfleetError
+from orchestrator import defaults, interrupts
+from orchestrator.errors import ConfigError, JobInterrupted, ServerUnavailableError, SpecError, SynthfleetError
 from orchestrator.jobs import JobRecord, JobState
 from orchestrator.spec import JobSpec, load_spec
 
 if TYPE_CHECKING:
     from orchestrator.client import Client
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -83,12 +83,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                              worker_logs=args.verbose)
     except SpecError as e:
         return _report_problems(args.spec, e)
+    except JobInterrupted as e:
+        err.print(str(e), highlight=False)
+        return interrupts.exit_code()
     except SynthfleetError as e:
         err.print(f"[bold red]job failed:[/] {e}", highlight=False)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        err.print("interrupted: committed shards are kept; run the same command again to resume")
-        return EXIT_INTERRUPTED
     out.print(f"[bold green]done[/] {result.job_id}: {result.rows_ok} rows ok, {result.rows_failed} failed, "
               f"{result.rows_rejected} rejected; {result.completion_tokens} tokens; {result.shards_generated} of "
               f"{result.shards} shards generated this run at {result.tokens_per_s:,.0f} tokens/s", highlight=False)
@@ -395,9 +395,20 @@ def _serve_parser(sub: Any) -> None:
     serve.set_defaults(fn=cmd_serve)
 
 
+INTERRUPTED = {  # what Ctrl-C or SIGTERM leaves behind, when no command said more
+    "run": "interrupted: run the same command again to resume",
+    "serve": "interrupted: the service stopped; unfinished jobs resume when it starts again",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return int(args.fn(args))
+    interrupts.install()
+    try:
+        return int(args.fn(args))
+    except KeyboardInterrupt:
+        err.print(INTERRUPTED.get(args.command, "interrupted"), highlight=False)
+        return interrupts.exit_code()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 from orchestrator import layout
 from orchestrator.commit import CommitOutcome, ShardStats, committed_shards
 from orchestrator.dispatch import DispatchReport, JobRun, PoolDispatcher
-from orchestrator.errors import ConflictError, JobFailedError
+from orchestrator.errors import ConflictError, JobFailedError, JobInterrupted
 from orchestrator.finalize import finalize
 from orchestrator.planner import Plan, Shard, make_plan
 from orchestrator.pool import WorkerPool, ensure_ray, fitting_workers
@@ -71,6 +71,7 @@ class Tracker:
         self.plan, self.on_progress = plan, on_progress
         self.stats: dict[int, ShardStats] = {}
         self.rows_done = self.rows_before = self.tokens = self.generated = self.retries = self.replaced = 0
+        self.shards_done = 0  # shards of this run now committed, by it or by a zombie attempt
         self.started = self.finished = time.perf_counter()
 
     def committed(self, stats: ShardStats) -> None:
@@ -84,6 +85,7 @@ class Tracker:
 
     def done(self, shard: Shard, outcome: CommitOutcome | None) -> None:
         self.rows_done += shard.rows
+        self.shards_done += 1
         self.finished = time.perf_counter()
         if outcome is not None and outcome.won:
             self.stats[shard.index] = outcome.stats
@@ -168,8 +170,11 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, pool: WorkerPool |
     tracker = Tracker(job.plan, on_progress)
     manifest = job.manifest
     if manifest is None:
-        if len(job.committed) < job.plan.num_shards:
-            ensure_ray(ray_address, worker_logs=worker_logs)
-            asyncio.run(_run_on_pool(job, pool, tracker))
-        manifest = finalize(job.store, spec, job.plan, tracker.stats, started_at)
+        try:
+            if len(job.committed) < job.plan.num_shards:
+                ensure_ray(ray_address, worker_logs=worker_logs)
+                asyncio.run(_run_on_pool(job, pool, tracker))
+            manifest = finalize(job.store, spec, job.plan, tracker.stats, started_at)
+        except KeyboardInterrupt:
+            raise JobInterrupted(len(job.committed) + tracker.shards_done, job.plan.num_shards) from None
     return tracker.result(job, manifest, time.perf_counter() - t0)

@@ -225,6 +225,8 @@ class PoolDispatcher:
                 self.cancel(run, RuntimeError("no live workers left"))
             if run.drained:
                 self.runs.remove(run)
+                if run.finished.done():  # its waiter was cancelled (Ctrl-C, SIGTERM, service stop)
+                    continue
                 if run.error is not None:
                     run.finished.set_exception(run.error)
                 else:

@@ -7,6 +7,7 @@
     ├── EngineDeadError         the inference engine died: replace the worker, retry the shard
     ├── ShardError              a shard attempt failed for another reason: retry elsewhere
     ├── JobFailedError          shards failed after every retry, or the job was cancelled
+    ├── JobInterrupted          Ctrl-C or SIGTERM stopped a run; committed shards are kept
     ├── NotFoundError           no such job (HTTP 404)
     ├── AuthError               missing or invalid API token (HTTP 401)
     ├── ConfigError             a deployment setting is unusable (an unreadable token file); never retriable
@@ -77,6 +78,15 @@ class JobFailedError(SynthfleetError):
     def __init__(self, message: str, failed_shards: list[int]):
         self.failed_shards = failed_shards
         super().__init__(message)
+
+
+class JobInterrupted(SynthfleetError):
+    """Ctrl-C or SIGTERM stopped a run; what was committed stays, and the same command resumes."""
+
+    def __init__(self, shards_committed: int, shards: int):
+        self.shards_committed, self.shards = shards_committed, shards
+        super().__init__(f"interrupted: {shards_committed} of {shards} shards committed are kept; "
+                         "run the same command again to resume")
 
 
 class NotFoundError(SynthfleetError):

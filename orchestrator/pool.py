@@ -11,7 +11,7 @@ from typing import Any
 
 import ray
 
-from orchestrator import defaults
+from orchestrator import defaults, interrupts, reaper
 from orchestrator.errors import JobFailedError, Problem, SpecError
 from orchestrator.spec import ModelSpec, Resources
 from workers.actor import GenerationWorker
@@ -28,6 +28,10 @@ class Worker:
     info: EngineInfo | None = None
 
 
+def _no_auth_opt_out(record: logging.LogRecord) -> bool:
+    return "RAY_AUTH_MODE=disabled" not in record.getMessage()
+
+
 def ensure_ray(address: str | None = None, *, worker_logs: bool = True) -> None:
     """Join the cluster at `address`, or start a local Ray runtime in this process.
 
@@ -40,9 +44,14 @@ def ensure_ray(address: str | None = None, *, worker_logs: bool = True) -> None:
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     secrets = {k: os.environ.pop(k) for k in defaults.SECRET_ENV if k in os.environ}
+    # A new local cluster has Ray's token auth on; Ray's notice of it invites users to turn it off.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_no_auth_opt_out)
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=worker_logs,
-                 runtime_env={"env_vars": env})
+        with interrupts.keep_handlers():
+            if address is None and "RAY_ADDRESS" not in os.environ:
+                reaper.start()  # a local cluster is ended with this process, however it ends
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=worker_logs, runtime_env={"env_vars": env})
     finally:
         os.environ.update(secrets)
 

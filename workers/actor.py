@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 
+from orchestrator import reaper
 from orchestrator.commit import CommitOutcome
 from orchestrator.planner import Plan, Shard
 from orchestrator.spec import JobSpec, ModelSpec
@@ -79,6 +80,7 @@ class GenerationWorker:
 
     def __init__(self, model: ModelSpec, on_gpu: bool, threads: int | None = None):
         self.model, self.on_gpu = model, on_gpu
+        reaper.start()  # the engine processes this worker starts never outlive it
         if threads and not on_gpu:
             # Ray pins OMP_NUM_THREADS to the actor's CPU count; the CPU engine needs the real count.
             os.environ["OMP_NUM_THREADS"] = str(threads)
