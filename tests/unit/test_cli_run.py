@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,59 @@ def test_unknown_field_is_refused_with_its_path(tmp_path: Path, capsys: pytest.C
     spec["sampling"] = {"temprature": 0.5}
     path.write_text(yaml.safe_dump(spec))
     _assert_refused(capsys, main(["run", str(path)]), "sampling.temprature", "unknown field")
+
+
+# --- issue 11: bad input found by validation, refused by `run` before Ray with one message ------
+
+def _refused_by_both(capsys: pytest.CaptureFixture[str], spec: Path, *needles: str) -> None:
+    """`validate` and `run` both exit 2 naming the same problem, and `run` starts no Ray."""
+    assert main(["validate", str(spec)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert all(n in err for n in needles) and "Traceback" not in err, err
+    _assert_refused(capsys, main(["run", str(spec)]), *needles)
+
+
+@pytest.mark.parametrize("text,needle", [("{{ ''.__class__ }}", "SecurityError"),
+                                         ("{{ topic.missing }}", "UndefinedError"),
+                                         ("{{ 9**(9**9) }}", "MAX_TEMPLATE_INT_BITS"),
+                                         ("{{ 'a' * 1000000000 }}", "MAX_PROMPT_CHARS")])
+def test_a_template_failing_on_every_row_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    text: str, needle: str) -> None:
+    spec = _spec(tmp_path, str(tmp_path / "out"), template={"text": text, "seeds": {"topic": ["a", "b"]}})
+    _refused_by_both(capsys, spec, "prompts.template.text", needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_repeated_custom_id_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    body = {"method": "POST", "url": "/v1/completions", "body": {"prompt": "hi"}}
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps({"custom_id": i, **body}) + "\n" for i in ["a", "b", "a"]))
+    spec = _spec(tmp_path, str(tmp_path / "out"), openai_batch={"uri": str(batch)})
+    _refused_by_both(capsys, spec, "prompts.openai_batch.uri", "custom_id 'a' is on line 1 and again on line 3")
+
+
+def test_an_output_folder_the_os_refuses_is_one_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _refused_by_both(capsys, _spec(tmp_path, "/proc/nope"), "output.uri", "/proc/nope is not writable")
+
+
+@pytest.mark.parametrize("output", ["out\nput", "out\x00", "~/out", "out/%2e%2e/x"])
+def test_an_unusable_output_uri_is_refused_and_nothing_is_created(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], output: str) -> None:
+    spec = _spec(tmp_path, output)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    _refused_by_both(capsys, spec, "output.uri")
+    assert list(work.iterdir()) == []
+
+
+def test_a_spec_file_that_is_not_utf8_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes("name: bad\n".encode("utf-16"))
+    _refused_by_both(capsys, path, "UTF-16", "save it as UTF-8")
+
+
+def test_a_duplicate_key_in_the_spec_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _spec(tmp_path, str(tmp_path / "out"))
+    path.write_text(path.read_text() + "name: renamed\n")
+    _refused_by_both(capsys, path, "duplicate key 'name'", "lines")
