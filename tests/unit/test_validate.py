@@ -261,3 +261,61 @@ def test_check_spec_raises_every_problem_at_once(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as e:
         check_spec(spec, check_output=False)
     assert {p.path for p in e.value.problems} == {"prompts.file.uri", "sampling.max_tokens"}
+
+
+# --- the service: validation never runs on the event loop; Client.submit(path) sends usable paths --
+
+SLOW = "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}{{ w }}"
+
+
+def test_parsing_a_spec_never_analyses_its_templates() -> None:
+    from orchestrator.spec import parse_spec
+    from tests.unit.specs import spec_data
+
+    started = time.perf_counter()
+    for text in ("{{ w ", SLOW, "{{ 9**(9**9) }}"):  # broken, slow, a bomb: all left to check_spec
+        parse_spec(spec_data(prompts={"template": {"text": text, "seeds": {"w": ["a"]}}}))
+    assert time.perf_counter() - started < 1
+
+
+def test_the_server_answers_while_it_validates_a_slow_template(tmp_path: Path) -> None:
+    import threading
+
+    import httpx
+
+    from tests.unit.apiserver import running_api
+    from tests.unit.specs import spec_data
+
+    data = spec_data(tmp_path / "out", prompts={"template": {"text": SLOW, "seeds": {"w": ["a"]}}})
+    with running_api(tmp_path / "state", token=None) as url:
+        answer: list[httpx.Response] = []
+        submit = threading.Thread(target=lambda: answer.append(httpx.post(f"{url}/v1/jobs", json={"spec": data},
+                                                                          timeout=30)))
+        submit.start()
+        time.sleep(0.3)  # the submit is being validated now (each row takes over a second)
+        started = time.perf_counter()
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert time.perf_counter() - started < 0.5
+        submit.join(30)
+    assert answer[0].status_code == 422
+    assert answer[0].json()["problems"][0]["path"] == "prompts.template.text"
+
+
+def test_client_submit_of_a_path_sends_paths_the_server_can_use(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from orchestrator.client import Client
+    from tests.unit.apiserver import running_api
+    from tests.unit.specs import spec_data
+
+    (tmp_path / "specs").mkdir()
+    spec = tmp_path / "specs" / "job.yaml"
+    spec.write_text(yaml.safe_dump(spec_data("out", prompts={"file": {"uri": "data/missing.jsonl"}})))
+    (tmp_path / "client").mkdir()
+    monkeypatch.chdir(tmp_path / "client")
+    with running_api(tmp_path / "state", token=None) as url, Client(url) as client:
+        with pytest.raises(SpecError) as e:
+            client.submit(spec)
+    assert [str(p) for p in e.value.problems] == [
+        f"prompts.file.uri: input file {tmp_path / 'specs' / 'data' / 'missing.jsonl'} does not exist"]
