@@ -44,7 +44,8 @@ SECRET_ENV = (API_TOKEN_ENV, API_TOKEN_FILE_ENV)  # kept out of the environment 
 # worker, `validate` or the service, or build a gigabyte. A row that hits one is a template_error.
 MAX_PROMPT_CHARS = 1 << 20  # one row's rendered prompt (all its messages); also the largest value a template builds
 MAX_TEMPLATE_INT_BITS = 4096  # an integer a template computes (`9**(9**9)` would take hours)
-TEMPLATE_MAX_STEPS = 200_000  # loop iterations and calls in one row's render (macro calls: about 1.6 s)
+TEMPLATE_MAX_STEPS = 200_000  # loop iterations and calls in one row's render (about 0.1-0.3 s)
+TEMPLATE_MACRO_STEPS = 20  # steps a macro call counts for: it costs about as much as 20 loop iterations
 TEMPLATE_WORK_CHARS = 16 * MAX_PROMPT_CHARS  # characters a row's render may build in all, kept or not
 TEMPLATE_CHECK_S = 5.0  # validation's time limit on analysing a template and on rendering its first rows
 TEMPLATE_CHECK_ROWS = 3  # validation renders this many first rows; a template failing on all of them is refused

@@ -5,7 +5,7 @@ parser (constant folding), and `'a' * 10**9`, `'a'.center(10**9)`, `'{:100000000
 a `join` build a gigabyte. Here every operation that grows a value checks the size it would make
 before making it: no value over MAX_PROMPT_CHARS characters (or elements), no integer over
 MAX_TEMPLATE_INT_BITS. A row's render also stops at MAX_PROMPT_CHARS of output, at
-TEMPLATE_MAX_STEPS loop iterations and calls, and at TEMPLATE_WORK_CHARS built in all, so its cost
+TEMPLATE_MAX_STEPS loop iterations and calls (a macro call counting TEMPLATE_MACRO_STEPS), and at TEMPLATE_WORK_CHARS built in all, so its cost
 is bounded whatever the template. Bounded operators are intercepted, which also keeps Jinja from
 folding them while parsing; template analysis runs under a time limit besides.
 """
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from jinja2 import StrictUndefined, meta, nodes, pass_context
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.runtime import Context
+from jinja2.runtime import Context, Macro
 from jinja2.sandbox import (
     ImmutableSandboxedEnvironment,
     SandboxedEscapeFormatter,
@@ -321,7 +321,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's
         """A call from a template: one step, and a str method that grows its string is measured first."""
-        _spend(steps=1)
+        _spend(steps=defaults.TEMPLATE_MACRO_STEPS if isinstance(__obj, Macro) else 1)
         owner, name = getattr(__obj, "__self__", None), getattr(__obj, "__name__", "")
         if isinstance(owner, str) and name == "join" and args:
             items = list(args[0])
