@@ -179,13 +179,14 @@ def duplicate_id_problem(source: Source) -> Problem | None:
                                  f"{again}{more}; every request needs a unique custom_id")
 
 
-def file_findings(source: Source) -> Findings:
-    """Problems and warnings of one input file that exists and is readable."""
+def file_findings(source: Source, *, whole_file: bool = True) -> Findings:
+    """Problems and warnings of one input file that exists and is readable; `whole_file=False` skips
+    the pass over all of an OpenAI Batch file (its custom_ids), for when only warnings are wanted."""
     try:
         if source.uri.lower().endswith(".parquet"):
             return _parquet_findings(source)
         found = _jsonl_findings(source)
-        if source.kind == "batch" and not found.problems:
+        if source.kind == "batch" and whole_file and not found.problems:
             problem = duplicate_id_problem(source)
             found.problems += [problem] if problem else []
         return found

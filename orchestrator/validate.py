@@ -153,7 +153,8 @@ def _input_problems(spec: JobSpec) -> list[Problem]:
 
 
 def _input_warnings(spec: JobSpec) -> list[Problem]:
-    return [w for s in _sources(spec) if not _existence_problems(s) for w in file_findings(s).warnings]
+    return [w for s in _sources(spec) if not _existence_problems(s)
+            for w in file_findings(s, whole_file=False).warnings]
 
 
 def _models(spec: JobSpec) -> list[tuple[str, ModelSpec]]:
