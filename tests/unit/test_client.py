@@ -91,13 +91,15 @@ def test_a_refused_connection_is_server_unavailable_and_retriable() -> None:
 def test_a_server_that_never_answers_is_server_unavailable_after_the_timeout() -> None:
     with _listener("silent") as url:
         error = _failure(url, timeout=0.5)
-    assert isinstance(error, ServerUnavailableError) and str(error) == f"synthfleet at {url} did not answer within 0.5 s"
+    assert isinstance(error, ServerUnavailableError)
+    assert str(error) == f"synthfleet at {url} did not answer within 0.5 s"
 
 
 def test_a_server_that_hangs_up_mid_request_is_server_unavailable() -> None:
     with _listener("hangs up") as url:
         error = _failure(url)
-    assert isinstance(error, ServerUnavailableError) and str(error).startswith(f"lost the connection to synthfleet at {url}")
+    assert isinstance(error, ServerUnavailableError)
+    assert str(error).startswith(f"lost the connection to synthfleet at {url}")
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])
