@@ -96,6 +96,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     where = _shown(result.uri)
     out.print(f"data: {where}/data/  manifest: {where}/_manifest.json  report: {where}/quality_report.html",
               highlight=False)
+    return _failed_rows_status(result, args.max_failed_share)
+
+
+def _failed_rows_status(result: Any, max_failed_share: float | None) -> int:
+    """Top error codes with a sample message; non-zero when no row succeeded, or more failed than allowed."""
+    from orchestrator.quality import failure_flag
+
+    rows = (result.quality or {}).get("rows", {})
+    for e in rows.get("top_errors", []):
+        err.print(f"  errors/ {e['code']}: {e['rows']} rows, e.g. {e['sample']}", highlight=False, markup=False)
+    flag = failure_flag(rows)
+    if flag:
+        err.print(f"[bold yellow]warning:[/] {escape(flag)}", highlight=False)
+    total = result.rows_ok + result.rows_failed + result.rows_rejected
+    share = result.rows_failed / total if total else 0.0
+    if result.rows_failed and not result.rows_ok:
+        err.print("[bold red]job failed:[/] no row succeeded; fix the cause above (the spec or its input), "
+                  "then run again", highlight=False)
+        return EXIT_FAILED
+    if max_failed_share is not None and share > max_failed_share:
+        err.print(f"[bold red]job failed:[/] {share:.1%} of rows failed, more than --max-failed-share "
+                  f"{max_failed_share:g}", highlight=False)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -216,6 +239,8 @@ def _print_records(records: Sequence[JobRecord]) -> None:
                                         f"{r.tokens_per_s:,.0f}", r.output, w=w), highlight=False, markup=False)
         for error in r.errors:
             out.print(f"  error: {error}", highlight=False, markup=False)
+        for warning in r.warnings:
+            out.print(f"  warning: {warning}", highlight=False, markup=False)
 
 
 def _print_record(record: JobRecord) -> None:
@@ -356,6 +381,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--verbose", action="store_true", help="stream the workers' logs (vLLM, Ray)")
+    run.add_argument("--max-failed-share", type=float, metavar="SHARE",
+                     help="exit 1 when more than this share of rows went to errors/ (default: exit 1 only "
+                          "when no row succeeded)")
     run.set_defaults(fn=cmd_run)
     val = sub.add_parser("validate", help="check a spec and its inputs without running it")
     val.add_argument("spec", help="the job spec (YAML or JSON)")

@@ -42,6 +42,7 @@ class ShardStats:
     rows_rejected: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> rows
     failed: dict[str, int] = field(default_factory=dict)  # error code -> rows
+    error_samples: dict[str, str] = field(default_factory=dict)  # error code -> its first row's message
     judge_scores: dict[str, int] = field(default_factory=dict)  # "1".."10" -> rows judged so
     judge_prompt_tokens: int = 0
     judge_cached_tokens: int = 0  # of the judge's prompt tokens, those read from the prefix cache

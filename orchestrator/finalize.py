@@ -51,6 +51,7 @@ def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], results:
         **totals,
         "rejected": quality["rows"]["rejected"],
         "failed": dict(sum((Counter(s.failed) for s in shards), Counter())),
+        "top_errors": quality["rows"]["top_errors"],
         "generation_seconds": round(sum(s.seconds for s in shards), 3),
         "started_at": started_at,
         "finished_at": time.time(),

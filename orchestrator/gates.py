@@ -104,6 +104,10 @@ class Quality(_Strict):
         description="Flag a seed value whose share among kept rows moves by more than this, relative.",
     )
     drift_alpha: StrictFloat = Field(defaults.DRIFT_ALPHA, gt=0, lt=1, description="Chi-square significance level.")
+    max_failed_share: StrictFloat = Field(
+        defaults.MAX_FAILED_SHARE, ge=0, le=1,
+        description="Flag the job when more than this share of its rows went to errors/ (none kept: always).",
+    )
     sample_rows: StrictInt = Field(defaults.QUALITY_SAMPLE_ROWS, ge=10, le=100_000,
                              description="Rows sampled for diversity and similarity metrics.")
     _uri = field_validator("reference")(lambda v: v if v is None else checked_uri(v))

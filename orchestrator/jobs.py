@@ -55,6 +55,7 @@ class JobRecord(BaseModel):
     progress: float = 0.0
     output: str = ""
     errors: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # a completed job's problems: most rows failed, ...
     cancel_requested: bool = False
 
     def move(self, state: JobState) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator import diversity, drift, layout, rows
+from orchestrator import defaults, diversity, drift, layout, rows
 from orchestrator.commit import FOOTER_KEY, ShardStats, parquet_bytes, read_parquet
 from orchestrator.dedup import Deduper
 from orchestrator.gates import reference_text
@@ -183,6 +183,27 @@ def _totals(shards: list[ShardStats], results: dict[int, ShardResult]) -> dict[s
     return {"rejected": dict(rejected), "failed": dict(failed), "scores": scores}
 
 
+def top_errors(shards: list[ShardStats], k: int = defaults.TOP_ERRORS) -> list[dict[str, Any]]:
+    """The most frequent error codes, each with how many rows and the message of its first row."""
+    counts: Counter[str] = Counter()
+    samples: dict[str, str] = {}
+    for s in shards:
+        counts.update(s.failed)
+        for code, message in s.error_samples.items():
+            samples.setdefault(code, message)
+    return [{"code": code, "rows": n, "sample": samples.get(code, "")} for code, n in counts.most_common(k)]
+
+
+def failure_flag(rows: dict[str, Any]) -> str | None:
+    """A warning when no row was kept for errors, or more than the spec's share of rows failed."""
+    failed, total = rows.get("failed", 0), rows.get("failed", 0) + rows.get("generated", 0)
+    if not failed or (rows.get("kept", 0) and failed / total <= rows.get("max_failed_share", 1.0)):
+        return None
+    top = "; ".join(f"{e['code']} ({e['rows']}): {e['sample']}" for e in rows.get("top_errors", []))
+    lead = "no row succeeded" if failed == total else f"{failed} of {total} rows ({failed / total:.0%}) failed"
+    return f"{lead}; see errors/. Most frequent: {top}"
+
+
 def build_report(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: dict[int, ShardResult],
                  kept: KeptRows) -> dict[str, Any]:
     """The quality section of the manifest (and the data behind `quality_report.html`)."""
@@ -216,7 +237,8 @@ def build_report(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: d
     return {
         "job_id": plan.job_id,
         "rows": {"input": plan.total_rows * spec.sampling.n, "generated": generated, "kept": n_kept,
-                 "failed": sum(s.rows_failed for s in shards), "rejected": totals["rejected"]},
+                 "failed": sum(s.rows_failed for s in shards), "rejected": totals["rejected"],
+                 "top_errors": top_errors(shards), "max_failed_share": q.max_failed_share},
         "diversity": metrics, "sample_rows": len(texts), "reference": reference, "dedup": dedup,
         "lengths": lengths, "judge": judge,
         "drift": drift.bias_drift(planned_seed_counts(spec, plan), kept.seeds, q.drift_threshold, q.drift_alpha),

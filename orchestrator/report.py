@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from orchestrator.diversity import HIGHER_IS_MORE_DIVERSE
+from orchestrator.quality import failure_flag
 
 BLUE, GREY, RED = "#4c72b0", "#b0b0b0", "#c44e52"
 MAX_DRIFT_BARS = 30  # values per variable plotted: every flagged one, then the most planned
@@ -231,6 +232,9 @@ def _drift_figure(name: str, variable: dict[str, Any]) -> str:
 def _flag_items(report: dict[str, Any]) -> list[str]:
     """One escaped HTML line per problem a reader must see first."""
     items = []
+    failure = failure_flag(report.get("rows") or {})
+    if failure:
+        items.append(f"<b>Failed rows:</b> {escape(failure)}")
     reference = report.get("reference")
     if reference and reference.get("below_reference"):
         ratios = reference.get("diversity_ratios") or {}

@@ -28,6 +28,7 @@ from orchestrator.finalize import finalize
 from orchestrator.jobs import JobRecord, JobState, JobStore
 from orchestrator.metrics import Metrics
 from orchestrator.planner import Shard
+from orchestrator.quality import failure_flag
 from orchestrator.pool import WorkerPool, ensure_ray, fitting_workers
 from orchestrator.spec import JobSpec, ModelSpec, Resources
 from orchestrator.storage import open_store
@@ -302,6 +303,8 @@ class Coordinator:
                                                    record.timestamps[JobState.IN_PROGRESS])
                 self._settle_counts(record, manifest)
                 self.metrics.quality(record.id, manifest["quality"])
+                flag = failure_flag(manifest["quality"]["rows"])
+                record.warnings = [flag] if flag else []
             record.progress = 1.0
             record.move(JobState.COMPLETED)
         except asyncio.CancelledError:

@@ -185,6 +185,13 @@ def assemble(spec: JobSpec, plan: Plan, prompt_rows: list[PromptRow], results: l
     return out
 
 
+def _first_messages(errors: list[dict[str, Any]]) -> dict[str, str]:
+    samples: dict[str, str] = {}
+    for r in errors:
+        samples.setdefault(r["error_code"], r["error_message"])
+    return samples
+
+
 def _stats(shard: Shard, attempt: int, out: Sorted, seconds: float, revision: str) -> ShardStats:
     return ShardStats(
         index=shard.index, attempt=attempt, rows_ok=len(out.data), rows_failed=len(out.errors),
@@ -192,6 +199,7 @@ def _stats(shard: Shard, attempt: int, out: Sorted, seconds: float, revision: st
         model_revision=revision, rows_rejected=len(out.rejected),
         rejected=dict(Counter(r["reject_reason"] for r in out.rejected)),
         failed=dict(Counter(r["error_code"] for r in out.errors)), judge_scores=dict(out.judge_scores),
+        error_samples=_first_messages(out.errors),
         judge_prompt_tokens=out.judge_prompt_tokens, judge_cached_tokens=out.judge_cached_tokens,
         judge_completion_tokens=out.judge_completion_tokens)
 
