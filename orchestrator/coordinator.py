@@ -140,8 +140,9 @@ async def execute(job: PreparedJob, dispatcher: PoolDispatcher, tracker: Tracker
     tracker.retries, tracker.replaced = report.retries, report.workers_replaced
     if report.failed:
         raise JobFailedError(f"{len(report.failed)} shards failed after {job.spec.resources.max_attempts} "
-                             "attempts; run the same spec again to retry them (committed shards are kept)",
-                             report.failed)
+                             f"attempts each (last error: {report.last_error}). A failure that repeats on every "
+                             "attempt repeats on a rerun too: fix its cause first, then run the same spec again "
+                             "(committed shards are kept)", report.failed)
     return report
 
 

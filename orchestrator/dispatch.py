@@ -43,6 +43,7 @@ class Attempt:
 @dataclass
 class DispatchReport:
     failed: list[int] = field(default_factory=list)
+    last_error: str = ""  # of the last shard that failed every attempt
     retries: int = 0
     workers_replaced: int = 0
     cancelled: bool = False
@@ -165,6 +166,7 @@ class PoolDispatcher:
             log.error("%s: shard %d failed after %d attempts: %s", run.plan.job_id, attempt.shard.index,
                       attempt.number, error)
             run.report.failed.append(attempt.shard.index)
+            run.report.last_error = f"{type(error).__name__}: {error}"[: defaults.ERROR_MESSAGE_MAX_CHARS]
             return
         run.report.retries += 1
         if run.on_retry is not None:

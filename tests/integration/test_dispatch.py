@@ -55,6 +55,8 @@ def test_a_shard_failing_every_attempt_fails_the_job_but_keeps_the_rest(ray_runt
     with pytest.raises(JobFailedError) as failure:
         run_job(spec)
     assert failure.value.failed_shards == [3]
+    message = str(failure.value)  # says what failed and that a rerun alone will not fix it
+    assert "last error: ShardError: injected failure on row 13" in message and "fix its cause first" in message
     job = tmp_path / "out" / spec.job_id
     assert len(list((job / "data").iterdir())) == 9 and not (job / "_manifest.json").exists()
 
