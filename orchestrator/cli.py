@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from orchestrator import defaults, interrupts
 from orchestrator.errors import ConfigError, JobInterrupted, ServerUnavailableError, SpecError, SynthfleetError
@@ -61,25 +60,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.coordinator import Progress as JobProgress
     from orchestrator.coordinator import run_job
+    from orchestrator.display import RunDisplay
 
     try:
         spec = _load(args.spec, args.output)
     except SpecError as e:
         return _report_problems(args.spec, e)
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("rows  {task.fields[tps]:>8.0f} tokens/s"), TimeElapsedColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=args.quiet)
-    task = bar.add_task(spec.name, total=None, tps=0.0)
-
-    def on_progress(p: JobProgress) -> None:
-        tps = p.completion_tokens / p.seconds if p.seconds else 0.0
-        bar.update(task, total=p.rows_total, completed=p.rows_done, tps=tps)
-
     try:
-        with bar:
-            result = run_job(spec, ray_address=args.ray_address, on_progress=on_progress,
+        with RunDisplay(spec.name, err, quiet=args.quiet) as display:
+            result = run_job(spec, ray_address=args.ray_address, on_progress=display.update,
                              worker_logs=args.verbose)
     except SpecError as e:
         return _report_problems(args.spec, e)
@@ -94,6 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{result.shards} shards generated this run at {result.tokens_per_s:,.0f} tokens/s", highlight=False)
     _print_quality(result.quality)
     where = _shown(result.uri)
+    if result.retries or result.workers_replaced:
+        out.print(f"retries: {result.retries} shard attempts retried, {result.workers_replaced} workers replaced",
+                  highlight=False)
     out.print(f"data: {where}/data/  manifest: {where}/_manifest.json  report: {where}/quality_report.html",
               highlight=False)
     return _failed_rows_status(result, args.max_failed_share)
