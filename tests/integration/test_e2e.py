@@ -29,9 +29,9 @@ def _all_rows(job_uri: str) -> tuple[pa.Table, pa.Table]:
     return read_table(job_uri), read_table(job_uri, errors=True)
 
 
-def _assert_exactly_once(spec: Any, data: pa.Table, errors: pa.Table) -> None:
+def _assert_exactly_once(spec: Any, data: pa.Table, errors: pa.Table | None) -> None:
     plan = make_plan(spec)
-    seen = data.column("row_id").to_pylist() + errors.column("row_id").to_pylist()
+    seen = data.column("row_id").to_pylist() + (errors.column("row_id").to_pylist() if errors else [])
     counts = Counter(seen)
     expected = {row_id(plan.spec_hash, i) for i in range(plan.total_rows)}
     assert set(counts) == expected
