@@ -125,9 +125,14 @@ class PoolDispatcher:
                 run.in_flight -= 1
 
     def close(self) -> None:
+        """Cancel every job and every pending replacement worker (one Ray may never place, e.g. when its
+        node is gone and no other node has room: waiting for it would hang the job after its last commit)."""
         self._closed = True
         for run in self.runs:
             self.cancel(run)
+        for fut, (kind, _) in self.events.items():
+            if kind == "worker":
+                fut.cancel()
         self._wake.set()
 
     @property
@@ -215,7 +220,7 @@ class PoolDispatcher:
                 payload.retry_queue.append(fut.result())
         elif kind == "grace":
             self._abandon(payload)
-        elif kind == "worker" and fut.exception() is not None:
+        elif kind == "worker" and not fut.cancelled() and fut.exception() is not None:
             log.error("a replacement worker failed to start: %s", fut.exception())
         elif kind == "poll" and self.on_counts is not None and fut.exception() is None:
             self.on_counts(fut.result())

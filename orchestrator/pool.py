@@ -92,7 +92,7 @@ class WorkerPool:
         worker = Worker(next(self._ids), actor)
         try:
             worker.info = await actor.start.remote()
-        except Exception:
+        except BaseException:  # a failed start, or a replacement cancelled while Ray could not place it
             ray.kill(actor, no_restart=True)
             raise
         self.workers[worker.id] = worker
