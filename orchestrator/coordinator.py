@@ -178,6 +178,14 @@ async def _run_on_pool(job: PreparedJob, pool: WorkerPool | None, tracker: Track
             pool.close()
 
 
+def _count_committed(job: PreparedJob, tracker: Tracker) -> int:
+    """Shards committed now, read from storage: an attempt under way at the interrupt may have landed."""
+    try:
+        return len(committed_shards(job.store, staged=job.spec.dedup is not None))
+    except Exception:  # storage unreachable while stopping: what this run saw
+        return len(job.committed) + tracker.shards_done
+
+
 def run_job(spec: JobSpec, *, ray_address: str | None = None, pool: WorkerPool | None = None,
             on_progress: Callable[[Progress], None] | None = None, worker_logs: bool = True) -> JobResult:
     """Generate the dataset `spec` describes, resuming whatever an earlier run committed."""
@@ -195,5 +203,5 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, pool: WorkerPool |
             tracker.report("finalizing")
             manifest = finalize(job.store, spec, job.plan, tracker.stats, started_at)
         except KeyboardInterrupt:
-            raise JobInterrupted(len(job.committed) + tracker.shards_done, job.plan.num_shards) from None
+            raise JobInterrupted(_count_committed(job, tracker), job.plan.num_shards) from None
     return tracker.result(job, manifest, time.perf_counter() - t0)

@@ -97,7 +97,7 @@ def test_an_interrupted_run_prints_one_line_keeps_its_commits_and_resumes(spec_f
     assert len(lines) == 1 and lines[0].startswith("interrupted: ") and lines[0].endswith(
         "shards committed are kept; run the same command again to resume"), stderr
     kept = {p.name: p.read_bytes() for p in _committed(out)}
-    assert int(lines[0].split()[1]) >= len(kept) >= 2
+    assert 2 <= int(lines[0].split()[1]) <= len(kept)  # read from storage as it stopped; none lost since
     _assert_all_gone(children)
 
     again = _run(spec_file)
