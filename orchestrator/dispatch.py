@@ -125,14 +125,9 @@ class PoolDispatcher:
                 run.in_flight -= 1
 
     def close(self) -> None:
-        """Cancel every job and every pending replacement worker (one Ray may never place, e.g. when its
-        node is gone and no other node has room: waiting for it would hang the job after its last commit)."""
         self._closed = True
         for run in self.runs:
             self.cancel(run)
-        for fut, (kind, _) in self.events.items():
-            if kind == "worker":
-                fut.cancel()
         self._wake.set()
 
     @property
