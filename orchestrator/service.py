@@ -51,6 +51,7 @@ class PoolEntry:
     dispatcher: PoolDispatcher
     loop: asyncio.Task[None]
     idle_since: float = field(default_factory=time.monotonic)
+    claims: int = 0  # jobs between taking this pool and finishing with it (growing it included)
 
 
 class RecordTracker(Tracker):
@@ -257,7 +258,7 @@ class Coordinator:
     def _release_idle_pools(self, *, force: bool = False, keep: str | None = None) -> None:
         now = time.monotonic()
         for key, entry in list(self.pools.items()):
-            if entry.dispatcher.busy or key == keep:
+            if entry.claims or entry.dispatcher.busy or key == keep:
                 entry.idle_since = now
                 continue
             if entry.pool in self._given_pools:
@@ -270,9 +271,14 @@ class Coordinator:
                 for state in ("busy", "idle"):
                     self.metrics.workers.labels(entry.pool.model.name, state).set(0)
 
-    async def _pool_for(self, spec: JobSpec) -> PoolEntry:
+    def _claim(self, spec: JobSpec) -> PoolEntry:
+        """The pool for `spec` (made if needed), held from idle release until the claim is dropped."""
         key = pool_key(spec.model, spec.resources)
         entry = self.pools.get(key) or self._adopt(WorkerPool(spec.model, spec.resources))
+        entry.claims += 1
+        return entry
+
+    async def _grow(self, entry: PoolEntry, spec: JobSpec) -> None:
         want = min(spec.resources.workers, len(entry.pool.workers) + self._capacity(spec))
         if len(entry.pool.workers) < want:
             before = set(entry.pool.workers)
@@ -280,7 +286,6 @@ class Coordinator:
             for wid, worker in entry.pool.workers.items():
                 if wid not in before and worker.info is not None:
                     self.metrics.engine_load.labels(spec.model.name).observe(worker.info.load_seconds)
-        return entry
 
     async def _run(self, record: JobRecord) -> None:
         try:
@@ -293,8 +298,13 @@ class Coordinator:
             else:
                 tracker = RecordTracker(record, job, self.metrics)
                 if len(job.committed) < job.plan.num_shards:
-                    entry = await self._pool_for(record.spec)
-                    report = await execute(job, entry.dispatcher, tracker)
+                    entry = self._claim(record.spec)
+                    try:
+                        await self._grow(entry, record.spec)
+                        report = await execute(job, entry.dispatcher, tracker)
+                    finally:
+                        entry.claims -= 1
+                        entry.idle_since = time.monotonic()
                     if report.cancelled:
                         raise asyncio.CancelledError
                 record.move(JobState.FINALIZING)
