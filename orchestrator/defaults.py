@@ -20,6 +20,9 @@ MAX_FAILED_SHARE = 0.05  # a larger share of rows in errors/ is flagged by the r
 S3_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 S3_MULTIPART_CHUNK = 16 * 1024 * 1024
 S3_MAX_ATTEMPTS = 10
+# A worker Ray has not placed on a node in this time is given up (an autoscaler adds a node well within
+# it); its start fails with the resources it asked for, rather than a job waiting on it for ever.
+PLACEMENT_TIMEOUT_S = 600.0
 CANCEL_GRACE_S = 60.0  # how long a cancelled job waits for its running attempts to stop
 COUNTS_POLL_S = 2.0  # how often workers' token and row counts reach the coordinator
 MAX_RUNNING_JOBS = 4

@@ -21,7 +21,7 @@ from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
 from orchestrator import defaults
 from orchestrator.commit import CommitOutcome
-from orchestrator.errors import EngineDeadError
+from orchestrator.errors import EngineDeadError, JobFailedError
 from orchestrator.planner import Plan, Shard
 from orchestrator.pool import WorkerPool
 from orchestrator.spec import JobSpec
@@ -97,6 +97,7 @@ class PoolDispatcher:
         self._wake = asyncio.Event()
         self._closed = False
         self._unpolled = False  # shards finished since the last poll was scheduled
+        self._start_error = ""  # why the last replacement worker did not start
 
     def submit(self, run: JobRun) -> JobRun:
         self.runs.append(run)
@@ -216,7 +217,8 @@ class PoolDispatcher:
         elif kind == "grace":
             self._abandon(payload)
         elif kind == "worker" and not fut.cancelled() and fut.exception() is not None:
-            log.error("a replacement worker failed to start: %s", fut.exception())
+            self._start_error = f"{type(fut.exception()).__name__}: {fut.exception()}"
+            log.error("a replacement worker failed to start: %s", self._start_error)
         elif kind == "poll" and self.on_counts is not None and fut.exception() is None:
             self.on_counts(fut.result())
 
@@ -224,7 +226,9 @@ class PoolDispatcher:
         stuck = not self.pool.workers and not any(k == "worker" for k, _ in self.events.values())
         for run in list(self.runs):
             if stuck and not run.drained:
-                self.cancel(run, RuntimeError("no live workers left"))
+                cause = f" (the last replacement: {self._start_error})" if self._start_error else ""
+                self.cancel(run, JobFailedError(f"no live workers left{cause}; committed shards are kept: run "
+                                                "the same spec again once the cluster has room", []))
             if run.drained:
                 self.runs.remove(run)
                 if run.finished.done():  # its waiter was cancelled (Ctrl-C, SIGTERM, service stop)
@@ -251,9 +255,18 @@ class PoolDispatcher:
 
         self.events[asyncio.ensure_future(drain())] = ("poll", None)
 
+    def _drop_unplaced(self) -> None:
+        """Once closed with no job left, stop waiting for replacements Ray has not placed (one may never
+        be: its node is gone and no other has room); those already loading their engine complete."""
+        if self._closed and not self.runs:
+            for fut, (kind, _) in self.events.items():
+                if kind == "worker" and fut in self.pool.unplaced:
+                    fut.cancel()
+
     async def run(self) -> None:
-        """Run until closed and idle; a worker replacement under way completes first."""
+        """Run until closed and idle; a worker replacement placed and loading completes first."""
         while not (self._closed and not self.runs and not any(k in ("shard", "worker") for k, _ in self.events.values())):
+            self._drop_unplaced()
             self._fill()
             self._settle()  # filling is what finds a job's stream exhausted
             if self.runs or self._unpolled:

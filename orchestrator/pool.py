@@ -18,6 +18,11 @@ from workers.actor import GenerationWorker
 from workers.engine import EngineInfo
 
 log = logging.getLogger(__name__)
+
+
+class PlacementError(RuntimeError):
+    """Ray could not put a worker on any node."""
+
 WORKER_ENV = ("VLLM_LOGGING_LEVEL", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")
 
 
@@ -81,18 +86,34 @@ class WorkerPool:
     def __init__(self, model: ModelSpec, resources: Resources):
         self.model, self.resources = model, resources
         self.workers: dict[int, Worker] = {}
+        self.unplaced: set[asyncio.Task[Any]] = set()  # starts (tasks running `add`) Ray has not placed yet
         self._ids = itertools.count()
+        self._closed = False
 
     async def add(self) -> Worker:
-        """Start one worker and wait until its engine is loaded."""
+        """Start one worker and wait until its engine is loaded; PlacementError if Ray cannot place it
+        on a node within `defaults.PLACEMENT_TIMEOUT_S`."""
         r = self.resources
         threads = max(1, int(r.cpus_per_worker)) if not r.gpus_per_worker else None
         actor = GenerationWorker.options(num_gpus=r.gpus_per_worker, num_cpus=r.cpus_per_worker,
                                          max_concurrency=10_000).remote(self.model, bool(r.gpus_per_worker), threads)
         worker = Worker(next(self._ids), actor)
+        task = asyncio.current_task()
+        if task is not None:
+            self.unplaced.add(task)
         try:
+            try:
+                await asyncio.wait_for(actor.__ray_ready__.remote(), defaults.PLACEMENT_TIMEOUT_S)
+            except TimeoutError:
+                raise PlacementError(f"Ray placed no worker needing {r.gpus_per_worker:g} GPUs and "
+                                     f"{r.cpus_per_worker:g} CPUs on any node in {defaults.PLACEMENT_TIMEOUT_S:g} s: "
+                                     "the cluster has no room for it (free resources, or add a node)") from None
+            finally:
+                self.unplaced.discard(task)  # type: ignore[arg-type]
             worker.info = await actor.start.remote()
-        except BaseException:  # a failed start, or a replacement cancelled while Ray could not place it
+            if self._closed:
+                raise PlacementError("the pool was closed while this worker started")
+        except BaseException:  # a failed start, or one cancelled (its job is done, Ctrl-C)
             ray.kill(actor, no_restart=True)
             raise
         self.workers[worker.id] = worker
@@ -113,6 +134,7 @@ class WorkerPool:
             ray.kill(worker.actor, no_restart=True)
 
     def close(self) -> None:
+        self._closed = True
         for wid in list(self.workers):
             self.remove(wid)
 

@@ -3,13 +3,18 @@ fake engine (orchestration only: vLLM's own paths are covered in test_e2e.py).""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 
-from orchestrator.coordinator import run_job
+from orchestrator import defaults
+from orchestrator.coordinator import Progress, run_job
 from orchestrator.errors import JobFailedError
+from orchestrator.pool import WorkerPool
 from orchestrator.results import read_table
 from orchestrator.spec import JobSpec, parse_spec
 
@@ -72,3 +77,74 @@ def test_a_job_finishes_when_its_last_shard_completes_before_the_stream_is_seen_
         ray_runtime: None, tmp_path: Path) -> None:
     result = run_job(fake_spec(tmp_path / "out", workers=1, in_flight=1))
     assert result.shards == 10 and len(_row_ids(result.uri)) == 40
+
+
+def _unplaceable_after_first_progress(pool: WorkerPool, kills: int) -> Callable[[Progress], None]:
+    """Kill `kills` workers once the job is generating, after making the pool's further workers ask
+    for a GPU, which no node of the local cluster has: Ray keeps such an actor pending for ever."""
+    killed: list[int] = []
+
+    def kill(_: Progress) -> None:
+        if not killed and len(pool.workers) >= kills:
+            pool.resources = pool.resources.model_copy(update={"gpus_per_worker": 1.0})
+            for wid, worker in list(pool.workers.items())[:kills]:
+                killed.append(wid)
+                ray.kill(worker.actor, no_restart=True)
+
+    return kill
+
+
+def _pending_actors() -> int:
+    return sum(a["State"] == "PENDING_CREATION" for a in ray._private.state.actors().values())
+
+
+def _run_in_thread(fn: Callable[[], Any], timeout: float) -> Any:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(_outcome(fn)), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout} s"
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
+def _outcome(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except BaseException as e:
+        return e
+
+
+def test_a_replacement_ray_cannot_place_does_not_hold_up_the_finished_job(ray_runtime: None, tmp_path: Path) -> None:
+    spec = fake_spec(tmp_path / "out", tokens_per_s=400)
+    pool = WorkerPool(spec.model, spec.resources)
+    try:
+        result = _run_in_thread(lambda: run_job(spec, pool=pool,
+                                                on_progress=_unplaceable_after_first_progress(pool, 1)), 120)
+        assert result.workers_replaced == 1 and len(pool.workers) == 1
+        ids = _row_ids(result.uri)
+        assert len(ids) == len(set(ids)) == 40
+        assert _pending_actors() == 0  # the replacement's actor was killed, not left waiting for a node
+    finally:
+        pool.close()
+
+
+def test_losing_every_worker_with_no_room_for_one_fails_the_job_naming_the_resources(
+        ray_runtime: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = fake_spec(tmp_path / "out", workers=1, in_flight=1, tokens_per_s=100)
+    pool = WorkerPool(spec.model, spec.resources)
+    kill = _unplaceable_after_first_progress(pool, 1)
+
+    def kill_then_wait_less(p: Progress) -> None:  # after a commit; the first worker had the default limit
+        if p.rows_done:
+            monkeypatch.setattr(defaults, "PLACEMENT_TIMEOUT_S", 3.0)
+            kill(p)
+
+    try:
+        with pytest.raises(JobFailedError, match=r"no live workers left .*needing 1 GPUs and 0 CPUs on any node in 3 s"):
+            _run_in_thread(lambda: run_job(spec, pool=pool, on_progress=kill_then_wait_less), 120)
+        assert _pending_actors() == 0
+        assert 0 < len(list((tmp_path / "out" / spec.job_id / "data").iterdir())) < 10  # committed shards stay
+    finally:
+        pool.close()
