@@ -79,17 +79,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SynthfleetError as e:
         err.print(f"[bold red]job failed:[/] {e}", highlight=False)
         return EXIT_FAILED
+    _print_summary(result, f"{result.shards_generated} of {result.shards} shards generated this run at "
+                           f"{result.tokens_per_s:,.0f} tokens/s")
+    return _failed_rows_status(result, args.max_failed_share)
+
+
+def _print_summary(result: Any, throughput: str) -> None:
+    """What a finished job made, its quality line and flags, its retries, and where its files are."""
     out.print(f"[bold green]done[/] {result.job_id}: {result.rows_ok} rows ok, {result.rows_failed} failed, "
-              f"{result.rows_rejected} rejected; {result.completion_tokens} tokens; {result.shards_generated} of "
-              f"{result.shards} shards generated this run at {result.tokens_per_s:,.0f} tokens/s", highlight=False)
+              f"{result.rows_rejected} rejected; {result.completion_tokens} tokens; {throughput}", highlight=False)
     _print_quality(result.quality)
-    where = _shown(result.uri)
     if result.retries or result.workers_replaced:
         out.print(f"retries: {result.retries} shard attempts retried, {result.workers_replaced} workers replaced",
                   highlight=False)
+    if result.storage_retries:
+        out.print(f"storage: {result.storage_retries} object-storage calls retried (throttling, 5xx, dropped "
+                  "connections); the storage_retries metric shows when", highlight=False)
+    if result.stalls:
+        out.print(f"stalls: {result.stalls} waits of more than {defaults.STALL_S:g} s with no shard committed "
+                  f"(longest {result.longest_stall_s:.0f} s)", highlight=False)
+    where = _shown(result.uri)
     out.print(f"data: {where}/data/  manifest: {where}/_manifest.json  report: {where}/quality_report.html",
               highlight=False)
-    return _failed_rows_status(result, args.max_failed_share)
 
 
 def _failed_rows_status(result: Any, max_failed_share: float | None) -> int:
@@ -262,8 +273,40 @@ def _remote(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 def cmd_submit(args: argparse.Namespace) -> int:
     job = _client(args).submit(_load(args.spec, args.output), priority=args.priority,
                                idempotency_key=args.idempotency_key)
-    _print_record(job.wait(progress=not args.quiet) if args.wait else job.status())
-    return EXIT_OK
+    if not args.wait:
+        _print_record(job.status())
+        return EXIT_OK
+    return _wait(job, args)
+
+
+def _wait(job: Any, args: argparse.Namespace) -> int:
+    """`submit --wait`: the display and the summary of `run`, fed by the server's job record."""
+    from orchestrator.coordinator import JobResult, Progress
+    from orchestrator.display import RunDisplay
+    from orchestrator.results import manifest, open_job
+
+    def shown(r: JobRecord) -> Progress:
+        phase = {JobState.QUEUED: "queued", JobState.FINALIZING: "finalizing"}.get(r.state, "generating")
+        seconds = r.completion_tokens / r.tokens_per_s if r.tokens_per_s else 0.0
+        return Progress(r.request_counts.total or 0, r.request_counts.completed, r.completion_tokens, seconds, phase)
+
+    with RunDisplay(job.id, err, quiet=args.quiet) as display:
+        record = job.wait(on_update=lambda r: display.update(shown(r)))
+    try:
+        m = manifest(open_job(record.output))
+    except Exception as e:  # the server's storage may not be reachable from here
+        _print_record(record)
+        err.print(f"(the job's manifest at {record.output} is not readable from here: {type(e).__name__})",
+                  highlight=False, markup=False)
+        return EXIT_OK
+    result = JobResult(job_id=record.id, uri=record.output, rows_ok=m["rows_ok"], rows_failed=m["rows_failed"],
+                       rows_rejected=m.get("rows_rejected", 0), prompt_tokens=m["prompt_tokens"],
+                       completion_tokens=m["completion_tokens"], shards=m["num_shards"],
+                       shards_generated=m["num_shards"], tokens_generated=record.completion_tokens, seconds=0.0,
+                       generation_seconds=0.0, retries=record.retries, workers_replaced=record.workers_replaced,
+                       quality=m.get("quality"))
+    _print_summary(result, f"{result.shards} shards at {record.tokens_per_s:,.0f} tokens/s")
+    return _failed_rows_status(result, None)
 
 
 @_remote

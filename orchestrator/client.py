@@ -13,7 +13,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,10 @@ class Job:
         self._record = JobRecord.model_validate(self.client._call("POST", f"/v1/jobs/{self.id}/cancel"))
         return self._record
 
-    def wait(self, timeout: float | None = None, *, progress: bool = False) -> JobRecord:
-        """Block until the job is completed; JobFailedError if it failed or was cancelled."""
+    def wait(self, timeout: float | None = None, *, progress: bool = False,
+             on_update: Callable[[JobRecord], None] | None = None) -> JobRecord:
+        """Block until the job is completed; JobFailedError if it failed or was cancelled. `progress`
+        draws a bar; `on_update` is given each record polled, the last one included."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -104,6 +106,8 @@ class Job:
             while True:
                 record = self.status()
                 bar.update(task, completed=record.progress, tps=record.tokens_per_s)
+                if on_update is not None:
+                    on_update(record)
                 if record.state in TERMINAL:
                     break
                 if deadline is not None and time.monotonic() > deadline:

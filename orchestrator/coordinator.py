@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator import layout
+from orchestrator import defaults, layout
 from orchestrator.commit import CommitOutcome, ShardStats, committed_shards
 from orchestrator.dispatch import DispatchReport, JobRun, PoolDispatcher
 from orchestrator.errors import ConflictError, JobFailedError, JobInterrupted
@@ -18,6 +18,7 @@ from orchestrator.planner import Plan, Shard, make_plan
 from orchestrator.pool import WorkerPool, ensure_ray, fitting_workers
 from orchestrator.spec import JobSpec
 from orchestrator.storage import Store, open_store
+from orchestrator.storage.base import drain_storage_stats
 from orchestrator.validate import check_spec
 from workers.shard import WorkerCounts
 
@@ -48,6 +49,9 @@ class JobResult:
     workers_replaced: int = 0
     rows_rejected: int = 0
     quality: dict[str, Any] | None = None  # the manifest's quality section
+    storage_retries: int = 0  # object-storage calls botocore retried (throttling, 5xx, dropped connections)
+    stalls: int = 0  # waits of more than defaults.STALL_S with no shard committed
+    longest_stall_s: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -75,6 +79,8 @@ class Tracker:
         self.rows_done = self.rows_before = self.tokens = self.generated = self.retries = self.replaced = 0
         self.shards_done = 0  # shards of this run now committed, by it or by a zombie attempt
         self.live_tokens = 0  # completion tokens the workers report, before their shards commit
+        self.storage_retries = self.stalls = 0
+        self.longest_stall_s = 0.0
         self.phase = "planning"
         self.started = self.finished = time.perf_counter()
 
@@ -88,9 +94,14 @@ class Tracker:
         """A shard attempt failed and will be retried: worker_lost, engine_dead or attempt_failed (hook)."""
 
     def done(self, shard: Shard, outcome: CommitOutcome | None) -> None:
+        now = time.perf_counter()
+        wait = now - max(self.started, self.finished)  # since generation began or the last commit
+        if wait > defaults.STALL_S:
+            self.stalls += 1
+            self.longest_stall_s = max(self.longest_stall_s, wait)
         self.rows_done += shard.rows
         self.shards_done += 1
-        self.finished = time.perf_counter()
+        self.finished = now
         if outcome is not None and outcome.won:
             self.stats[shard.index] = outcome.stats
             self.tokens += outcome.stats.completion_tokens
@@ -103,6 +114,7 @@ class Tracker:
     def counted(self, counts: WorkerCounts) -> None:
         """The workers' token counts (every couple of seconds), so tokens/s moves between commits."""
         self.live_tokens += counts.jobs.get(self.plan.job_id, {}).get("completion_tokens", 0)
+        self.storage_retries += counts.storage.get("retries", 0)
         self.report()
 
     def report(self, phase: str | None = None) -> None:
@@ -119,6 +131,8 @@ class Tracker:
             completion_tokens=manifest["completion_tokens"], shards=job.plan.num_shards,
             shards_generated=self.generated, tokens_generated=self.tokens, seconds=seconds,
             generation_seconds=self.finished - self.started, retries=self.retries, workers_replaced=self.replaced,
+            storage_retries=self.storage_retries + drain_storage_stats().get("retries", 0), stalls=self.stalls,
+            longest_stall_s=self.longest_stall_s,
         )
 
 

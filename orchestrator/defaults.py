@@ -23,6 +23,7 @@ S3_MAX_ATTEMPTS = 10
 # A worker Ray has not placed on a node in this time is given up (an autoscaler adds a node well within
 # it); its start fails with the resources it asked for, rather than a job waiting on it for ever.
 PLACEMENT_TIMEOUT_S = 600.0
+STALL_S = 120.0  # a run's summary names each wait this long with no shard committed
 CANCEL_GRACE_S = 60.0  # how long a cancelled job waits for its running attempts to stop
 COUNTS_POLL_S = 2.0  # how often workers' token and row counts reach the coordinator
 MAX_RUNNING_JOBS = 4

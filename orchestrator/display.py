@@ -40,7 +40,7 @@ class RunDisplay:
         """`p`: an orchestrator.coordinator.Progress."""
         tps = p.completion_tokens / p.seconds if p.seconds and p.phase == "generating" else 0.0
         label = self.name if p.phase == "generating" else f"{self.name} ({p.phase})"
-        self.bar.update(self.task, description=label, total=p.rows_total, completed=p.rows_done, tps=tps)
+        self.bar.update(self.task, description=label, total=p.rows_total or None, completed=p.rows_done, tps=tps)
         now = time.monotonic()
         if self.plain and not self.quiet and (p.phase != self.last_phase or now - self.last_line >= PLAIN_EVERY_S):
             self.console.print(f"{self.name}: {p.phase}, {p.rows_done}/{p.rows_total} rows, {tps:,.0f} tokens/s",

@@ -53,6 +53,8 @@ class JobRecord(BaseModel):
     completion_tokens: int = 0
     tokens_per_s: float = 0.0
     progress: float = 0.0
+    retries: int = 0  # shard attempts that failed and were tried again
+    workers_replaced: int = 0
     output: str = ""
     errors: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # a completed job's problems: most rows failed, ...

@@ -81,6 +81,7 @@ class RecordTracker(Tracker):
         m.storage_bytes.labels(job_id).inc(stats.bytes)
 
     def retried(self, reason: str) -> None:
+        self.record.retries += 1
         self.metrics.retries.labels(self.record.id, reason).inc()
 
     def skipped(self, shard: Shard, outcome: CommitOutcome | None) -> None:
@@ -302,6 +303,7 @@ class Coordinator:
                     try:
                         await self._grow(entry, record.spec)
                         report = await execute(job, entry.dispatcher, tracker)
+                        record.workers_replaced += report.workers_replaced
                     finally:
                         entry.claims -= 1
                         entry.idle_since = time.monotonic()

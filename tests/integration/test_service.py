@@ -221,8 +221,9 @@ def test_the_cli_submits_waits_lists_and_cancels_through_the_client(fake_client:
     assert main(["submit", str(path), "--wait", "--quiet", *url]) == 0
     job_id = fake_client.jobs()[0].id
     assert main(["status", job_id, *url]) == 0 and main(["jobs", "--state", "completed", *url]) == 0
-    out = capsys.readouterr().out
-    assert out.count(f"{job_id}  completed") == 3
+    out = capsys.readouterr().out  # --wait ends with run's summary; status and jobs print the record
+    assert f"done {job_id}: 4 rows ok, 0 failed, 0 rejected;" in out and f"{tmp_path}/{job_id}/data/" in out
+    assert out.count(f"{job_id}  completed") == 2
     assert main(["status", "no-such-job", *url]) == 1 and "NotFoundError" in capsys.readouterr().err
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import boto3
@@ -11,7 +14,7 @@ import pytest
 from orchestrator import defaults
 from orchestrator.errors import StorageError
 from orchestrator.storage import LocalStore, MemoryStore, S3Store, Store, check_uri, open_store, split_uri
-from orchestrator.storage.base import check_key
+from orchestrator.storage.base import check_key, drain_storage_stats
 
 MiB = 1024 * 1024
 
@@ -315,3 +318,54 @@ def test_memory_store_counts_writes() -> None:
     store.put_if_absent("a", b"1")
     store.put("b", b"2")
     assert store.puts == 2
+
+
+class _Throttling(http.server.BaseHTTPRequestHandler):
+    """A proxy in front of the S3 server that answers the first `throttle` PUTs 503 SlowDown, as S3
+    does under load, and forwards every other request."""
+
+    protocol_version = "HTTP/1.1"
+    upstream = ""
+    throttle = 0
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+        if self.command == "PUT" and type(self).throttle > 0:
+            type(self).throttle -= 1
+            reply = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+            return
+        conn = http.client.HTTPConnection(self.upstream)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("expect", "host")}
+        conn.request(self.command, self.path, body=body, headers=headers)
+        answer = conn.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for k, v in answer.getheaders():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+
+def test_s3_calls_botocore_retried_after_a_503_are_counted(bucket: str, s3_endpoint: str) -> None:
+    _Throttling.upstream, _Throttling.throttle = s3_endpoint.removeprefix("http://"), 2
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Throttling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        drain_storage_stats()
+        store = S3Store(bucket, "jobs", endpoint_url=f"http://127.0.0.1:{server.server_address[1]}")
+        assert store.put_if_absent("shard", b"rows") is True
+        assert _Throttling.throttle == 0 and store.get("shard") == b"rows"
+        assert drain_storage_stats()["retries"] == 2
+    finally:
+        server.shutdown()
