@@ -16,7 +16,7 @@ import pyarrow as pa
 from orchestrator import layout, rows
 from orchestrator.commit import parquet_bytes, read_parquet
 from orchestrator.gates import Mix, reference_text
-from orchestrator.quality import input_records, input_texts
+from orchestrator.quality import input_records, input_texts, skipped_lines
 from orchestrator.storage import Store
 
 SCHEMA = pa.schema([
@@ -65,7 +65,8 @@ def _synthetic_rows(store: Store, manifest_shards: list[str]) -> Iterator[dict[s
 
 def write_mixed(store: Store, mix: Mix, data_keys: list[str], kept: int, rows_per_part: int) -> dict[str, Any]:
     """Write `mixed/` (each part exactly once); what the manifest says of it."""
-    available = sum(1 for _ in input_texts(mix.uri))
+    skipped: list[str] = []
+    available = sum(1 for _ in input_texts(mix.uri, skipped))
     n_synth, n_real = mix_counts(kept, available, mix.ratio)
     total = n_synth + n_real
     parts = max(1, math.ceil(total / rows_per_part))
@@ -79,4 +80,4 @@ def write_mixed(store: Store, mix: Mix, data_keys: list[str], kept: int, rows_pe
             store.put_if_absent(layout.mixed_key(part, parts), parquet_bytes(table))
             part, buffer = part + 1, []
     return {"uri": mix.uri, "ratio": mix.ratio, "rows": total, "real_rows": n_real, "synthetic_rows": n_synth,
-            "parts": [layout.mixed_key(i, parts) for i in range(parts)]}
+            "parts": [layout.mixed_key(i, parts) for i in range(parts)], **skipped_lines(skipped)}

@@ -141,31 +141,46 @@ def planned_seed_counts(spec: JobSpec, plan: Plan) -> dict[str, Counter[Any]]:
     return counts
 
 
-def input_records(uri: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(record number, record) of every record of a JSONL or Parquet file of real data."""
+def input_records(uri: str, skipped: list[str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(record number, record) of every record of a JSONL or Parquet file of real data. A JSONL line
+    that is not UTF-8 JSON of an object is passed over (its number too), and said in `skipped`."""
     with open_input(uri) as f:
         if uri.endswith(".parquet"):
             batches = pq.ParquetFile(f).iter_batches(batch_size=READ_BATCH)
             yield from enumerate(r for b in batches for r in b.to_pylist())
             return
         number = 0
-        for line in f:
-            if line.strip():
-                yield number, json.loads(line)
-                number += 1
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                why = None if isinstance(record, dict) else "not a JSON object"
+            except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+                why = "not valid UTF-8" if isinstance(e, UnicodeDecodeError) else f"not valid JSON ({e})"
+            if why is None:
+                yield number, record
+            elif skipped is not None:
+                skipped.append(f"line {line_number}: {why}")
+            number += 1
 
 
-def input_texts(uri: str) -> Iterator[tuple[int, str]]:
+def input_texts(uri: str, skipped: list[str] | None = None) -> Iterator[tuple[int, str]]:
     """(record number, text) of the records of real data that have a text."""
-    for number, record in input_records(uri):
+    for number, record in input_records(uri, skipped):
         text = reference_text(record)
         if text is not None:
             yield number, text
 
 
-def reference_metrics(uri: str, sample_rows: int) -> dict[str, float]:
+def skipped_lines(skipped: list[str]) -> dict[str, Any]:
+    """What a manifest says of the lines of a real-data file that were passed over."""
+    return {"skipped_lines": len(skipped), "skipped_sample": skipped[: defaults.TOP_ERRORS]}
+
+
+def reference_metrics(uri: str, sample_rows: int, skipped: list[str] | None = None) -> dict[str, float]:
     sample = diversity.BottomK(sample_rows)
-    for number, text in input_texts(uri):
+    for number, text in input_texts(uri, skipped):
         sample.add(diversity.sample_key(f"reference/{number}"), text)
     return diversity.diversity_metrics(sample.texts())
 
@@ -215,8 +230,9 @@ def build_report(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: d
     n_kept = sum(len(c) for c in kept.chars)
     reference = None
     if q.reference is not None:
-        ref = reference_metrics(q.reference, q.sample_rows)
-        reference = {"uri": q.reference, "metrics": ref, "min_ratio": q.min_reference_ratio,
+        skipped: list[str] = []
+        ref = reference_metrics(q.reference, q.sample_rows, skipped)
+        reference = {"uri": q.reference, "metrics": ref, "min_ratio": q.min_reference_ratio, **skipped_lines(skipped),
                      **diversity.compare_to_reference(metrics, ref, q.min_reference_ratio)}
     dedup = None
     if spec.dedup is not None:

@@ -59,3 +59,24 @@ def test_write_mixed_interleaves_real_and_synthetic_rows_with_a_source_column(tm
     assert [r["row_id"] for r in got if r["source"] == "real"] == [f"real-{i}" for i in range(10)]
     assert all(r["lineage"] == lineage for r in got if r["source"] == "synthetic")
     assert all(r["lineage"] is None for r in got if r["source"] == "real")
+
+
+def test_bad_lines_past_the_ones_validate_reads_are_passed_over_and_counted(tmp_path: Path) -> None:
+    spec = make_spec()
+    store = MemoryStore()
+    lineage = {"spec_hash": "h", "model": "m", "model_revision": "r", "template_hash": "t", "seed": 1, "sampling": "{}"}
+    data = [{"row_id": f"s{i}", "sample_index": 0, "prompt": f"p{i}", "completion": f"synthetic {i}",
+             "lineage": lineage, "word": "a"} for i in range(30)]
+    store.put(layout.data_key(0, 1), parquet_bytes(pa.Table.from_pylist(data, schema=rows.data_schema(spec))))
+    lines = [json.dumps({"text": f"real {i}"}).encode() for i in range(12)]
+    lines[7], lines[9], lines[10] = b'{"text": "cut', b'{"text": "caf\xe9"}', b'["a list"]'  # lines 8, 10, 11
+    real = tmp_path / "real.jsonl"
+    real.write_bytes(b"\n".join(lines) + b"\n")
+    out = write_mixed(store, Mix(uri=str(real), ratio=0.25), [layout.data_key(0, 1)], kept=30, rows_per_part=64)
+    assert (out["real_rows"], out["synthetic_rows"]) == (9, 27)  # the 9 good lines, synthetic cut to the ratio
+    assert out["skipped_lines"] == 3
+    assert [s.split(":")[0] for s in out["skipped_sample"]] == ["line 8", "line 10", "line 11"]
+    assert "not valid UTF-8" in out["skipped_sample"][1] and "not a JSON object" in out["skipped_sample"][2]
+    table = pq.read_table(io.BytesIO(store.get(out["parts"][0])))
+    real_ids = [r["row_id"] for r in table.to_pylist() if r["source"] == "real"]
+    assert real_ids == [f"real-{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 11)]  # numbers of the file's records
