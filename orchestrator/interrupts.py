@@ -28,7 +28,13 @@ def _on_terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """From now on SIGTERM interrupts this process as Ctrl-C does."""
+    """From now on Ctrl-C interrupts this process, and SIGTERM does as Ctrl-C does.
+
+    Ctrl-C is set back to Python's own handler first: a process started in the background by a
+    shell script inherits SIGINT ignored, and then neither Ctrl-C nor asyncio's clean cancellation of
+    the main task (which asyncio only sets up over Python's own handler) would work.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_terminate)
 
 

@@ -54,6 +54,9 @@ def ensure_ray(address: str | None = None, *, worker_logs: bool = True) -> None:
     try:
         with interrupts.keep_handlers():
             if address is None and "RAY_ADDRESS" not in os.environ:
+                # Ray's own default would join a cluster `ray start` recorded in its temp folder (or
+                # time out on a dead one left there): the embedded default is always a new local cluster.
+                address = "local"
                 reaper.start()  # a local cluster is ended with this process, however it ends
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=worker_logs, runtime_env={"env_vars": env})

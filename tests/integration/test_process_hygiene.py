@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -77,17 +79,22 @@ def spec_file(tmp_path: Path) -> Path:
     return path
 
 
-def _run(spec_file: Path, **kw: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen([*SYNTHFLEET, "run", str(spec_file), "--quiet"], env=_env(), text=True,
+def _run(spec_file: Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([*SYNTHFLEET, "run", str(spec_file), "--quiet"], env=env or _env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             cwd=spec_file.parent, **kw)
+
+
+def _as_a_background_job() -> None:
+    """What a shell does to a command it starts with `&` from a script: SIGINT ignored (inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_prints_one_line_keeps_its_commits_and_resumes(spec_file: Path, sig: int,
                                                                           code: int) -> None:
     out = spec_file.parent / "out"
-    proc = _run(spec_file)
+    proc = _run(spec_file, preexec_fn=_as_a_background_job)  # Ctrl-C works however the run was started
     _wait(lambda: len(_committed(out)) >= 2, 120, "two committed shards")
     children = _descendants(proc.pid)
     proc.send_signal(sig)
@@ -109,13 +116,21 @@ def test_an_interrupted_run_prints_one_line_keeps_its_commits_and_resumes(spec_f
 
 
 def test_a_run_killed_with_its_process_group_leaves_no_process(spec_file: Path) -> None:
-    proc = _run(spec_file)
-    _wait(lambda: len(_committed(spec_file.parent / "out")) >= 1, 120, "a committed shard")
-    children = _descendants(proc.pid)
-    assert any("raylet" in p.name() for p in children)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    _assert_all_gone(children)
+    # On a machine where a `ray start` cluster died and left its address in Ray's temp folder, Ray's
+    # own default would try to join it: the run starts a local cluster of its own (its raylet below).
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sf-"))  # short: Ray's socket paths must fit 107 bytes
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    try:
+        proc = _run(spec_file, env={**_env(), "TMPDIR": str(ray_tmp)})
+        _wait(lambda: len(_committed(spec_file.parent / "out")) >= 1, 120, "a committed shard")
+        children = _descendants(proc.pid)
+        assert any("raylet" in p.name() for p in children)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        _assert_all_gone(children)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture()
