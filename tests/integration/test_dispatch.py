@@ -79,14 +79,19 @@ def test_a_job_finishes_when_its_last_shard_completes_before_the_stream_is_seen_
     assert result.shards == 10 and len(_row_ids(result.uri)) == 40
 
 
-def _unplaceable_after_first_progress(pool: WorkerPool, kills: int) -> Callable[[Progress], None]:
-    """Kill `kills` workers once the job is generating, after making the pool's further workers ask
-    for a GPU, which no node of the local cluster has: Ray keeps such an actor pending for ever."""
+def _kill_after_first_commit(pool: WorkerPool, kills: int, *, unplaceable: bool = False,
+                             then: Callable[[], None] | None = None) -> Callable[[Progress], None]:
+    """Kill `kills` of the pool's workers once the job has committed a shard. `unplaceable` first makes
+    the pool's further workers ask for a GPU, which no node of the local cluster has: Ray keeps such
+    an actor pending for ever."""
     killed: list[int] = []
 
-    def kill(_: Progress) -> None:
-        if not killed and len(pool.workers) >= kills:
-            pool.resources = pool.resources.model_copy(update={"gpus_per_worker": 1.0})
+    def kill(p: Progress) -> None:
+        if not killed and p.rows_done and len(pool.workers) >= kills:
+            if then is not None:
+                then()
+            if unplaceable:
+                pool.resources = pool.resources.model_copy(update={"gpus_per_worker": 1.0})
             for wid, worker in list(pool.workers.items())[:kills]:
                 killed.append(wid)
                 ray.kill(worker.actor, no_restart=True)
@@ -116,12 +121,27 @@ def _outcome(fn: Callable[[], Any]) -> Any:
         return e
 
 
+def test_a_worker_killed_mid_job_is_replaced_and_every_row_lands_once(ray_runtime: None, tmp_path: Path) -> None:
+    spec = fake_spec(tmp_path / "out", tokens_per_s=400)
+    pool = WorkerPool(spec.model, spec.resources)
+    try:
+        result = run_job(spec, pool=pool, on_progress=_kill_after_first_commit(pool, 1))
+        assert result.workers_replaced == 1
+        ids = _row_ids(result.uri)
+        assert len(ids) == len(set(ids)) == 40
+        # A replacement still starting as the job ended may be dropped; the pool's next job has it whole.
+        run_job(fake_spec(tmp_path / "next", tokens_per_s=400), pool=pool)
+        assert len(pool.workers) == 2
+    finally:
+        pool.close()
+
+
 def test_a_replacement_ray_cannot_place_does_not_hold_up_the_finished_job(ray_runtime: None, tmp_path: Path) -> None:
     spec = fake_spec(tmp_path / "out", tokens_per_s=400)
     pool = WorkerPool(spec.model, spec.resources)
     try:
-        result = _run_in_thread(lambda: run_job(spec, pool=pool,
-                                                on_progress=_unplaceable_after_first_progress(pool, 1)), 120)
+        result = _run_in_thread(lambda: run_job(
+            spec, pool=pool, on_progress=_kill_after_first_commit(pool, 1, unplaceable=True)), 120)
         assert result.workers_replaced == 1 and len(pool.workers) == 1
         ids = _row_ids(result.uri)
         assert len(ids) == len(set(ids)) == 40
@@ -134,16 +154,11 @@ def test_losing_every_worker_with_no_room_for_one_fails_the_job_naming_the_resou
         ray_runtime: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = fake_spec(tmp_path / "out", workers=1, in_flight=1, tokens_per_s=100)
     pool = WorkerPool(spec.model, spec.resources)
-    kill = _unplaceable_after_first_progress(pool, 1)
-
-    def kill_then_wait_less(p: Progress) -> None:  # after a commit; the first worker had the default limit
-        if p.rows_done:
-            monkeypatch.setattr(defaults, "PLACEMENT_TIMEOUT_S", 3.0)
-            kill(p)
-
+    kill = _kill_after_first_commit(pool, 1, unplaceable=True,  # the first worker had the default limit
+                                    then=lambda: monkeypatch.setattr(defaults, "PLACEMENT_TIMEOUT_S", 3.0))
     try:
         with pytest.raises(JobFailedError, match=r"no live workers left .*needing 1 GPUs and 0 CPUs on any node in 3 s"):
-            _run_in_thread(lambda: run_job(spec, pool=pool, on_progress=kill_then_wait_less), 120)
+            _run_in_thread(lambda: run_job(spec, pool=pool, on_progress=kill), 120)
         assert _pending_actors() == 0
         assert 0 < len(list((tmp_path / "out" / spec.job_id / "data").iterdir())) < 10  # committed shards stay
     finally:

@@ -114,25 +114,6 @@ def test_resume_after_interruption_regenerates_nothing_committed(pool: Any, tiny
     assert run_job(spec, pool=pool).shards_generated == 0 and pool.requests() == again
 
 
-def test_killed_worker_mid_job_still_gives_every_row_exactly_once(pool: Any, tiny_model: Path,
-                                                                tmp_path: Path) -> None:
-    import ray
-
-    spec = make_spec(tiny_model, str(tmp_path), TOPICS, rows_per_shard=2)
-    killed: list[int] = []
-
-    def kill_one(p: Progress) -> None:
-        if not killed:
-            wid, worker = next(iter(pool.workers.items()))
-            killed.append(wid)
-            ray.kill(worker.actor, no_restart=True)
-
-    result = run_job(spec, pool=pool, on_progress=kill_one)
-    assert killed and killed[0] not in pool.workers and len(pool.workers) == 2
-    assert result.rows_ok == 20 and result.shards == 10
-    _assert_exactly_once(spec, *_all_rows(result.uri))
-
-
 def test_bad_rows_go_to_errors_with_a_code_and_the_job_goes_on(pool: Any, tiny_model: Path,
                                                              tmp_path: Path) -> None:
     prompts = {"template": {"text": "{{ 12 // n }} {{ filler }}",
