@@ -40,13 +40,20 @@ def test_real_rows_are_spread_evenly_over_the_split() -> None:
         assert abs(sum(flags[:prefix]) - prefix * 0.25) <= 1
 
 
-def test_write_mixed_interleaves_real_and_synthetic_rows_with_a_source_column(tmp_path: Path) -> None:
-    spec = make_spec()
+LINEAGE = {"spec_hash": "h", "model": "m", "model_revision": "r", "template_hash": "t", "seed": 1, "sampling": "{}"}
+
+
+def _synthetic_shard(rows_n: int = 30) -> MemoryStore:
+    """A store holding one committed data shard of `rows_n` synthetic rows."""
     store = MemoryStore()
-    lineage = {"spec_hash": "h", "model": "m", "model_revision": "r", "template_hash": "t", "seed": 1, "sampling": "{}"}
     data = [{"row_id": f"s{i}", "sample_index": 0, "prompt": f"p{i}", "completion": f"synthetic {i}",
-             "lineage": lineage, "word": "a"} for i in range(30)]
-    store.put(layout.data_key(0, 1), parquet_bytes(pa.Table.from_pylist(data, schema=rows.data_schema(spec))))
+             "lineage": LINEAGE, "word": "a"} for i in range(rows_n)]
+    store.put(layout.data_key(0, 1), parquet_bytes(pa.Table.from_pylist(data, schema=rows.data_schema(make_spec()))))
+    return store
+
+
+def test_write_mixed_interleaves_real_and_synthetic_rows_with_a_source_column(tmp_path: Path) -> None:
+    store, lineage = _synthetic_shard(), LINEAGE
     real = tmp_path / "real.jsonl"
     real.write_text("".join(json.dumps({"text": f"real {i}"}) + "\n" for i in range(20)))
     out = write_mixed(store, Mix(uri=str(real), ratio=0.25), [layout.data_key(0, 1)], kept=30, rows_per_part=16)
@@ -62,12 +69,7 @@ def test_write_mixed_interleaves_real_and_synthetic_rows_with_a_source_column(tm
 
 
 def test_bad_lines_past_the_ones_validate_reads_are_passed_over_and_counted(tmp_path: Path) -> None:
-    spec = make_spec()
-    store = MemoryStore()
-    lineage = {"spec_hash": "h", "model": "m", "model_revision": "r", "template_hash": "t", "seed": 1, "sampling": "{}"}
-    data = [{"row_id": f"s{i}", "sample_index": 0, "prompt": f"p{i}", "completion": f"synthetic {i}",
-             "lineage": lineage, "word": "a"} for i in range(30)]
-    store.put(layout.data_key(0, 1), parquet_bytes(pa.Table.from_pylist(data, schema=rows.data_schema(spec))))
+    store = _synthetic_shard()
     lines = [json.dumps({"text": f"real {i}"}).encode() for i in range(12)]
     lines[7], lines[9], lines[10] = b'{"text": "cut', b'{"text": "caf\xe9"}', b'["a list"]'  # lines 8, 10, 11
     real = tmp_path / "real.jsonl"
