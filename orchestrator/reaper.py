@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 
-POLL_S = 0.5
+POLL_S = 0.5  # how often the watched process is checked
+SNAPSHOT_S = 2.0  # how often its descendants are listed (a scan of every process on the machine)
 GRACE_S = 3.0
 
 
@@ -33,13 +34,15 @@ def watch(pid: int) -> None:
         parent = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return
-    me, known = os.getpid(), {}
+    me, known, listed = os.getpid(), {}, 0.0
     while parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE:
-        try:
-            known.update({c.pid: c for c in parent.children(recursive=True) if c.pid != me})
-        except psutil.NoSuchProcess:
-            break
-        known = {p: c for p, c in known.items() if c.is_running()}  # is_running also checks pid reuse
+        if time.monotonic() - listed >= SNAPSHOT_S:
+            listed = time.monotonic()
+            try:
+                known.update({c.pid: c for c in parent.children(recursive=True) if c.pid != me})
+            except psutil.NoSuchProcess:
+                break
+            known = {p: c for p, c in known.items() if c.is_running()}  # is_running also checks pid reuse
         time.sleep(POLL_S)
     left = [c for c in known.values() if c.is_running()]
     for c in left:

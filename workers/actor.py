@@ -65,7 +65,7 @@ def _chain(e: BaseException) -> list[BaseException]:
 
 
 def _make_engine(model: ModelSpec, on_gpu: bool) -> Engine:
-    if model.engine == "fake":
+    if model.engine == "fake":  # in-process: no process to outlive the worker
         from workers.fake_engine import FakeEngine, FakeEngineArgs
 
         return FakeEngine(model.name, FakeEngineArgs.model_validate(model.engine_args))
@@ -80,7 +80,6 @@ class GenerationWorker:
 
     def __init__(self, model: ModelSpec, on_gpu: bool, threads: int | None = None):
         self.model, self.on_gpu = model, on_gpu
-        reaper.start()  # the engine processes this worker starts never outlive it
         if threads and not on_gpu:
             # Ray pins OMP_NUM_THREADS to the actor's CPU count; the CPU engine needs the real count.
             os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -88,12 +87,18 @@ class GenerationWorker:
         self.judges: dict[str, Engine] = {}  # judge models other than the worker's own, loaded on first use
         self.counts: dict[str, dict[str, int]] = {}
         self.engine_loads = 0
+        self.reaper: Any = None
+
+    def _make_engine(self, model: ModelSpec) -> Engine:
+        if model.engine != "fake" and self.reaper is None:
+            self.reaper = reaper.start()  # vLLM's engine processes never outlive this worker
+        return _make_engine(model, self.on_gpu)
 
     async def start(self) -> EngineInfo:
         if self.engine is None:
             logs = _OwnLogs()
             try:
-                self.engine = _make_engine(self.model, self.on_gpu)
+                self.engine = self._make_engine(self.model)
                 self.engine_loads += 1
             except Exception as e:  # engine errors may not pickle; send their text
                 raise _start_failure(e, logs) from None
@@ -112,7 +117,7 @@ class GenerationWorker:
         model = spec.judge.model
         key = model.model_dump_json()
         if key not in self.judges:
-            self.judges[key] = _make_engine(model, self.on_gpu)
+            self.judges[key] = self._make_engine(model)
             self.engine_loads += 1
         return self.judges[key]
 
