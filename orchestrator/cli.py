@@ -288,7 +288,7 @@ def _wait(job: Any, args: argparse.Namespace) -> int:
     def shown(r: JobRecord) -> Progress:
         phase = {JobState.QUEUED: "queued", JobState.FINALIZING: "finalizing"}.get(r.state, "generating")
         seconds = r.completion_tokens / r.tokens_per_s if r.tokens_per_s else 0.0
-        return Progress(r.request_counts.total or 0, r.request_counts.completed, r.completion_tokens, seconds, phase)
+        return Progress(r.request_counts.total, r.request_counts.completed, r.completion_tokens, seconds, phase)
 
     with RunDisplay(job.id, err, quiet=args.quiet) as display:
         record = job.wait(on_update=lambda r: display.update(shown(r)))

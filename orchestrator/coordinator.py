@@ -146,6 +146,10 @@ class PreparedJob:
     committed: set[int]
     manifest: dict[str, Any] | None  # set when the job was already finished
 
+    @property
+    def committed_rows(self) -> int:
+        return sum(self.plan.shard(i).rows for i in self.committed)
+
 
 def prepare(spec: JobSpec) -> PreparedJob:
     """Check, plan and claim the job folder; nothing starts and nothing is written on bad input."""
@@ -160,7 +164,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
 
 async def execute(job: PreparedJob, dispatcher: PoolDispatcher, tracker: Tracker) -> DispatchReport:
     """Dispatch the job's uncommitted shards on a pool's dispatcher until done or cancelled."""
-    tracker.rows_done = tracker.rows_before = sum(job.plan.shard(i).rows for i in job.committed)
+    tracker.rows_done = tracker.rows_before = job.committed_rows
     shards = (s for s in job.plan.shards() if s.index not in job.committed)
     tracker.started = time.perf_counter()
     tracker.report("generating")
@@ -209,7 +213,7 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, pool: WorkerPool |
     manifest = job.manifest
     if manifest is None:
         try:
-            tracker.rows_done = sum(job.plan.shard(i).rows for i in job.committed)
+            tracker.rows_done = job.committed_rows  # shown while Ray starts and the model loads
             if len(job.committed) < job.plan.num_shards:
                 tracker.report("starting Ray")
                 ensure_ray(ray_address, worker_logs=worker_logs)
