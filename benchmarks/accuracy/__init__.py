@@ -1,0 +1,1 @@
+"""Planted ground truth for the quality gates: sets built offline, answers computed exactly."""
