@@ -8,8 +8,11 @@ judge: on one warm tiny vLLM engine with a job's settings (prefix caching on, th
 128-token KV blocks), 512 replies of `--reply-tokens` tokens, then `judge: self` on them as a job
 runs it: each judgement continues its reply's conversation, so the engine reads the prompt and reply
 from its prefix cache. Compared with plain generation of exactly the tokens the judge reads and
-writes (its prompt ids with the prefix cache emptied, as many output tokens, no grammar). Goal:
-ratio <= 1. Also the judge with the cache emptied (`without_kv_reuse`): what the grammar costs.
+writes (its prompt ids with the prefix cache emptied, as many output tokens as its judgement and any
+continuation for the score, no grammar). Goal: ratio <= 1. Also the judge with the cache emptied
+(`without_kv_reuse`): what the grammar costs; and the score-first judge on the same replies
+(`score_first_over_reason_first`): what reasoning first and continuing cut judgements cost. Random
+weights write every reason to the budget, so every reason-first judgement is continued here.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -91,17 +95,26 @@ def dedup_child(folder: str, rows: int) -> None:
     from orchestrator import diversity
     from orchestrator.planner import make_plan
     from orchestrator.quality import KeptRows, dedup_shards
+    from orchestrator.rows import variable_fields
+    from orchestrator.samples import Examples
     from orchestrator.storage import LocalStore
 
     spec = _spec(folder, rows, dedup={"exact": True, "near_threshold": 0.8})
     plan = make_plan(spec)
-    kept = KeptRows(diversity.BottomK(spec.quality.sample_rows))
+    kept = KeptRows(diversity.BottomK(spec.quality.sample_rows), Examples([f.name for f in variable_fields(spec)]))
     started = time.perf_counter()
     results = dedup_shards(LocalStore(folder), spec, plan, kept)
     seconds = time.perf_counter() - started
     dropped = sum(sum(r.duplicates.values()) for r in results.values())
-    print(json.dumps({"seconds": seconds, "dropped": dropped,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "dropped": dropped, "peak_rss_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM; `ru_maxrss` would carry the parent's from before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench_dedup(rows: int) -> dict[str, Any]:
@@ -121,10 +134,11 @@ async def _timed(coros: list[Any]) -> tuple[float, list[Any]]:
 
 
 async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: int) -> list[dict[str, Any]]:
-    """Per repeat, fresh replies (new seeds), then three timed sides in alternating order:
+    """Per repeat, fresh replies (new seeds), then four timed sides in alternating order:
 
-    reuse: the judge as a job runs it, each judgement continuing its reply on the engine that wrote
-           it (the reply's KV still in the prefix cache);
+    reuse: the judge as a job runs it (reason first), each judgement continuing its reply on the
+           engine that wrote it (the reply's KV still in the prefix cache);
+    score_first: the same with the score-first judge;
     plain: the judge's exact prompt ids, prefix cache emptied, generating as many tokens, no grammar;
     cold:  the judge again with the prefix cache emptied (what the grammar alone costs);
     and a whole job (4 shards in flight through the worker's shard path) without and with the judge:
@@ -135,13 +149,14 @@ async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: in
     from orchestrator.planner import make_plan
     from orchestrator.spec import Sampling, parse_spec
     from orchestrator.storage import MemoryStore
-    from workers.engine import VllmEngine
-    from workers.judge import follow_up, judge_reply, judge_sampling
+    from workers.engine import SAME_TURN, VllmEngine
+    from workers.judge import Verdict, judge_reply, judge_request, judge_sampling
     from workers.prompts import PromptRow, shard_rows
     from workers.shard import run_shard
 
     judge = Judge(min_score=1, reason_max_chars=60)
-    sampling = judge_sampling(judge)
+    score_first = judge.model_copy(update={"order": "score_first"})
+    sampling, score_first_sampling = judge_sampling(judge), judge_sampling(score_first)
 
     def spec(seed: int, shards: int = 1, judged: bool = False) -> Any:
         return parse_spec({
@@ -159,11 +174,20 @@ async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: in
         s = spec(seed)
         plan = make_plan(s)
         rows = shard_rows(s, plan, plan.shard(0))
-        results = await asyncio.gather(*(engine.generate(r, follow_up(judge)) for r in rows))
+        results = await asyncio.gather(*(engine.generate(r, SAME_TURN) for r in rows))
         return [(r, res[0]) for r, res in zip(rows, results, strict=True)]
 
-    async def judged(pairs: list[tuple[PromptRow, Any]]) -> tuple[float, list[Any]]:
-        return await _timed([judge_reply(engine, judge, r, 0, c, sampling) for r, c in pairs])
+    async def judged(pairs: list[tuple[PromptRow, Any]], first: bool = False) -> tuple[float, list[Any]]:
+        how, s = (score_first, score_first_sampling) if first else (judge, sampling)
+        return await _timed([judge_reply(engine, how, r, 0, c, s) for r, c in pairs])
+
+    def plain_request(row: PromptRow, reply: Any, verdict: Any, i: int) -> PromptRow:
+        """The judge's first request, generating as many tokens as the whole judgement, with no grammar."""
+        request = judge_request(judge, row, 0, reply, sampling)
+        if not isinstance(request, PromptRow) or not isinstance(verdict, Verdict):
+            raise RuntimeError(f"the benchmark's judge failed on row {row.index}: {request} {verdict}")
+        return replace(request, row_id=f"plain-{i}", sampling=Sampling(
+            temperature=0.0, max_tokens=verdict.completion_tokens, ignore_eos=True))
 
     async def job(seed: int, with_judge: bool) -> float:
         s = spec(seed, shards=4, judged=with_judge)
@@ -175,19 +199,20 @@ async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: in
     runs = []
     for k in range(repeats):
         pairs = await replies(k + 1)
-        order = ["reuse", "plain", "cold"] if k % 2 == 0 else ["cold", "plain", "reuse"]
+        order = (["reuse", "score_first", "plain", "cold"] if k % 2 == 0 else
+                 ["cold", "plain", "score_first", "reuse"])
         sides: dict[str, float] = {}
-        verdicts: list[Any] = []  # the last judge side's: plain asks for as many tokens as each judgement
+        verdicts: list[Any] = []  # the last reason-first side's: plain asks for as many tokens as each judgement
         for side in order:
-            if side != "reuse" or sides:
+            if side not in ("reuse", "score_first") or sides:
                 await engine.llm.reset_prefix_cache()
-            if side == "reuse" and sides:  # after an emptied cache: write the replies again, as a job would
+            if side in ("reuse", "score_first") and sides:  # after an emptied cache: write the replies again
                 pairs = await replies(k + 1)
             if side == "plain":
-                plain = [PromptRow(index=-1, row_id=f"plain-{i}", seed=r.seed, prompt_token_ids=c.follow_up_ids,
-                                   sampling=Sampling(temperature=0.0, max_tokens=v.completion_tokens, ignore_eos=True))
-                         for i, ((r, c), v) in enumerate(zip(pairs, verdicts, strict=True))]
+                plain = [plain_request(r, c, v, i) for i, ((r, c), v) in enumerate(zip(pairs, verdicts, strict=True))]
                 sides[side], _ = await _timed([engine.generate(q) for q in plain])
+            elif side == "score_first":
+                sides[side], _ = await judged(pairs, first=True)
             else:
                 sides[side], verdicts = await judged(pairs)
                 if side == "reuse":
@@ -196,7 +221,8 @@ async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: in
             sides["job_judged" if with_judge else "job"] = await job(k + 1, with_judge)
         runs.append({**sides, "prompt_tokens": sum(v.prompt_tokens for v in reuse_verdicts),
                      "cached_tokens": sum(v.cached_tokens for v in reuse_verdicts),
-                     "completion_tokens": sum(v.completion_tokens for v in reuse_verdicts)})
+                     "completion_tokens": sum(v.completion_tokens for v in reuse_verdicts),
+                     "continued": sum(v.cut for v in reuse_verdicts)})
     return runs
 
 
@@ -205,15 +231,20 @@ def bench_judge(model: str, repeats: int, rows: int, gen_tokens: int) -> dict[st
     ratios = [r["reuse"] / r["plain"] for r in runs]
     cold = [r["cold"] / r["plain"] for r in runs]
     in_job = [(r["job_judged"] - r["job"]) / r["plain"] for r in runs]
+    first = [r["score_first"] / r["reuse"] for r in runs]
     return {"judge_over_generating_its_tokens": round(statistics.median(ratios), 3),
             "ratios": [round(x, 3) for x in ratios],
             "without_kv_reuse": round(statistics.median(cold), 3), "ratios_without_kv_reuse": [round(x, 3) for x in cold],
             "job_added_over_generating": round(statistics.median(in_job), 3),
             "ratios_job_added": [round(x, 3) for x in in_job],
+            "score_first_over_reason_first": round(statistics.median(first), 3),
+            "ratios_score_first": [round(x, 3) for x in first],
+            "judgements_continued": runs[0]["continued"],
             "rows_judged": rows, "reply_tokens": gen_tokens, "judge_prompt_tokens": runs[0]["prompt_tokens"],
             "judge_prompt_tokens_cached": runs[0]["cached_tokens"],
             "judge_completion_tokens": runs[0]["completion_tokens"],
-            **{f"{side}_s": [round(r[side], 2) for r in runs] for side in ("reuse", "plain", "cold", "job", "job_judged")}}
+            **{f"{side}_s": [round(r[side], 2) for r in runs]
+               for side in ("reuse", "score_first", "plain", "cold", "job", "job_judged")}}
 
 
 def main() -> None:

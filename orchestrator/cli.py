@@ -146,10 +146,15 @@ def _print_quality(q: dict[str, Any] | None) -> None:
     if ref and ref["below_reference"]:
         err.print(f"[bold yellow]warning:[/] diversity below {ref['min_ratio']:g} of the reference on "
                   f"{', '.join(ref['flagged'])}: an early sign of collapse", highlight=False)
-    for name in q["drift"]["flagged_variables"]:
-        values = [str(v["value"]) for v in q["drift"]["variables"][name]["values"] if v["flagged"]]
-        err.print(f"[bold yellow]warning:[/] bias drift in seed variable {name!r}: {escape(', '.join(values))}",
-                  highlight=False)
+    cut = q.get("truncation") or {}
+    if cut.get("flagged"):
+        err.print(f"[bold yellow]warning:[/] {cut['rows']:,} rows ({cut['share']:.0%}) stopped at max_tokens = "
+                  f"{cut['max_tokens']}: their text is unfinished (raise sampling.max_tokens)", highlight=False)
+    for title, drift in (("bias drift", q["drift"]), ("mixing drift", q.get("mixed_drift"))):
+        for name in (drift or {}).get("flagged_variables", []):
+            values = [str(v["value"]) for v in drift["variables"][name]["values"] if v["flagged"]]
+            err.print(f"[bold yellow]warning:[/] {title} in seed variable {name!r}: {escape(', '.join(values))}",
+                      highlight=False)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

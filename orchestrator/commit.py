@@ -47,6 +47,7 @@ class ShardStats:
     judge_prompt_tokens: int = 0
     judge_cached_tokens: int = 0  # of the judge's prompt tokens, those read from the prefix cache
     judge_completion_tokens: int = 0
+    filler_stripped: int = 0  # completions stored with their filler opener or closer stripped (filters.filler)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardStats:

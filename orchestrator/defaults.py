@@ -32,15 +32,29 @@ SCHEDULER_TICK_S = 1.0
 RECORD_SAVE_S = 5.0  # how often the progress of running jobs is checkpointed to the state store
 METRICS_RETENTION_S = 3600.0  # series of a finished job are dropped after this
 JUDGE_RUBRIC = "The response follows the prompt, is correct, specific and well written."
-JUDGE_MIN_SCORE = 5
+# An anchored scale (every level described, as Prometheus does): a judge is more consistent on a few
+# described levels than on a bare 1-10 anchored only at its ends.
+JUDGE_LEVELS = {1: "wrong or off-topic", 2: "major errors or gaps", 3: "usable but flawed", 4: "good, minor flaws",
+                5: "excellent: correct, specific, complete"}
+JUDGE_MIN_SCORE = 3
+JUDGE_ORDER = "reason_first"  # the judge reasons, then scores (a score written first is not reasoned)
 JUDGE_REASON_MAX_CHARS = 80
+JUDGE_SCORE_TOKENS = 4  # budget of a cut judgement's continuation: the score's digits and the end
 NEAR_DUP_THRESHOLD = 0.8
 MINHASH_PERMUTATIONS = 128
 SHINGLE_WORDS = 3
+LSH_CANDIDATE_PROBABILITY = 0.97  # LSH bands make a pair at the near-dup threshold a candidate at least this often
+LSH_MATES_PER_BAND = 3  # per band, a row's candidates: its bucket's first row and the rows just before it, this many
+NEAR_DUP_HELD_SHINGLES = 512  # a candidate row's shingle set is held whole up to this size, else its smallest hashes
 MIN_REFERENCE_RATIO = 0.8  # diversity below this fraction of the reference's flags the job
-DRIFT_THRESHOLD = 0.2  # relative change of a seed value's share that flags it
+DRIFT_MARGIN = 0.01  # a seed value whose loss rate differs from the others' by more than this (absolute) is flagged
+REPLACED_DRIFT_THRESHOLD = 0.2  # the default of the replaced quality.drift_threshold, in every spec stored before
 DRIFT_ALPHA = 0.01
 QUALITY_SAMPLE_ROWS = 2000
+REPORT_EXAMPLES = 5  # best and worst judged rows, and duplicate pairs, the report shows
+REPORT_REJECTED_EXAMPLES = 3  # rejected rows shown per reason
+REPORT_EXAMPLE_CHARS = 600  # a prompt or completion shown in the report is cut here
+MAX_TRUNCATED_SHARE = 0.1  # a larger share of rows cut at max_tokens is flagged by the report and the summary
 MAX_BODY_MB = 16.0  # the API refuses (413) a request body over this; inline seeds that big belong in a prompt file
 MAX_JSON_DEPTH = 64  # lists and objects nested deeper in a request body are refused (422), never recursed into
 API_TOKEN_ENV = "SYNTHFLEET_API_TOKEN"

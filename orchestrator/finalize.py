@@ -8,12 +8,13 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
-from orchestrator import diversity, layout
+from orchestrator import diversity, layout, rows
 from orchestrator.commit import ShardStats, recover_shard
 from orchestrator.mixing import write_mixed
 from orchestrator.planner import Plan
-from orchestrator.quality import KeptRows, ShardResult, build_report, dedup_shards, measure_shards
+from orchestrator.quality import KeptRows, ShardResult, build_report, dedup_shards, measure_shards, mixed_drift
 from orchestrator.report import render_report
+from orchestrator.samples import Examples, original_texts, scan_rejected
 from orchestrator.spec import JobSpec
 from orchestrator.storage import Store
 
@@ -69,15 +70,20 @@ def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStat
         return json.loads(store.get(layout.MANIFEST))
     staged, n = spec.dedup is not None, plan.num_shards
     shards = [known.get(i) or recover_shard(store, i, n, staged) for i in range(n)]
-    kept = KeptRows(diversity.BottomK(spec.quality.sample_rows))
+    variables = [f.name for f in rows.variable_fields(spec)]
+    kept = KeptRows(diversity.BottomK(spec.quality.sample_rows), Examples(variables))
     results = dedup_shards(store, spec, plan, kept) if staged else {}
     if not staged:
         measure_shards(store, spec, plan, kept)
-    quality = build_report(spec, plan, shards, results, kept)
+    duplicated = {i for i, r in results.items() if r.duplicates}
+    scan_rejected(store, plan, shards, duplicated, kept.examples)
+    originals = original_texts(store, plan, duplicated, kept.examples.duplicate_ids())
+    quality = build_report(spec, plan, shards, results, kept, originals, started_at)
     mixed = None
     if spec.mix is not None:
-        mixed = write_mixed(store, spec.mix, [layout.data_key(i, n) for i in range(n)], quality["rows"]["kept"],
-                            spec.output.rows_per_shard)
+        mixed, seeds = write_mixed(store, spec.mix, [layout.data_key(i, n) for i in range(n)],
+                                   quality["rows"]["kept"], spec.output.rows_per_shard, variables)
+        quality["mixed_drift"] = mixed_drift(spec, kept, seeds)
     store.put(layout.REPORT, render_report(quality).encode())
     manifest = build_manifest(spec, plan, shards, results, quality, mixed, started_at)
     if not store.put_if_absent(layout.MANIFEST, json.dumps(manifest, indent=1).encode()):

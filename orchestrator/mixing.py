@@ -1,22 +1,30 @@
 """The `mixed/` split: kept synthetic rows and real rows interleaved at an exact ratio.
 
-Real rows are taken in file order, synthetic rows in shard order; position i of the split is real
-when the running count of real rows must grow there (an even spread, so any prefix of the split has
-close to the ratio: a reader that stops early still trains on the right mixture).
+Real rows are taken in file order; position i of the split is real when the running count of real
+rows must grow there (an even spread, so any prefix of the split has close to the ratio: a reader
+that stops early still trains on the right mixture). When the real file is too short for every kept
+synthetic row, the synthetic rows used are those with the smallest hash of their id (the sampling of
+the quality report), so they are a uniform sample of the kept rows, not the first shards (which, in
+product order, hold only the first seed values); they appear in shard order. The seed values of the
+synthetic rows used are counted, so the report can check that the mix kept the kept rows' mix.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from orchestrator import layout, rows
+from orchestrator.diversity import sample_key
 from orchestrator.commit import parquet_bytes, read_parquet
 from orchestrator.gates import Mix, reference_text
 from orchestrator.quality import input_records, input_texts, skipped_lines
+from orchestrator.samples import sample_ids
 from orchestrator.storage import Store
 
 SCHEMA = pa.schema([
@@ -55,22 +63,47 @@ def _real_rows(uri: str) -> Iterator[dict[str, Any]]:
                    "messages": None, "completion": text, "lineage": None}
 
 
-def _synthetic_rows(store: Store, manifest_shards: list[str]) -> Iterator[dict[str, Any]]:
-    columns = ["row_id", "sample_index", "prompt", "messages", "completion", "lineage"]
-    for key in manifest_shards:
+def chosen_synthetic(store: Store, data_keys: list[str], kept: int, wanted: int) -> np.ndarray | None:
+    """Which kept rows (in shard order) the split uses: the `wanted` smallest id hashes; None for all."""
+    if wanted >= kept:
+        return None
+    ids = (i for key in data_keys for i in sample_ids(read_parquet(store, key, ["row_id", "sample_index"])))
+    keys = np.fromiter((sample_key(i) for i in ids), dtype=np.uint64)
+    mask = np.zeros(len(keys), dtype=bool)
+    mask[np.argsort(keys, kind="stable")[:wanted]] = True
+    return mask
+
+
+def _synthetic_rows(store: Store, data_keys: list[str], chosen: np.ndarray | None, variables: Sequence[str],
+                    seeds: dict[str, Counter[Any]]) -> Iterator[dict[str, Any]]:
+    """The chosen kept rows in shard order; their seed values counted into `seeds` as they go."""
+    columns = ["row_id", "sample_index", "prompt", "messages", "completion", "lineage", *variables]
+    position = 0
+    for key in data_keys:
         for r in read_parquet(store, key, columns).to_pylist():
+            position += 1
+            if chosen is not None and not chosen[position - 1]:
+                continue
+            for name in variables:
+                seeds.setdefault(name, Counter())[r[name]] += 1
             yield {"source": "synthetic", "row_id": f"{r['row_id']}/{r['sample_index']}", "prompt": r["prompt"],
                    "messages": r["messages"], "completion": r["completion"], "lineage": r["lineage"]}
 
 
-def write_mixed(store: Store, mix: Mix, data_keys: list[str], kept: int, rows_per_part: int) -> dict[str, Any]:
-    """Write `mixed/` (each part exactly once); what the manifest says of it."""
+def write_mixed(store: Store, mix: Mix, data_keys: list[str], kept: int, rows_per_part: int,
+                variables: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, Counter[Any]]]:
+    """Write `mixed/` (each part exactly once); what the manifest says of it, and the synthetic rows' seed counts.
+
+    With nothing to mix (no kept rows, or no real text), nothing is written and `parts` is empty.
+    """
     skipped: list[str] = []
     available = sum(1 for _ in input_texts(mix.uri, skipped))
     n_synth, n_real = mix_counts(kept, available, mix.ratio)
     total = n_synth + n_real
-    parts = max(1, math.ceil(total / rows_per_part))
-    synthetic, real = _synthetic_rows(store, data_keys), _real_rows(mix.uri)
+    parts = math.ceil(total / rows_per_part)
+    seeds: dict[str, Counter[Any]] = {name: Counter() for name in variables}
+    synthetic = _synthetic_rows(store, data_keys, chosen_synthetic(store, data_keys, kept, n_synth), variables, seeds)
+    real = _real_rows(mix.uri)
     buffer: list[dict[str, Any]] = []
     part = 0
     for position in range(total):
@@ -79,5 +112,8 @@ def write_mixed(store: Store, mix: Mix, data_keys: list[str], kept: int, rows_pe
             table = pa.Table.from_pylist(buffer, schema=SCHEMA)
             store.put_if_absent(layout.mixed_key(part, parts), parquet_bytes(table))
             part, buffer = part + 1, []
-    return {"uri": mix.uri, "ratio": mix.ratio, "rows": total, "real_rows": n_real, "synthetic_rows": n_synth,
-            "parts": [layout.mixed_key(i, parts) for i in range(parts)], **skipped_lines(skipped)}
+    out = {"uri": mix.uri, "ratio": mix.ratio, "rows": total, "real_rows": n_real, "synthetic_rows": n_synth,
+           "parts": [layout.mixed_key(i, parts) for i in range(parts)], **skipped_lines(skipped)}
+    if not total:
+        out["empty"] = "no kept synthetic rows" if not kept else f"no real text records in {mix.uri}"
+    return out, seeds

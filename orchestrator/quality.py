@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -23,8 +25,9 @@ import pyarrow.parquet as pq
 from orchestrator import defaults, diversity, drift, layout, rows
 from orchestrator.commit import FOOTER_KEY, ShardStats, parquet_bytes, read_parquet
 from orchestrator.dedup import Deduper
-from orchestrator.gates import reference_text
+from orchestrator.gates import Quality, reference_text
 from orchestrator.planner import Plan, product_size, template_variables
+from orchestrator.samples import Examples, sample_ids, sample_keys
 from orchestrator.spec import JobSpec
 from orchestrator.storage import Store
 from orchestrator.storage.reader import open_input
@@ -47,27 +50,23 @@ class KeptRows:
     """Running measurements of the kept rows, bounded in memory."""
 
     sample: diversity.BottomK
+    examples: Examples
     chars: list[np.ndarray] = field(default_factory=list)
     tokens: list[np.ndarray] = field(default_factory=list)
     seeds: dict[str, Counter[Any]] = field(default_factory=dict)
 
-    def add(self, table: pa.Table, variables: list[str]) -> None:
+    def add(self, table: pa.Table) -> None:
         texts = table.column("completion").to_pylist()
-        ids = table.column("row_id").to_pylist()
-        samples = table.column("sample_index").to_pylist()
-        for row_id, k, text in zip(ids, samples, texts, strict=True):
-            self.sample.add(diversity.sample_key(f"{row_id}/{k}"), text or "")
+        keys = sample_keys(table)
+        for key, text in zip(keys.tolist(), texts, strict=True):
+            self.sample.add(key, text or "")
         self.chars.append(np.array([len(t or "") for t in texts], dtype=np.int64))
         self.tokens.append(table.column("completion_tokens").to_numpy(zero_copy_only=False).astype(np.int64))
-        for name in variables:
+        for name in self.examples.variables:
             counts = self.seeds.setdefault(name, Counter())
             for item in table.column(name).value_counts().to_pylist():
                 counts[item["values"]] += item["counts"]
-
-
-def _ids(table: pa.Table) -> list[str]:
-    return [f"{r}/{k}" for r, k in zip(table.column("row_id").to_pylist(), table.column("sample_index").to_pylist(),
-                                        strict=True)]
+        self.examples.add_kept(table, keys)
 
 
 def _write_once(store: Store, key: str, blob: bytes) -> tuple[int, str]:
@@ -87,18 +86,17 @@ def dedup_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> dic
         for start in range(0, len(texts), READ_BATCH):
             deduper.scan([t or "" for t in texts[start:start + READ_BATCH]])
     deduper.close_scan()
-    variables = [f.name for f in rows.variable_fields(spec)]
     results = {}
     for i in range(n):
         table = read_parquet(store, layout.commit_key(i, n, staged=True))
         table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items()
                                                if k != FOOTER_KEY})
-        texts, ids = table.column("completion").to_pylist(), _ids(table)
+        texts, ids = table.column("completion").to_pylist(), sample_ids(table)
         verdicts = []
         for start in range(0, len(texts), READ_BATCH):
             end = start + READ_BATCH
             verdicts += deduper.decide([t or "" for t in texts[start:end]], ids[start:end])
-        keep = pa.array([v is None for v in verdicts])
+        keep = pa.array([v is None for v in verdicts], pa.bool_())
         data = table.filter(keep)
         dropped = [(j, v) for j, v in enumerate(verdicts) if v is not None]
         if dropped:
@@ -108,17 +106,15 @@ def dedup_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> dic
             _write_once(store, layout.rejected_key(i, n, "duplicates"),
                         parquet_bytes(dups.cast(rows.rejected_schema(spec))))
         size, sha = _write_once(store, layout.data_key(i, n), parquet_bytes(data))
-        kept.add(data, variables)
+        kept.add(data)
         results[i] = ShardResult(data.num_rows, size, sha, dict(Counter(v.reason for _, v in dropped)))
     return results
 
 
 def measure_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> None:
     """Without dedup: read each committed data file once for the report."""
-    variables = [f.name for f in rows.variable_fields(spec)]
-    columns = ["row_id", "sample_index", "completion", "completion_tokens", *variables]
     for i in range(plan.num_shards):
-        kept.add(read_parquet(store, layout.data_key(i, plan.num_shards), columns), variables)
+        kept.add(read_parquet(store, layout.data_key(i, plan.num_shards)))
 
 
 def planned_seed_counts(spec: JobSpec, plan: Plan) -> dict[str, Counter[Any]]:
@@ -178,11 +174,13 @@ def skipped_lines(skipped: list[str]) -> dict[str, Any]:
     return {"skipped_lines": len(skipped), "skipped_sample": skipped[: defaults.TOP_ERRORS]}
 
 
-def reference_metrics(uri: str, sample_rows: int, skipped: list[str] | None = None) -> dict[str, float]:
-    sample = diversity.BottomK(sample_rows)
+def reference_sample(uri: str, sample_rows: int, skipped: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """A `BottomK` sample of the real texts (the synthetic sample's size), and every real text's length in chars."""
+    sample, lengths = diversity.BottomK(sample_rows), []
     for number, text in input_texts(uri, skipped):
         sample.add(diversity.sample_key(f"reference/{number}"), text)
-    return diversity.diversity_metrics(sample.texts())
+        lengths.append(len(text))
+    return sample.texts(), np.asarray(lengths, dtype=np.int64)
 
 
 def _totals(shards: list[ShardStats], results: dict[int, ShardResult]) -> dict[str, Any]:
@@ -219,43 +217,95 @@ def failure_flag(rows: dict[str, Any]) -> str | None:
     return f"{lead}; see errors/. Most frequent: {top}"
 
 
+def mixed_drift(spec: JobSpec, kept: KeptRows, mixed_seeds: dict[str, Counter[Any]]) -> dict[str, Any]:
+    """Did the `mixed/` split keep the seed mix of the kept rows? (Its synthetic rows against all kept rows.)"""
+    q = spec.quality
+    return drift.bias_drift(kept.seeds, mixed_seeds, q.drift_margin, q.drift_alpha)
+
+
+def _reference(q: Quality, texts: list[str]) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+    """The synthetic sample against real data at the same sample size, and every real text's length."""
+    if q.reference is None:
+        return None, None
+    skipped: list[str] = []
+    ref_texts, lengths = reference_sample(q.reference, q.sample_rows, skipped)
+    return {"uri": q.reference, "min_ratio": q.min_reference_ratio, **skipped_lines(skipped),
+            **diversity.compare_samples(texts, ref_texts, q.min_reference_ratio)}, lengths
+
+
+def _dedup(spec: JobSpec, shards: list[ShardStats], results: dict[int, ShardResult]) -> dict[str, Any] | None:
+    if spec.dedup is None:
+        return None
+    exact, near = (sum(r.duplicates.get(k, 0) for r in results.values()) for k in ("exact_duplicate", "near_duplicate"))
+    before = sum(s.rows_ok for s in shards)
+    return {"exact_duplicates": exact, "near_duplicates": near, "rows_scanned": before,
+            "rate": (exact + near) / before if before else 0.0, "near_threshold": spec.dedup.near_threshold}
+
+
+def _judge(spec: JobSpec, totals: dict[str, Any]) -> dict[str, Any] | None:
+    if spec.judge is None:
+        return None
+    scores = totals["scores"]
+    judged = sum(scores.values())
+    low, high = spec.judge.scale
+    return {"scores": {str(k): scores.get(str(k), 0) for k in range(low, high + 1)}, "min_score": spec.judge.min_score,
+            "mean": sum(int(k) * v for k, v in scores.items()) / judged if judged else None,
+            "errors": totals["failed"].get("judge_error", 0)}
+
+
+def _about(spec: JobSpec, plan: Plan, shards: list[ShardStats], started_at: float) -> dict[str, Any]:
+    """The report's header: what ran (spec, model, sampling), when, and what it cost."""
+    finished = time.time()
+    completion = sum(s.completion_tokens for s in shards)
+    tokens = {k: sum(getattr(s, k) for s in shards) for k in ("prompt_tokens", "completion_tokens",
+                                                              "judge_prompt_tokens", "judge_cached_tokens",
+                                                              "judge_completion_tokens")}
+    wall = max(finished - started_at, 1e-9)
+    return {"name": spec.name, "spec_hash": plan.spec_hash, "model": spec.model.name,
+            "model_revisions": sorted({s.model_revision for s in shards}),
+            "sampling": spec.sampling.model_dump(mode="json", exclude_none=True),
+            "started_at": _iso(started_at), "finished_at": _iso(finished), "wall_seconds": round(wall, 3),
+            "tokens": tokens, "completion_tokens_per_s": completion / wall,
+            "generation_seconds": round(sum(s.seconds for s in shards), 3)}
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def _truncation(finish_reasons: dict[str, int], max_tokens: int) -> dict[str, Any]:
+    rows = sum(finish_reasons.values())
+    cut = finish_reasons.get("length", 0)
+    share = cut / rows if rows else 0.0
+    return {"rows": cut, "share": share, "max_tokens": max_tokens, "flagged": share > defaults.MAX_TRUNCATED_SHARE,
+            "max_share": defaults.MAX_TRUNCATED_SHARE}
+
+
 def build_report(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: dict[int, ShardResult],
-                 kept: KeptRows) -> dict[str, Any]:
+                 kept: KeptRows, originals: dict[str, str], started_at: float) -> dict[str, Any]:
     """The quality section of the manifest (and the data behind `quality_report.html`)."""
     q = spec.quality
     totals = _totals(shards, results)
     texts = kept.sample.texts()
     metrics = diversity.diversity_metrics(texts)
     generated = sum(s.rows_ok + s.rows_rejected for s in shards)
-    n_kept = sum(len(c) for c in kept.chars)
-    reference = None
-    if q.reference is not None:
-        skipped: list[str] = []
-        ref = reference_metrics(q.reference, q.sample_rows, skipped)
-        reference = {"uri": q.reference, "metrics": ref, "min_ratio": q.min_reference_ratio, **skipped_lines(skipped),
-                     **diversity.compare_to_reference(metrics, ref, q.min_reference_ratio)}
-    dedup = None
-    if spec.dedup is not None:
-        exact, near = (sum(r.duplicates.get(k, 0) for r in results.values())
-                       for k in ("exact_duplicate", "near_duplicate"))
-        before = sum(s.rows_ok for s in shards)
-        dedup = {"exact_duplicates": exact, "near_duplicates": near, "rows_scanned": before,
-                 "rate": (exact + near) / before if before else 0.0, "near_threshold": spec.dedup.near_threshold}
-    judge = None
-    if spec.judge is not None:
-        scores = totals["scores"]
-        judged = sum(scores.values())
-        judge = {"scores": {str(k): scores.get(str(k), 0) for k in range(1, 11)}, "min_score": spec.judge.min_score,
-                 "mean": sum(int(k) * v for k, v in scores.items()) / judged if judged else None,
-                 "errors": totals["failed"].get("judge_error", 0)}
+    reference, reference_chars = _reference(q, texts)
     lengths = {name: diversity.length_summary(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
                for name, parts in (("completion_chars", kept.chars), ("completion_tokens", kept.tokens))}
+    if reference_chars is not None:
+        lengths["reference_chars"] = diversity.length_summary(reference_chars)
+    examples = kept.examples.report(originals)
     return {
         "job_id": plan.job_id,
-        "rows": {"input": plan.total_rows * spec.sampling.n, "generated": generated, "kept": n_kept,
-                 "failed": sum(s.rows_failed for s in shards), "rejected": totals["rejected"],
-                 "top_errors": top_errors(shards), "max_failed_share": q.max_failed_share},
-        "diversity": metrics, "sample_rows": len(texts), "reference": reference, "dedup": dedup,
-        "lengths": lengths, "judge": judge,
-        "drift": drift.bias_drift(planned_seed_counts(spec, plan), kept.seeds, q.drift_threshold, q.drift_alpha),
+        "about": _about(spec, plan, shards, started_at),
+        "rows": {"input": plan.total_rows * spec.sampling.n, "generated": generated,
+                 "kept": sum(len(c) for c in kept.chars), "failed": sum(s.rows_failed for s in shards),
+                 "rejected": totals["rejected"], "top_errors": top_errors(shards),
+                 "errors": top_errors(shards, k=len(totals["failed"])), "max_failed_share": q.max_failed_share},
+        "diversity": metrics, "sample_rows": len(texts), "reference": reference, "dedup": _dedup(spec, shards, results),
+        "lengths": lengths, "judge": _judge(spec, totals),
+        "finish_reasons": examples.pop("finish_reasons"),
+        "truncation": _truncation(kept.examples.finish_reasons, spec.sampling.max_tokens),
+        "examples": examples,
+        "drift": drift.bias_drift(planned_seed_counts(spec, plan), kept.seeds, q.drift_margin, q.drift_alpha),
     }

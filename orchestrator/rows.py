@@ -37,7 +37,10 @@ DATA_FIELDS = [
     pa.field("prompt_tokens", pa.int32()),
     pa.field("completion_tokens", pa.int32()),
 ]
-JUDGE_FIELDS = [pa.field("judge_score", pa.int8()), pa.field("judge_reason", pa.string())]
+# judge_cut: the judgement reached its token budget, so its reason is cut short (reason first, the
+# score was then asked for on its own, after the reason so far)
+JUDGE_FIELDS = [pa.field("judge_score", pa.int8()), pa.field("judge_reason", pa.string()),
+                pa.field("judge_cut", pa.bool_())]
 ERROR_FIELDS = [pa.field("error_code", pa.string()), pa.field("error_message", pa.string())]
 REJECT_FIELDS = [pa.field("reject_reason", pa.string()), pa.field("reject_detail", pa.string())]
 RESERVED = {f.name for f in BASE_FIELDS + DATA_FIELDS + JUDGE_FIELDS + ERROR_FIELDS + REJECT_FIELDS} | {"lineage"}

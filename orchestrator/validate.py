@@ -8,6 +8,7 @@ first rows rendered in the bounded sandbox under a time limit, so no template ha
 from __future__ import annotations
 
 import json
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from orchestrator.planner import product_size, template_variables
 from orchestrator.rows import reserved_name_problems
 from orchestrator.spec import JobSpec, ModelSpec, TemplateSource
 from orchestrator.storage import open_store, split_uri
+from orchestrator.storage.reader import open_input
 from workers import sandbox
-from workers.prompts import undeclared_variables
+from workers.prompts import FILE_COLUMNS, undeclared_variables
 
 # config.json keys vLLM reads a model's context from (the smallest present wins)
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_target_positions",
@@ -157,6 +159,43 @@ def _input_warnings(spec: JobSpec) -> list[Problem]:
             for w in file_findings(s, whole_file=False).warnings]
 
 
+def _file_columns(uri: str) -> set[str] | None:
+    """The columns of a prompt file: its Parquet schema, or the keys of its first JSONL rows (None: unreadable)."""
+    try:
+        with open_input(uri) as f:
+            if uri.lower().endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                return set(pq.ParquetFile(f).schema_arrow.names)
+            lines = list(islice((line for line in f if line.strip()), defaults.INPUT_CHECK_LINES))
+        records = [json.loads(line) for line in lines]
+    except (StorageError, OSError, ValueError):  # _input_problems says what is wrong with the file
+        return None
+    return {str(k) for r in records if isinstance(r, dict) for k in r}
+
+
+def _reference_problems(spec: JobSpec) -> list[Problem]:
+    """judge.reference names where each row's reference answer is: a seed variable or a prompt file column."""
+    name, prompts = spec.judge.reference if spec.judge else None, spec.prompts
+    if name is None:
+        return []
+    what = "name the one that holds each row's reference answer"
+    if prompts.template is not None:
+        known = ", ".join(sorted(prompts.template.seeds)) or "none"
+        return [] if name in prompts.template.seeds else [
+            Problem("judge.reference", f"{name!r} is not a seed variable (seeds: {known}); {what}")]
+    if prompts.file is None:
+        return [Problem("judge.reference", "an OpenAI Batch file has no column for a reference answer; use "
+                                           "prompts.file with a reference column, or a template seed")]
+    if name in FILE_COLUMNS:
+        return [Problem("judge.reference", f"{name!r} is the prompt file's own {name}; name another column")]
+    columns = _file_columns(prompts.file.uri)
+    if columns is None or name in columns:
+        return []
+    return [Problem("judge.reference", f"{name!r} is not a column of {prompts.file.uri} (its first rows have: "
+                                       f"{', '.join(sorted(columns)) or 'none'}); {what}")]
+
+
 def _models(spec: JobSpec) -> list[tuple[str, ModelSpec]]:
     models = [("model", spec.model)]
     if spec.judge is not None and not isinstance(spec.judge.model, str):
@@ -239,8 +278,8 @@ def _output_problems(spec: JobSpec) -> list[Problem]:
 
 def spec_problems(spec: JobSpec, *, check_output: bool = True) -> list[Problem]:
     """Every problem found, each with its field path; empty when the job can start."""
-    problems = (_template_problems(spec) + _input_problems(spec) + _model_problems(spec)
-                + _resource_problems(spec))
+    problems = (_template_problems(spec) + _input_problems(spec) + _reference_problems(spec)
+                + _model_problems(spec) + _resource_problems(spec))
     return problems + (_output_problems(spec) if check_output else [])
 
 

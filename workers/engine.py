@@ -49,8 +49,13 @@ class Engine(Protocol):
 
     async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
         """The row's completions; with `follow_up`, each also carries the token ids of its conversation
-        continued by a user turn `follow_up` (None when the engine cannot say: ask in words instead)."""
+        continued by a user turn `follow_up`, or as it stands for `SAME_TURN` (None when the engine cannot
+        say: ask in words instead). A row of token ids continues them with its `messages` (user turns) or
+        its `prompt` (text in the same turn)."""
         ...
+
+
+SAME_TURN = ""  # a follow-up that adds nothing: the conversation's ids as they stand (prompt, then reply)
 
 
 def weights_fingerprint(path: str) -> str:
@@ -131,6 +136,7 @@ class FollowUps:
     reads the conversation for free (whole KV blocks of it)."""
 
     MARK = "\x00reply\x00"
+    CACHED_TURNS = 16  # the job's fixed turns; a turn holding row data (a reference answer) is not kept
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
@@ -141,24 +147,34 @@ class FollowUps:
         """What the chat template puts after an assistant's reply for a user turn `text` and the
         assistant's generation prompt: end of turn, the user turn, the assistant's header. A model
         without a chat template (or one that rewrites replies) gets the turn as a plain paragraph."""
-        if text not in self.turns:
-            try:
-                rendered = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": "?"}, {"role": "assistant", "content": self.MARK},
-                     {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-                after = rendered.split(self.MARK, 1)[1]
-            except (ValueError, IndexError, jinja2.TemplateError):
-                after = f"\n\n{text}\n"
-            self.turns[text] = self.tokenizer.encode(after, add_special_tokens=False)
-        return self.turns[text]
+        if text in self.turns:
+            return self.turns[text]
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": "?"}, {"role": "assistant", "content": self.MARK},
+                 {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+            after = rendered.split(self.MARK, 1)[1]
+        except (ValueError, IndexError, jinja2.TemplateError):
+            after = f"\n\n{text}\n"
+        ids = self.tokenizer.encode(after, add_special_tokens=False)
+        if len(self.turns) < self.CACHED_TURNS:
+            self.turns[text] = ids
+        return ids
 
     def ids(self, prompt_ids: Sequence[int], reply_ids: Sequence[int], cut_text: str | None, text: str) -> list[int]:
         """Trailing special tokens of the reply (EOS) give way to the template's end of turn; a reply a
-        stop string cut (`cut_text`) is encoded again, so the follow-up sees exactly the stored text."""
+        stop string cut (`cut_text`) is encoded again, so the follow-up sees exactly the stored text.
+        `SAME_TURN` adds no turn: the conversation's ids as they stand, to continue or add a turn to later."""
         reply = list(reply_ids) if cut_text is None else self.tokenizer.encode(cut_text, add_special_tokens=False)
         while reply and reply[-1] in self.special:
             reply.pop()
-        return [*prompt_ids, *reply, *self.turn(text)]
+        return [*prompt_ids, *reply, *(self.turn(text) if text != SAME_TURN else [])]
+
+    def after(self, row: PromptRow) -> list[int]:
+        """What a row of token ids adds to them: its `messages` as user turns, or its `prompt` as text."""
+        if row.messages:
+            return [i for m in row.messages for i in self.turn(m["content"])]
+        return self.tokenizer.encode(row.prompt, add_special_tokens=False) if row.prompt else []
 
 
 class VllmEngine:
@@ -211,7 +227,7 @@ class VllmEngine:
 
     def _prompt(self, row: PromptRow) -> dict[str, Any]:
         if row.prompt_token_ids is not None:
-            return {"prompt_token_ids": row.prompt_token_ids}
+            return {"prompt_token_ids": [*row.prompt_token_ids, *self.follow_ups.after(row)]}
         if row.messages is not None:
             text = self.tokenizer.apply_chat_template(row.messages, tokenize=False, add_generation_prompt=True)
             return {"prompt": text}

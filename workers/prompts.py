@@ -22,6 +22,7 @@ from orchestrator.storage.reader import open_input
 from workers import sandbox
 
 BATCH_URLS = ("/v1/chat/completions", "/v1/completions")
+FILE_COLUMNS = ("prompt", "messages", "custom_id")  # what a prompt file row is made of; other columns are its variables
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def _messages(value: Any) -> list[dict[str, str]]:
 def _file_row(record: dict[str, Any], base: dict[str, Any]) -> PromptRow:
     custom_id = record.get("custom_id")
     base["custom_id"] = None if custom_id is None else str(custom_id)
+    base["variables"] = {k: v for k, v in record.items() if k not in FILE_COLUMNS}  # e.g. a judge's reference
     if isinstance(record.get("prompt"), str):
         return PromptRow(prompt=record["prompt"], **base)
     if record.get("messages") is not None:

@@ -17,9 +17,9 @@ from orchestrator.gates import Judge
 from orchestrator.planner import Plan, Shard
 from orchestrator.spec import JobSpec, Sampling
 from orchestrator.storage import Store
-from workers.engine import Completion, Engine, sampling_key
-from workers.filters import rejection, schema_violation
-from workers.judge import Verdict, follow_up, judge_reply, judge_sampling
+from workers.engine import SAME_TURN, Completion, Engine, sampling_key
+from workers.filters import rejection, schema_violation, stored_text
+from workers.judge import Verdict, judge_reply, judge_sampling
 from workers.prompts import PromptRow, RowFailure, shard_rows
 
 
@@ -63,6 +63,13 @@ def _error(base: dict[str, Any], failure: RowFailure, sample: int | None) -> dic
 Check = RowFailure | tuple[str, str] | None  # a schema violation, a filter's (reason, detail), or passing
 
 
+def _stored(spec: JobSpec, c: Completion) -> Completion:
+    """The completion as stored and judged: with `filters.filler: strip`, its filler opener and closer
+    removed. A stripped one is judged from its text, not from the generation's token ids."""
+    text = stored_text(spec.filters, c.text) if spec.filters else c.text
+    return c if text == c.text else replace(c, text=text, follow_up_ids=None)
+
+
 def check(spec: JobSpec, row: PromptRow, c: Completion) -> Check:
     schema = row.sampling.json_schema
     problem = schema_violation(schema, c.text) if schema is not None else None
@@ -73,7 +80,8 @@ def check(spec: JobSpec, row: PromptRow, c: Completion) -> Check:
 
 @dataclass(frozen=True)
 class Judging:
-    """A shard's judge: its engine, and for `self` the follow-up turn that reuses the generation's KV."""
+    """A shard's judge: its engine, and for `self` the follow-up that asks the generation for its
+    conversations' token ids (the judge's turn continues them, reusing the generation's KV)."""
 
     engine: Engine
     judge: Judge
@@ -86,7 +94,7 @@ class Judging:
             return None
         own = judge_engine is None or judge_engine is engine
         return cls(engine if own else judge_engine, spec.judge, judge_sampling(spec.judge),
-                   follow_up(spec.judge) if own else None)
+                   SAME_TURN if own else None)
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class Generated:
     result: list[Completion] | RowFailure
     checks: list[Check] | None = None
     verdicts: list[Verdict | RowFailure | None] | None = None
+    stripped: int = 0  # completions whose filler was stripped
 
 
 async def _generate(engine: Engine, spec: JobSpec, row: PromptRow, counts: dict[str, int] | None,
@@ -108,13 +117,17 @@ async def _generate(engine: Engine, spec: JobSpec, row: PromptRow, counts: dict[
     if counts is not None and not isinstance(result, RowFailure):
         counts["completion_tokens"] = counts.get("completion_tokens", 0) + sum(c.completion_tokens for c in result)
         counts["prompt_tokens"] = counts.get("prompt_tokens", 0) + (result[0].prompt_tokens if result else 0)
-    if judging is None or isinstance(result, RowFailure):
+    if isinstance(result, RowFailure):
         return Generated(result)
+    raw, result = result, [_stored(spec, c) for c in result]
+    stripped = sum(a is not b for a, b in zip(raw, result, strict=True))
+    if judging is None:
+        return Generated(result, stripped=stripped)
     checks = [check(spec, row, c) for c in result]
     judged = iter(await asyncio.gather(*(judge_reply(judging.engine, judging.judge, row, i, c, judging.sampling)
                                          for i, (c, k) in enumerate(zip(result, checks, strict=True)) if k is None)))
     verdicts: list[Verdict | RowFailure | None] = [None if k is not None else next(judged) for k in checks]
-    return Generated([replace(c, follow_up_ids=None) for c in result], checks, verdicts)
+    return Generated([replace(c, follow_up_ids=None) for c in result], checks, verdicts, stripped)
 
 
 @dataclass
@@ -130,6 +143,7 @@ class Sorted:
     judge_cached_tokens: int = 0
     judge_completion_tokens: int = 0
     judge_scores: Counter[str] = field(default_factory=Counter)
+    filler_stripped: int = 0
 
     def reject(self, row: dict[str, Any], reason: str, detail: str) -> None:
         self.rejected.append({**row, "reject_reason": reason, "reject_detail": detail})
@@ -143,7 +157,7 @@ class Sorted:
         self.judge_cached_tokens += verdict.cached_tokens
         self.judge_completion_tokens += verdict.completion_tokens
         self.judge_scores[str(verdict.score)] += 1
-        row = {**row, "judge_score": verdict.score, "judge_reason": verdict.reason}
+        row = {**row, "judge_score": verdict.score, "judge_reason": verdict.reason, "judge_cut": verdict.cut}
         if verdict.score < judge.min_score:
             self.reject(row, "judge_low_score", f"{verdict.score} < {judge.min_score}: {verdict.reason}")
         else:
@@ -167,6 +181,7 @@ def assemble(spec: JobSpec, plan: Plan, prompt_rows: list[PromptRow], results: l
             out.errors.append(_error(base, g.result, None))
             continue
         out.prompt_tokens += g.result[0].prompt_tokens if g.result else 0
+        out.filler_stripped += g.stripped
         for i, c in enumerate(g.result):
             out.completion_tokens += c.completion_tokens
             outcome = g.checks[i] if g.checks is not None else check(spec, row, c)
@@ -201,7 +216,7 @@ def _stats(shard: Shard, attempt: int, out: Sorted, seconds: float, revision: st
         failed=dict(Counter(r["error_code"] for r in out.errors)), judge_scores=dict(out.judge_scores),
         error_samples=_first_messages(out.errors),
         judge_prompt_tokens=out.judge_prompt_tokens, judge_cached_tokens=out.judge_cached_tokens,
-        judge_completion_tokens=out.judge_completion_tokens)
+        judge_completion_tokens=out.judge_completion_tokens, filler_stripped=out.filler_stripped)
 
 
 async def run_shard(engine: Engine, store: Store, spec: JobSpec, plan: Plan, shard: Shard, attempt: int,

@@ -10,18 +10,23 @@ from typing import Any
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from transformers import AutoTokenizer
 
 from orchestrator import layout
 from orchestrator.coordinator import run_job
 from orchestrator.planner import make_plan, row_id
 from orchestrator.spec import parse_spec
 from tests.integration.conftest import RESOURCES, make_spec
+from workers.engine import FollowUps
+from workers.judge import follow_up, judge_sampling
 
-# Short prompts, short answers: judge prompt + judgement fit the tests' 256-token context.
+# Short prompts, short answers, a three-level scale: judge prompt + judgement (and its continuation)
+# fit the tests' 256-token context.
 FACTS = {"template": {"text": "A fact about {{ topic }}:",
                       "seeds": {"topic": ["rain", "stars", "bees", "salt", "wind", "moss", "iron", "clay"],
                                 "take": [1, 2, 3]}}}
-JUDGE = {"model": "self", "rubric": "The fact is true and specific.", "reason_max_chars": 40}
+LEVELS = {1: "false or vague", 2: "true but vague", 3: "true and specific"}
+JUDGE = {"model": "self", "rubric": "The fact is true and specific.", "reason_max_chars": 40, "levels": LEVELS}
 
 
 def _parquet_rows(folder: Path) -> list[dict[str, Any]]:
@@ -44,26 +49,35 @@ def test_the_model_judges_its_own_rows_on_the_warm_engine(pool: Any, tiny_model:
     job = tmp_path / spec.job_id
     assert pool.stats("engine_loads") == loads  # `self`: no second model load, no second pool
     data = _parquet_rows(job / "data")
-    assert result.rows_failed == 0 and len(data) == 24  # every judgement parsed, from random weights
-    assert all(1 <= r["judge_score"] <= 10 and isinstance(r["judge_reason"], str) for r in data)
+    assert result.rows_failed == 0 and len(data) == 24  # every judgement scored, from random weights
+    assert all(1 <= r["judge_score"] <= 3 and isinstance(r["judge_reason"], str) for r in data)
+    # Random weights write the reason until the budget: every judgement is cut before its score and
+    # continued for just the score (one digit, then the end of the grammar).
+    budget = judge_sampling(spec.judge).max_tokens
+    assert all(r["judge_cut"] for r in data)
     manifest = json.loads((job / layout.MANIFEST).read_text())
     judge = manifest["quality"]["judge"]
     assert sum(judge["scores"].values()) == 24 and judge["errors"] == 0
-    assert manifest["judge_prompt_tokens"] > 0 and manifest["judge_completion_tokens"] > 0
+    assert manifest["judge_completion_tokens"] == 24 * (budget + 2)
     # Each judgement continues its row's conversation: every whole 32-token KV block of the row's
     # prompt and reply comes from the generation's prefix cache (an EOS gives way to the end of turn).
+    # Its continuation reads the judgement's prompt and tokens: every whole block of them but the
+    # last token written (which has no KV) comes from the judgement's cache.
+    follow = FollowUps(AutoTokenizer.from_pretrained(tiny_model))
+    judged = [r["prompt_tokens"] + r["completion_tokens"] - (r["finish_reason"] == "stop") for r in data]
+    turns = [len(follow.turn(follow_up(spec.judge, cut=r["finish_reason"] == "length"))) for r in data]
     assert manifest["judge_cached_tokens"] == sum(
-        (r["prompt_tokens"] + r["completion_tokens"] - (r["finish_reason"] == "stop")) // 32 * 32 for r in data)
+        n // 32 * 32 + (n + turn + budget - 1) // 32 * 32 for n, turn in zip(judged, turns, strict=True))
 
 
 def test_rows_below_the_threshold_go_to_rejected_with_the_judges_reason(pool: Any, tiny_model: Path,
                                                                         tmp_path: Path) -> None:
-    spec = make_spec(tiny_model, str(tmp_path), FACTS, judge={**JUDGE, "min_score": 10})
+    spec = make_spec(tiny_model, str(tmp_path), FACTS, judge={**JUDGE, "min_score": 3})
     run_job(spec, pool=pool)
     job = tmp_path / spec.job_id
     data, rejected = _parquet_rows(job / "data"), _parquet_rows(job / "rejected")
-    assert all(r["judge_score"] == 10 for r in data)
-    assert rejected and all(r["reject_reason"] == "judge_low_score" and r["judge_score"] < 10 for r in rejected)
+    assert all(r["judge_score"] == 3 for r in data)
+    assert rejected and all(r["reject_reason"] == "judge_low_score" and r["judge_score"] < 3 for r in rejected)
     assert all(r["reject_detail"].endswith(r["judge_reason"]) for r in rejected)
     _every_row_once(spec, job)
 
@@ -98,6 +112,10 @@ def test_dedup_report_reference_and_mix_in_one_job(pool: Any, tiny_model: Path, 
     assert quality["dedup"]["exact_duplicates"] == len(dups) and manifest["rejected"] == {"exact_duplicate": len(dups)}
     assert quality["reference"]["uri"] == str(real) and set(quality["reference"]["ratios"]) >= {"distinct_2"}
     assert (job / layout.REPORT).read_text().lstrip().lower().startswith("<!doctype html")
+    pairs = quality["examples"]["duplicates"]
+    assert pairs and all(p["original"] == p["completion"] and p["original_id"] in kept_ids for p in pairs)
+    assert quality["finish_reasons"] and sum(quality["finish_reasons"].values()) == 12
+    assert quality["mixed_drift"]["flagged_variables"] == []  # every kept row is mixed in: the mix is the same
     mixed = pq.read_table(job / layout.MIXED_DIR).to_pylist()
     real_rows = round(len(data) * 0.2 / 0.8)
     assert Counter(r["source"] for r in mixed) == {"synthetic": len(data), "real": real_rows}
@@ -114,7 +132,6 @@ def test_a_filter_that_removes_one_persona_is_flagged_as_bias_drift(ray_runtime:
                 "prompts": {"template": {"text": "As a {{ persona }}, explain {{ topic }}.", "seeds": {
                     "persona": ["teacher", "pirate", "nurse"], "topic": [f"t{i}" for i in range(60)]}}},
                 "sampling": {"max_tokens": 4}, "output": {"uri": str(tmp_path), "rows_per_shard": 30},
-                "quality": {"drift_threshold": 0.3},
                 "resources": {**RESOURCES, "workers": 1, "cpus_per_worker": 0}}
         return parse_spec({**data, "filters": filters} if filters else data)
 
@@ -136,13 +153,13 @@ def test_a_judge_model_given_as_a_model_spec_judges_next_to_the_generator(ray_ru
         "name": "judged-by-other", "model": {"path": "fake", "engine": "fake", "engine_args": {"echo": True}},
         "prompts": {"template": {"text": "A fact about {{ topic }}:", "seeds": {"topic": ["rain", "salt", "moss"]}}},
         "sampling": {"max_tokens": 8}, "output": {"uri": str(tmp_path), "rows_per_shard": 2},
-        "judge": {"model": {"path": str(tiny_model), "max_model_len": 256, "dtype": "float32"},
-                  "min_score": 1, "reason_max_chars": 40},
+        "judge": {"model": {"path": str(tiny_model), "max_model_len": 512, "dtype": "float32"},
+                  "min_score": 1, "reason_max_chars": 40},  # the default five levels, in a transcript
         "resources": {**RESOURCES, "workers": 1, "cpus_per_worker": 0}})
     result = run_job(spec)
     data = _parquet_rows(Path(result.uri) / "data")
     assert result.rows_failed == 0 and len(data) == 3
-    assert all(1 <= r["judge_score"] <= 10 for r in data)
+    assert all(1 <= r["judge_score"] <= 5 and r["judge_cut"] for r in data)  # each continued for its score
     assert json.loads((Path(result.uri) / layout.MANIFEST).read_text())["judge_completion_tokens"] > 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import math
 import random
 import socket
 import sys
@@ -18,6 +19,7 @@ from orchestrator import diversity
 from orchestrator.diversity import (
     BottomK,
     centroid_distance,
+    compare_samples,
     compare_to_reference,
     compression_ratio,
     distinct_n,
@@ -25,7 +27,10 @@ from orchestrator.diversity import (
     embedding_dispersion,
     length_summary,
     mean_pairwise_similarity,
+    noise_floor,
+    pairwise_jaccard,
     sample_key,
+    sampling_variance,
     words,
 )
 
@@ -45,6 +50,29 @@ def random_texts(count: int, vocabulary: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(vocabulary)]
     return [" ".join(rng.choices(vocab, k=rng.randint(0, 40))) for _ in range(count)]
+
+
+def zipf_corpus(count: int, vocabulary: int, seed: int, family_share: float = 0.2, families: int = 60) -> list[str]:
+    """Texts of 5-20 words drawn with Zipf weights (1 / rank); `family_share` of them are near-copies
+    (one word changed) of `families` template texts, as real corpora have: their rare similar pairs
+    make mean pairwise similarity noisy in small samples."""
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(vocabulary)]
+    weights = [1 / (rank + 1) for rank in range(vocabulary)]
+
+    def fresh() -> list[str]:
+        return rng.choices(vocab, weights, k=rng.randint(5, 20))
+
+    templates = [fresh() for _ in range(families)]
+    texts = []
+    for _ in range(count):
+        if rng.random() < family_share:
+            tokens = list(rng.choice(templates))
+            tokens[rng.randrange(len(tokens))] = rng.choice(vocab)
+        else:
+            tokens = fresh()
+        texts.append(" ".join(tokens))
+    return texts
 
 
 # tokenisation
@@ -246,6 +274,101 @@ def test_compare_to_reference_skips_metrics_missing_on_one_side() -> None:
     result = compare_to_reference({"distinct_1": 0.5, "embedding_dispersion": 0.3}, {"distinct_1": 0.5}, 0.8)
     assert list(result["ratios"]) == ["distinct_1"]
     json.dumps(result)
+
+
+# equal-size comparison with a tolerance for sampling noise
+
+def test_pairwise_jaccard_matrix_equals_brute_force() -> None:
+    texts = random_texts(30, 10, seed=4)
+    sets = [diversity.shingles(t, 2) for t in texts]
+    expected = [[len(a & b) / len(a | b) for b in sets] for a in sets]
+    assert pairwise_jaccard(texts, ngram=2) == pytest.approx(np.array(expected), rel=1e-12)
+
+
+def test_sampling_variance_of_a_mean_is_its_variance_over_size() -> None:
+    # metric = mean of iid values with variance 4: at 400 values its variance is 4 / 400 = 0.01
+    values = np.random.default_rng(5).normal(0.0, 2.0, size=400)
+    estimate = sampling_variance(400, lambda rows: float(values[rows].mean()), splits=400)
+    assert estimate == pytest.approx(0.01, rel=0.2)
+    assert sampling_variance(3, lambda rows: 0.0) is None  # halves of one text tell nothing
+
+
+def test_noise_floor_is_z_standard_errors_of_the_log_ratio_below_one() -> None:
+    # relative variances 0.0025 / 0.25 = 0.01 on each side: sd of the log ratio sqrt(0.02)
+    assert noise_floor((0.5, 0.5), (0.0025, 0.0025), z=3.0) == pytest.approx(math.exp(-3 * math.sqrt(0.02)))
+    # a side at 0 counts as the other: the same floor
+    assert noise_floor((0.0, 0.5), (0.0, 0.0025), z=3.0) == pytest.approx(math.exp(-3 * math.sqrt(0.02)))
+    assert noise_floor((0.5, 0.5), (None, None)) is None
+
+
+@pytest.mark.usefixtures("no_embedder")
+def test_compare_samples_measures_both_at_the_smaller_size() -> None:
+    texts = zipf_corpus(3300, 3000, seed=1)
+    synthetic, reference = texts[:3000], texts[3000:]
+    result = compare_samples(synthetic, reference, min_ratio=0.8)
+    assert result["sample_rows"] == 300
+    assert result["synthetic_metrics"]["distinct_1"] == pytest.approx(distinct_n(synthetic[:300], 1))
+    assert result["synthetic_metrics"]["compression_ratio"] == compression_ratio(synthetic[:300])
+    assert result["metrics"]["mean_pairwise_similarity"] == pytest.approx(mean_pairwise_similarity(reference))
+    assert result["flagged"] == [] and result["below_reference"] is False
+    # the same texts compared at their own sizes: 3,000 texts repeat words more than 300 do
+    unequal = compare_to_reference(diversity_metrics(synthetic), diversity_metrics(reference), 0.8)
+    assert "distinct_1" in unequal["flagged"]
+
+
+@pytest.mark.usefixtures("no_embedder")
+def test_two_halves_of_one_corpus_are_not_flagged() -> None:
+    pool = zipf_corpus(6000, 3000, seed=0)
+    naive = flagged = 0
+    for trial in range(50):
+        sample = random.Random(trial).sample(pool, 600)
+        result = compare_samples(sample[:300], sample[300:], min_ratio=0.8)
+        flagged += result["below_reference"]
+        naive += any(r is not None and r < 0.8 for r in result["diversity_ratios"].values())
+    assert naive >= 3  # the corpus is noisy enough that a bare ratio flags some halves...
+    assert flagged <= 1  # ...which the noise floor does not
+
+
+@pytest.mark.usefixtures("no_embedder")
+def test_text_from_a_ten_times_smaller_vocabulary_is_flagged() -> None:
+    reference = zipf_corpus(300, 3000, seed=2)
+    result = compare_samples(zipf_corpus(300, 300, seed=3), reference, min_ratio=0.8)
+    assert "distinct_1" in result["flagged"] and result["below_reference"]
+    assert result["diversity_ratios"]["distinct_1"] < result["noise_floors"]["distinct_1"]
+
+
+@pytest.mark.usefixtures("no_embedder")
+def test_near_copies_of_a_few_texts_are_flagged_on_every_metric() -> None:
+    reference = zipf_corpus(300, 3000, seed=2)
+    near_copies = zipf_corpus(300, 3000, seed=4, family_share=1.0, families=20)
+    assert set(compare_samples(near_copies, reference, min_ratio=0.8)["flagged"]) == BASE_METRICS
+
+
+@pytest.mark.usefixtures("no_embedder")
+def test_too_few_texts_to_measure_noise_are_not_flagged() -> None:
+    result = compare_samples(["same words here"] * 3, ["a b c", "d e f", "g h i"], min_ratio=0.8)
+    assert result["diversity_ratios"]["distinct_1"] == pytest.approx((1 / 3) / 1.0)
+    assert result["noise_floors"]["distinct_1"] is None and result["flagged"] == []
+
+
+@pytest.mark.usefixtures("no_embedder")
+def test_compare_samples_is_deterministic_and_json_ready() -> None:
+    synthetic, reference = zipf_corpus(200, 500, seed=6), zipf_corpus(250, 500, seed=7)
+    result = compare_samples(synthetic, reference, min_ratio=0.8)
+    assert result == compare_samples(list(synthetic), list(reference), min_ratio=0.8)
+    assert set(result) == {"metrics", "synthetic_metrics", "ratios", "diversity_ratios", "noise_floors", "flagged",
+                           "below_reference", "sample_rows"}
+    json.dumps(result)
+
+
+@pytest.mark.usefixtures("offline_embedder")
+def test_compare_samples_includes_embedding_dispersion_and_embeds_a_sample_once() -> None:
+    texts = zipf_corpus(40, 300, seed=8)
+    assert diversity.embed(texts) is diversity.embed(list(texts))  # cached
+    result = compare_samples(texts[:20], texts[20:], min_ratio=0.8)
+    assert result["synthetic_metrics"]["embedding_dispersion"] == pytest.approx(embedding_dispersion(texts[:20]))
+    assert 0.0 < result["noise_floors"]["embedding_dispersion"] < 1.0
+    assert "embedding_dispersion" not in result["flagged"]
 
 
 # sampling

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from workers.engine import FollowUps
+from orchestrator.spec import Sampling
+from workers.engine import SAME_TURN, FollowUps
+from workers.prompts import PromptRow
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +51,26 @@ def test_a_model_without_a_chat_template_gets_the_turn_as_a_paragraph(tiny_model
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     tokenizer.chat_template = None
     assert tokenizer.decode(FollowUps(tokenizer).turn("Rate it.")) == "\n\nRate it.\n"
+
+
+def test_the_same_turn_gives_the_conversation_as_it_stands(tokenizer: Any) -> None:
+    reply_ids = tokenizer.encode("Seven.", add_special_tokens=False)
+    ids = FollowUps(tokenizer).ids([5, 6], [*reply_ids, tokenizer.eos_token_id], None, SAME_TURN)
+    assert ids == [5, 6, *reply_ids]  # no turn added; the EOS gives way, as it would to a turn
+
+
+def test_a_row_of_token_ids_goes_on_with_its_user_turns_or_its_text(tokenizer: Any) -> None:
+    follow = FollowUps(tokenizer)
+    turn = PromptRow(index=-1, row_id="r", seed=1, sampling=Sampling(), prompt_token_ids=[5],
+                     messages=[{"role": "user", "content": "Rate it."}])
+    assert follow.after(turn) == follow.turn("Rate it.")
+    same = PromptRow(index=-1, row_id="r", seed=1, sampling=Sampling(), prompt_token_ids=[5], prompt='","score":')
+    assert follow.after(same) == tokenizer.encode('","score":', add_special_tokens=False)
+
+
+def test_turns_holding_row_data_are_not_kept(tokenizer: Any) -> None:
+    follow = FollowUps(tokenizer)
+    for i in range(FollowUps.CACHED_TURNS + 10):
+        follow.turn(f"Rate it against reference {i}.")
+    assert len(follow.turns) == FollowUps.CACHED_TURNS
+    assert follow.turn("Rate it against reference 99.") == follow.turn("Rate it against reference 99.")

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import layout, rows
+from orchestrator import defaults, layout, rows
 from orchestrator.commit import parquet_bytes
 from orchestrator.gates import Mix
+from orchestrator.diversity import sample_key
+from orchestrator.drift import bias_drift
 from orchestrator.mixing import is_real, mix_counts, write_mixed
 from orchestrator.storage import MemoryStore
-from tests.unit.specs import make_spec
+from tests.unit.specs import template_spec
 
 
 @pytest.mark.parametrize(("synthetic", "available", "ratio", "expected"), [
@@ -43,20 +46,27 @@ def test_real_rows_are_spread_evenly_over_the_split() -> None:
 LINEAGE = {"spec_hash": "h", "model": "m", "model_revision": "r", "template_hash": "t", "seed": 1, "sampling": "{}"}
 
 
-def _synthetic_shard(rows_n: int = 30) -> MemoryStore:
-    """A store holding one committed data shard of `rows_n` synthetic rows."""
-    store = MemoryStore()
+def _synthetic_shards(groups: list[str], shards: int = 1) -> MemoryStore:
+    """A store holding committed data shards of synthetic rows, row i of seed value `groups[i]`, in order."""
+    store, schema = MemoryStore(), rows.data_schema(template_spec({"word": sorted(set(groups))}))
     data = [{"row_id": f"s{i}", "sample_index": 0, "prompt": f"p{i}", "completion": f"synthetic {i}",
-             "lineage": LINEAGE, "word": "a"} for i in range(rows_n)]
-    store.put(layout.data_key(0, 1), parquet_bytes(pa.Table.from_pylist(data, schema=rows.data_schema(make_spec()))))
+             "lineage": LINEAGE, "word": g} for i, g in enumerate(groups)]
+    size = -(-len(data) // shards)
+    for k in range(shards):
+        table = pa.Table.from_pylist(data[k * size:(k + 1) * size], schema=schema)
+        store.put(layout.data_key(k, shards), parquet_bytes(table))
     return store
+
+
+def _synthetic_shard(rows_n: int = 30) -> MemoryStore:
+    return _synthetic_shards(["a"] * rows_n)
 
 
 def test_write_mixed_interleaves_real_and_synthetic_rows_with_a_source_column(tmp_path: Path) -> None:
     store, lineage = _synthetic_shard(), LINEAGE
     real = tmp_path / "real.jsonl"
     real.write_text("".join(json.dumps({"text": f"real {i}"}) + "\n" for i in range(20)))
-    out = write_mixed(store, Mix(uri=str(real), ratio=0.25), [layout.data_key(0, 1)], kept=30, rows_per_part=16)
+    out, _ = write_mixed(store, Mix(uri=str(real), ratio=0.25), [layout.data_key(0, 1)], kept=30, rows_per_part=16)
     assert (out["synthetic_rows"], out["real_rows"], out["rows"]) == (30, 10, 40)
     assert len(out["parts"]) == 3 and out["parts"][0] == layout.mixed_key(0, 3)
     table = pa.concat_tables(pq.read_table(io.BytesIO(store.get(k))) for k in out["parts"])
@@ -74,7 +84,7 @@ def test_bad_lines_past_the_ones_validate_reads_are_passed_over_and_counted(tmp_
     lines[7], lines[9], lines[10] = b'{"text": "cut', b'{"text": "caf\xe9"}', b'["a list"]'  # lines 8, 10, 11
     real = tmp_path / "real.jsonl"
     real.write_bytes(b"\n".join(lines) + b"\n")
-    out = write_mixed(store, Mix(uri=str(real), ratio=0.25), [layout.data_key(0, 1)], kept=30, rows_per_part=64)
+    out, _ = write_mixed(store, Mix(uri=str(real), ratio=0.25), [layout.data_key(0, 1)], kept=30, rows_per_part=64)
     assert (out["real_rows"], out["synthetic_rows"]) == (9, 27)  # the 9 good lines, synthetic cut to the ratio
     assert out["skipped_lines"] == 3
     assert [s.split(":")[0] for s in out["skipped_sample"]] == ["line 8", "line 10", "line 11"]
@@ -82,3 +92,40 @@ def test_bad_lines_past_the_ones_validate_reads_are_passed_over_and_counted(tmp_
     table = pq.read_table(io.BytesIO(store.get(out["parts"][0])))
     real_ids = [r["row_id"] for r in table.to_pylist() if r["source"] == "real"]
     assert real_ids == [f"real-{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 11)]  # numbers of the file's records
+
+
+def _real_file(tmp_path: Path, n: int) -> Path:
+    real = tmp_path / "real.jsonl"
+    real.write_text("".join(json.dumps({"text": f"real {i}"}) + "\n" for i in range(n)))
+    return real
+
+
+def test_a_short_real_file_mixes_in_a_uniform_sample_of_the_kept_rows_not_the_first_shards(tmp_path: Path) -> None:
+    """5,000 kept rows in product order (a, then b, c, d); 250 real rows at ratio 0.2 take 1,000 synthetic rows."""
+    groups = [g for g in "abcd" for _ in range(1250)]
+    store = _synthetic_shards(groups, shards=4)
+    keys = [layout.data_key(k, 4) for k in range(4)]
+    out, seeds = write_mixed(store, Mix(uri=str(_real_file(tmp_path, 250)), ratio=0.2), keys, kept=5000,
+                             rows_per_part=4096, variables=["word"])
+    assert (out["synthetic_rows"], out["real_rows"]) == (1000, 250)
+    got = pq.read_table(io.BytesIO(store.get(out["parts"][0]))).to_pylist()
+    used = [r["row_id"] for r in got if r["source"] == "synthetic"]
+    truth = sorted((sample_key(f"s{i}/0"), i) for i in range(5000))[:1000]  # the 1,000 smallest id hashes
+    assert used == [f"s{i}/0" for i in sorted(i for _, i in truth)]  # exactly those, in shard order
+    counts = Counter(groups[i] for _, i in truth)
+    assert seeds["word"] == counts and sum(counts.values()) == 1000
+    assert all(200 <= counts[g] <= 300 for g in "abcd")  # 250 each expected (the old code: a 1,000, the rest 0)
+    planned = {"word": Counter(groups)}
+    assert bias_drift(planned, seeds, defaults.DRIFT_MARGIN, defaults.DRIFT_ALPHA)["flagged_variables"] == []
+    first_rows = {"word": Counter(groups[:1000])}  # what the old code mixed in: the mixing drift test flags it
+    assert bias_drift(planned, first_rows, defaults.DRIFT_MARGIN, defaults.DRIFT_ALPHA)["flagged_variables"] == ["word"]
+
+
+@pytest.mark.parametrize(("real_rows", "kept", "why"), [(0, 30, "no real text records"), (20, 0, "no kept synthetic")])
+def test_nothing_to_mix_writes_no_part_and_the_manifest_lists_none(tmp_path: Path, real_rows: int, kept: int,
+                                                                   why: str) -> None:
+    store = _synthetic_shard() if kept else MemoryStore()
+    out, _ = write_mixed(store, Mix(uri=str(_real_file(tmp_path, real_rows)), ratio=0.25),
+                         [layout.data_key(0, 1)] if kept else [], kept=kept, rows_per_part=16)
+    assert out["parts"] == [] and out["rows"] == 0 and why in out["empty"]
+    assert not any(k.startswith(layout.MIXED_DIR) for k in store.list(""))

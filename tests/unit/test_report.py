@@ -39,7 +39,9 @@ def realistic_report(**overrides: Any) -> dict[str, Any]:
         "job_id": "j-3f9a1c2e", "sample_rows": 423,
         "rows": {"input": 600, "generated": 590, "kept": 423, "failed": 10,
                  "rejected": {"judge_below_min_score": 96, "near_duplicate": 41, "too_short": 19,
-                              "exact_duplicate": 11}},
+                              "exact_duplicate": 11},
+                 "errors": [{"code": "prompt_too_long", "rows": 7, "sample": "prompt has 4,100 tokens, limit 4,096"},
+                            {"code": "judge_error", "rows": 3, "sample": "unusable judgement (length)"}]},
         "diversity": synthetic,
         "reference": {"uri": "s3://corpora/real/support-chats.jsonl", "metrics": reference, "min_ratio": 0.8,
                       **compare_to_reference(synthetic, reference, 0.8)},
@@ -50,8 +52,41 @@ def realistic_report(**overrides: Any) -> dict[str, Any]:
         "judge": {"scores": {"1": 4, "2": 9, "3": 21, "4": 62, "5": 88, "6": 121, "7": 104, "8": 61, "9": 24,
                              "10": 6}, "mean": 5.9, "min_score": 5, "errors": 3},
         "drift": bias_drift(planned, kept, 0.2, 0.01),
+        **rows_part(),
     }
+    report["lengths"]["completion_tokens"] = length_summary(np.full(423, 256))  # every row cut at max_tokens
+    report["lengths"]["reference_chars"] = length_summary(rng.gamma(5.0, 80.0, 900).astype(np.int64))
     return {**report, **overrides}
+
+
+def _row(n: int, **extra: Any) -> dict[str, Any]:
+    return {"row_id": f"3f9a1c2e0b-{n:010d}/0", "prompt": f"As a retiree, ask about travel insurance (row {n}).",
+            "completion": f"Travel insurance covers medical costs abroad; compare policies {n} times." * 2,
+            "finish_reason": "length", **extra}
+
+
+def rows_part() -> dict[str, Any]:
+    """The example rows, per-value tables, finish reasons and errors of a report."""
+    values = {"persona": [{"value": p, "kept": k, "rejected": r, "rejection_rate": r / (k + r), "judge_mean": m,
+                           "mean_chars": c, "mean_tokens": 256.0}
+                          for p, k, r, m, c in (("student", 190, 8, 6.4, 350.0), ("engineer", 185, 12, 6.1, 362.5),
+                                                ("retiree", 48, 148, 3.2, 298.0))]}
+    return {
+        "about": {"name": "support-chats", "spec_hash": "3f9a1c2e0b77aa", "model": "org/model-7b",
+                  "model_revisions": ["main"], "sampling": {"temperature": 0.8, "max_tokens": 256, "n": 1},
+                  "finished_at": "2026-12-02T10:00:00+00:00", "wall_seconds": 61.5,
+                  "tokens": {"prompt_tokens": 30_000, "completion_tokens": 151_040, "judge_prompt_tokens": 200_000,
+                             "judge_cached_tokens": 131_072, "judge_completion_tokens": 9_000},
+                  "completion_tokens_per_s": 2456.0},
+        "finish_reasons": {"length": 590},
+        "truncation": {"rows": 590, "share": 1.0, "max_tokens": 256, "flagged": True, "max_share": 0.1},
+        "examples": {"best": [_row(1, score=9, reason="Specific and correct."), _row(2, score=9, reason="Clear.")],
+                     "worst": [_row(3, score=1, reason="Off topic."), _row(4, score=2, reason=HOSTILE)],
+                     "rejected": {"too_short": [_row(5, reason="too_short", detail="12 chars, bound 40")]},
+                     "duplicates": [{**_row(6, reason="near_duplicate", detail="duplicate of x"),
+                                     "original_id": "3f9a1c2e0b-0000000002/0", "original": "The original text."}],
+                     "values": values},
+    }
 
 
 def minimal_report() -> dict[str, Any]:
@@ -105,7 +140,8 @@ def test_flags_box_lists_collapse_and_drift_first() -> None:
     page = render_report(realistic_report())
     flags = page[page.index('class="flags bad"'):page.index("<h2>")]
     assert "Collapse warning:" in flags and "distinct-2 (0.558×)" in flags
-    assert "persona = <b>retiree</b>: 33.3% of planned rows, 11.3% of kept (-66%" in flags
+    # retiree lost 152 of 200 planned rows, student and engineer 25 of 400
+    assert "persona = <b>retiree</b>: 76.0% of its planned rows lost, the other values 6.2%" in flags
     assert "topic" not in flags  # every topic kept its share
 
 
@@ -125,6 +161,56 @@ def test_page_loads_nothing_from_the_network() -> None:
         assert not re.search(r'(href|src)="https?:|url\(https?:', svg)
 
 
+def test_the_report_opens_with_what_ran_and_a_loud_truncation_flag() -> None:
+    page = render_report(realistic_report())
+    header = page[:page.index("<h2>")]
+    assert "org/model-7b" in header and "temperature 0.8" in header and "2456 tokens/s" in header
+    assert "131,072 cached" in header
+    assert "<b>Cut off:</b> 590 rows (100.0%) stopped at max_tokens = 256" in header
+
+
+def test_example_rows_are_shown_escaped_with_scores_reasons_and_duplicate_pairs() -> None:
+    page = render_report(realistic_report())
+    section = page[page.index("<h2>Example rows</h2>"):page.index("<h2>Per seed value</h2>")]
+    assert "Best judged rows" in section and "<b>score 9</b>: Specific and correct." in section
+    assert "<script" not in section and "&lt;script&gt;" in section  # a hostile judge reason
+    assert "Rejected: too_short" in section and "12 chars, bound 40" in section
+    pair = section[section.index('class="pair"'):]
+    assert "duplicate 3f9a1c2e0b-0000000006/0" in pair and "The original text." in pair
+    assert section.count("cut at max_tokens") == 5  # every example row here was cut (pairs show no marker)
+
+
+def test_per_value_tables_and_outcomes() -> None:
+    page = render_report(realistic_report())
+    values = page[page.index("<h2>Per seed value</h2>"):page.index("<h2>Diversity</h2>")]
+    retiree = values[values.index("retiree"):].split("</tr>")[0]
+    assert 'class="flag"' in values[:values.index("retiree") + 10]  # the flagged value is red
+    assert "75.5%" in retiree and "3.2" in retiree  # its rejection rate (148 of 196) and judge mean
+    outcomes = page[page.index("<h2>Outcomes</h2>"):]
+    assert "prompt_too_long" in outcomes and "4,100 tokens" in outcomes and "100.0%" in outcomes
+
+
+def test_a_single_valued_histogram_has_one_bar_centred_in_a_padded_axis() -> None:
+    from matplotlib.figure import Figure
+
+    from orchestrator import report
+
+    seen: list[tuple[float, float]] = []
+    original = Figure.savefig
+
+    def capture(fig: Figure, *args: Any, **kwargs: Any) -> None:
+        seen.append(fig.axes[0].get_xlim())
+        original(fig, *args, **kwargs)
+
+    Figure.savefig = capture  # type: ignore[method-assign]
+    try:
+        report._length_figure(length_summary(np.full(50, 256)), "tokens")
+    finally:
+        Figure.savefig = original  # type: ignore[method-assign]
+    lo, hi = seen[0]
+    assert lo <= 251 and hi >= 262 and hi - lo <= 20  # the bar [256, 257) with five widths either side
+
+
 def test_rendering_is_deterministic() -> None:
     assert render_report(realistic_report()) == render_report(realistic_report())
 
@@ -139,6 +225,15 @@ IMAGES_JS = """return Array.from(document.images).map(i => {
   const r = i.getBoundingClientRect();
   return {alt: i.alt, complete: i.complete, natural: i.naturalWidth, x: r.left, y: r.top, w: r.width, h: r.height};
 });"""
+
+
+SECTIONS_JS = """return {
+  headings: Array.from(document.querySelectorAll('h2')).map(h => h.textContent),
+  boxes: Array.from(document.querySelectorAll('.example, .pair, table')).map(e => {
+    const r = e.getBoundingClientRect();
+    return {kind: e.className || e.tagName, x: r.left, y: r.top, w: r.width, h: r.height, scroll: e.scrollWidth};
+  }),
+};"""
 
 
 def inked_fraction(png: bytes, box: dict[str, float]) -> float:
@@ -169,10 +264,17 @@ def test_report_plots_render_in_headless_chromium(tmp_path: Path) -> None:
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False})
         images = driver.execute_script(IMAGES_JS)
+        sections = driver.execute_script(SECTIONS_JS)
         png = driver.get_screenshot_as_png()
     finally:
         driver.quit()
     (ARTIFACTS / "quality_report.png").write_bytes(png)
+    assert sections["headings"] == ["Example rows", "Per seed value", "Diversity", "Rows", "Outcomes", "Bias drift"]
+    kinds = Counter(b["kind"] for b in sections["boxes"])
+    assert (kinds["example"], kinds["pair"]) == (5, 1)
+    for box in sections["boxes"]:  # every example, pair and table is laid out, inked, and fits the page
+        assert box["w"] > 100 and box["h"] > 10 and inked_fraction(png, box) > 0.01, box
+        assert box["x"] + box["w"] <= 1280, box
     assert len(images) == 9
     for image in images:
         assert image["complete"] and image["natural"] > 0, f"plot did not decode: {image['alt']}"

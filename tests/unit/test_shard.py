@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from orchestrator.planner import Plan, make_plan, row_id
 from orchestrator.spec import JobSpec
 from orchestrator.storage import MemoryStore
 from tests.unit.specs import file_spec, make_spec, template_spec
-from workers.engine import Completion, EngineInfo, sampling_key
+from workers.engine import SAME_TURN, Completion, EngineInfo, sampling_key
 from workers.judge import follow_up
 from workers.prompts import PromptRow, RowFailure
 from workers.shard import run_shard
@@ -243,24 +244,34 @@ def test_batch_rows_keep_their_custom_id_and_own_schema(tmp_path: Path) -> None:
 
 # --- the judge, row by row ----------------------------------------------------------------------
 
-VERDICTS = {0: '{"score":9,"reason":"good"}', 1: '{"score":2,"reason":"vague"}', 2: '{"score":7,"reason":"ok"}',
+VERDICTS = {0: '{"reason":"good","score":5}', 1: '{"reason":"vague","score":2}', 2: '{"reason":"ok","score":4}',
             3: '{"score": "nine"}'}
+ANSWER = re.compile(r"<response>\nanswer (\d+)\n</response>")
 
 
 class JudgingEngine(FakeEngine):
     """Echoes rows (row i after `delays[i]` s) and judges them: the verdict follows the row index it
-    finds in the follow-up ids (self) or in the transcript (a separate judge)."""
+    finds in the follow-up ids (self) or in the transcript (a separate judge). The judgements of rows
+    in `cut` reach their budget inside the reason, and their continuation scores them 3."""
 
-    def __init__(self, delays: dict[int, float] | None = None):
+    def __init__(self, delays: dict[int, float] | None = None, cut: frozenset[int] = frozenset()):
         super().__init__()
-        self.delays, self.log, self.follow_ups = delays or {}, [], []  # type: ignore[var-annotated]
+        self.delays, self.cut, self.log, self.follow_ups = delays or {}, cut, [], []  # type: ignore[var-annotated]
+        self.judge_rows: list[PromptRow] = []
 
     async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
         self.requests += 1
         if row.index == -1:
             self.log.append(f"judge {row.row_id}")
-            asked = row.prompt_token_ids[0] if row.prompt_token_ids else int((row.messages or [])[1]["content"][-1])
-            return [Completion(VERDICTS[asked], "stop", 40, 6, cached_tokens=32)]
+            self.judge_rows.append(row)
+            if row.row_id.endswith("-score"):
+                return [Completion("3", "stop", 50, 2, cached_tokens=48)]
+            asked = row.prompt_token_ids[0] if row.prompt_token_ids else int(ANSWER.search(
+                (row.messages or [])[1]["content"]).group(1))  # type: ignore[union-attr]
+            ids = None if follow_up is None else [asked, 1, 2, 9]
+            if asked in self.cut:
+                return [Completion('{"reason":"ok but lo', "length", 40, 6, cached_tokens=32, follow_up_ids=ids)]
+            return [Completion(VERDICTS[asked], "stop", 40, 6, cached_tokens=32, follow_up_ids=ids)]
         await asyncio.sleep(self.delays.get(row.index, 0.0))
         self.log.append(f"wrote {row.row_id}")
         self.follow_ups.append(follow_up)
@@ -275,16 +286,34 @@ def judged_spec(**sections: Any) -> JobSpec:
 
 def test_the_self_judge_scores_each_reply_in_its_own_conversation() -> None:
     engine, store = JudgingEngine(), MemoryStore()
-    spec = judged_spec(judge={"min_score": 5})
+    spec = judged_spec(judge={"min_score": 3})
     plan = make_plan(spec)
     outcome = run(engine, store, spec, plan)
     assert outcome is not None and outcome.stats.judge_cached_tokens == 3 * 32
-    assert set(engine.follow_ups) == {follow_up(spec.judge)}  # asked of the engine that wrote the replies
+    assert set(engine.follow_ups) == {SAME_TURN}  # the engine that wrote the replies gives their ids
+    assert sorted(r.prompt_token_ids[0] for r in engine.judge_rows if r.prompt_token_ids) == [0, 1, 2, 3]
+    assert all(r.messages == [{"role": "user", "content": follow_up(spec.judge)}] for r in engine.judge_rows)
     data = data_rows(store, plan).to_pylist()
-    assert [(r["i"], r["judge_score"], r["judge_reason"]) for r in data] == [(0, 9, "good"), (2, 7, "ok")]
+    assert [(r["i"], r["judge_score"], r["judge_reason"], r["judge_cut"]) for r in data] == [
+        (0, 5, "good", False), (2, 4, "ok", False)]
     rejected = pq.read_table(io.BytesIO(store.get(layout.rejected_key(0, 1)))).to_pylist()
-    assert [(r["i"], r["reject_reason"], r["reject_detail"]) for r in rejected] == [(1, "judge_low_score", "2 < 5: vague")]
+    assert [(r["i"], r["reject_reason"], r["reject_detail"]) for r in rejected] == [
+        (1, "judge_low_score", "2 < 3: vague")]
     assert error_rows(store, plan).select(["i", "error_code"]).to_pylist() == [{"i": 3, "error_code": "judge_error"}]
+
+
+def test_a_judgement_cut_before_its_score_is_continued_and_the_row_says_it_was_cut() -> None:
+    engine, store = JudgingEngine(cut=frozenset({2})), MemoryStore()
+    spec = judged_spec(judge={"min_score": 3})
+    plan = make_plan(spec)
+    outcome = run(engine, store, spec, plan)
+    (score,) = [r for r in engine.judge_rows if r.row_id.endswith("-score")]
+    assert score.prompt_token_ids == [2, 1, 2, 9] and score.prompt == '","score":'
+    data = data_rows(store, plan).to_pylist()
+    assert [(r["i"], r["judge_score"], r["judge_reason"], r["judge_cut"]) for r in data] == [
+        (0, 5, "good", False), (2, 3, "ok but lo", True)]
+    assert outcome is not None and outcome.stats.judge_cached_tokens == 3 * 32 + 48  # both requests of row 2
+    assert outcome.stats.judge_prompt_tokens == 3 * 40 + 50 and outcome.stats.judge_completion_tokens == 3 * 6 + 2
 
 
 def test_rows_a_filter_rejects_are_never_judged() -> None:
@@ -304,11 +333,84 @@ def test_each_reply_is_judged_as_soon_as_it_is_written() -> None:
     assert engine.log.index(f"wrote {slow}") > engine.log.index(f"judge {row_id(make_plan(spec).spec_hash, 1)}-judge0")
 
 
+def test_the_judge_reads_each_rows_reference_answer_from_its_prompt_file(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{i}", "gold": f"gold answer {i}"}) + "\n" for i in range(4)))
+    engine = JudgingEngine()
+    spec = file_spec(str(path), rows_per_shard=4, judge={"min_score": 1, "reference": "gold"})
+    run(engine, MemoryStore(), spec, make_plan(spec))
+    turns = {(r.prompt_token_ids or [])[0]: (r.messages or [])[0]["content"] for r in engine.judge_rows}
+    assert sorted(turns) == [0, 1, 2, 3]
+    assert all(f"<reference>\ngold answer {i}\n</reference>" in turn for i, turn in turns.items())
+
+
 def test_a_separate_judge_model_reads_a_transcript_and_the_generator_is_not_asked_for_follow_ups() -> None:
     generator, judge, store = JudgingEngine(), JudgingEngine(), MemoryStore()
-    spec = judged_spec(judge={"min_score": 5})
+    spec = judged_spec(judge={"min_score": 3})
     plan = make_plan(spec)
     asyncio.run(run_shard(generator, store, spec, plan, plan.shard(0), attempt=1, judge=judge))
     assert generator.follow_ups == [None] * 4 and not any(x.startswith("judge") for x in generator.log)
     assert len([x for x in judge.log if x.startswith("judge")]) == 4
-    assert [r["judge_score"] for r in data_rows(store, plan).to_pylist()] == [9, 7]
+    assert all(r.prompt_token_ids is None and (r.messages or [{}])[0].get("role") == "system" for r in judge.judge_rows)
+    assert [r["judge_score"] for r in data_rows(store, plan).to_pylist()] == [5, 4]
+
+
+def test_a_separate_judge_continues_its_own_cut_judgement() -> None:
+    generator, judge, store = JudgingEngine(), JudgingEngine(cut=frozenset({0})), MemoryStore()
+    spec = judged_spec(judge={"min_score": 3})
+    plan = make_plan(spec)
+    asyncio.run(run_shard(generator, store, spec, plan, plan.shard(0), attempt=1, judge=judge))
+    (score,) = [r for r in judge.judge_rows if r.row_id.endswith("-score")]
+    assert score.prompt_token_ids == [0, 1, 2, 9] and score.prompt == '","score":'
+    assert [(r["i"], r["judge_score"], r["judge_cut"]) for r in data_rows(store, plan).to_pylist()] == [
+        (0, 3, True), (2, 4, False)]
+
+
+# --- filters in a shard: filler stripped before the checks and the judge ------------------------------
+
+def chatty(row: PromptRow) -> list[Completion]:
+    """An answer wrapped in filler; row 3 is nothing but filler."""
+    if row.prompt == "3":
+        return [Completion("Of course! I hope this helps!", "stop", 2, 3)]
+    return [Completion(f"Sure! The answer is {row.prompt}.\n\nI hope this helps!", "stop", 2, 3)]
+
+
+def test_filler_is_stripped_from_the_stored_completion_and_counted_in_the_shard_stats() -> None:
+    store, spec = MemoryStore(), judged_spec(filters={})
+    plan = make_plan(spec)
+    outcome = run(FakeEngine(chatty), store, spec, plan)
+    assert [r["completion"] for r in data_rows(store, plan).to_pylist()] == [f"The answer is {i}." for i in range(3)]
+    rejected = pq.read_table(io.BytesIO(store.get(layout.rejected_key(0, 1)))).to_pylist()
+    assert [(r["i"], r["reject_reason"], r["completion"]) for r in rejected] == [
+        (3, "filler", "Of course! I hope this helps!")]  # nothing but filler: stored as written, and rejected
+    assert outcome is not None and outcome.stats.filler_stripped == 3
+
+
+def test_filler_kept_as_written_when_the_spec_says_keep() -> None:
+    store, spec = MemoryStore(), judged_spec(filters={"filler": "keep"})
+    plan = make_plan(spec)
+    outcome = run(FakeEngine(chatty), store, spec, plan)
+    assert data_rows(store, plan).column("completion").to_pylist()[0] == "Sure! The answer is 0.\n\nI hope this helps!"
+    assert outcome is not None and outcome.stats.filler_stripped == 0
+
+
+class ChattyJudgingEngine(JudgingEngine):
+    """A JudgingEngine whose answers come wrapped in a filler opener and closer."""
+
+    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
+        result = await super().generate(row, follow_up)
+        if row.index == -1 or isinstance(result, RowFailure):
+            return result
+        return [Completion(f"Sure! {c.text}\n\nI hope this helps!", c.finish_reason, c.prompt_tokens,
+                           c.completion_tokens, follow_up_ids=c.follow_up_ids) for c in result]
+
+
+def test_the_self_judge_judges_the_stripped_text_from_a_transcript() -> None:
+    engine, store = ChattyJudgingEngine(), MemoryStore()
+    spec = judged_spec(judge={"min_score": 1}, filters={})
+    plan = make_plan(spec)
+    run(engine, store, spec, plan)
+    judged = [r for r in engine.judge_rows if not r.row_id.endswith("-score")]
+    assert len(judged) == 4 and all(r.prompt_token_ids is None for r in judged)  # not the generation's ids
+    assert all("answer" in json.dumps(r.messages) and "hope this helps" not in json.dumps(r.messages) for r in judged)
+    assert [r["completion"] for r in data_rows(store, plan).to_pylist()] == ["answer 0", "answer 1", "answer 2"]
