@@ -58,7 +58,7 @@ def quality_job(model: Path, out: str, reference: Path) -> Any:
     prompts = {"template": {"text": "A fact about {{ topic }}:",
                             "seeds": {"topic": TOPICS + [" ".join(["word"] * 300)], "take": [1, 2]}}}
     return make_spec(model, out, prompts, rows_per_shard=8, sampling={"max_tokens": 16, "temperature": 0.9, "seed": 3},
-                     judge={"model": "self", "min_score": 5, "reason_max_chars": 40}, filters={"min_chars": 1},
+                     judge={"model": "self", "min_score": 3, "reason_max_chars": 40}, filters={"min_chars": 1},
                      dedup={"exact": True, "near_threshold": 0.8}, quality={"reference": str(reference)})
 
 
