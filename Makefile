@@ -31,6 +31,7 @@ bench: $(STAMP) $(MODEL)/config.json
 	$(BIN)/python benchmarks/e2e.py
 	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/quality.py --model $(MODEL)
+	$(BIN)/python benchmarks/quality_accuracy.py
 
 clean:
 	rm -rf outputs models test-artifacts
