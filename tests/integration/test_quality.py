@@ -51,14 +51,18 @@ def test_the_model_judges_its_own_rows_on_the_warm_engine(pool: Any, tiny_model:
     data = _parquet_rows(job / "data")
     assert result.rows_failed == 0 and len(data) == 24  # every judgement scored, from random weights
     assert all(1 <= r["judge_score"] <= 3 and isinstance(r["judge_reason"], str) for r in data)
-    # Random weights write the reason until the budget: every judgement is cut before its score and
-    # continued for just the score (one digit, then the end of the grammar).
+    # Random weights mostly write the reason until the budget: such a judgement is cut before its score
+    # and continued for just the score (one digit, then the end of the grammar). One that closes its
+    # reason in time (random weights do, now and then) is not continued.
     budget = judge_sampling(spec.judge).max_tokens
-    assert all(r["judge_cut"] for r in data)
+    cut = [bool(r["judge_cut"]) for r in data]
+    assert sum(cut) >= 12  # the continuation path is exercised on most rows
     manifest = json.loads((job / layout.MANIFEST).read_text())
     judge = manifest["quality"]["judge"]
     assert sum(judge["scores"].values()) == 24 and judge["errors"] == 0
-    assert manifest["judge_completion_tokens"] == 24 * (budget + 2)
+    assert sum(cut) * (budget + 2) <= manifest["judge_completion_tokens"] <= 24 * (budget + 2)
+    if all(cut):
+        assert manifest["judge_completion_tokens"] == 24 * (budget + 2)
     # Each judgement continues its row's conversation: every whole 32-token KV block of the row's
     # prompt and reply comes from the generation's prefix cache (an EOS gives way to the end of turn).
     # Its continuation reads the judgement's prompt and tokens: every whole block of them but the
@@ -67,7 +71,7 @@ def test_the_model_judges_its_own_rows_on_the_warm_engine(pool: Any, tiny_model:
     judged = [r["prompt_tokens"] + r["completion_tokens"] - (r["finish_reason"] == "stop") for r in data]
     turns = [len(follow.turn(follow_up(spec.judge, cut=r["finish_reason"] == "length"))) for r in data]
     assert manifest["judge_cached_tokens"] == sum(
-        n // 32 * 32 + (n + turn + budget - 1) // 32 * 32 for n, turn in zip(judged, turns, strict=True))
+        n // 32 * 32 + (n + turn + budget - 1) // 32 * 32 * c for n, turn, c in zip(judged, turns, cut, strict=True))
 
 
 def test_rows_below_the_threshold_go_to_rejected_with_the_judges_reason(pool: Any, tiny_model: Path,
