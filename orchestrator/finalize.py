@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 from orchestrator import diversity, layout, rows
 from orchestrator.commit import ShardStats, recover_shard
 from orchestrator.mixing import write_mixed
@@ -81,8 +83,9 @@ def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStat
     quality = build_report(spec, plan, shards, results, kept, originals, started_at)
     mixed = None
     if spec.mix is not None:
-        mixed, seeds = write_mixed(store, spec.mix, [layout.data_key(i, n) for i in range(n)],
-                                   quality["rows"]["kept"], spec.output.rows_per_shard, variables)
+        keys = np.concatenate(kept.keys) if kept.keys else np.zeros(0, dtype=np.uint64)
+        mixed, seeds = write_mixed(store, spec.mix, [layout.data_key(i, n) for i in range(n)], keys,
+                                   spec.output.rows_per_shard, variables)
         quality["mixed_drift"] = mixed_drift(spec, kept, seeds)
     store.put(layout.REPORT, render_report(quality).encode())
     manifest = build_manifest(spec, plan, shards, results, quality, mixed, started_at)

@@ -20,11 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 from orchestrator import layout, rows
-from orchestrator.diversity import sample_key
 from orchestrator.commit import parquet_bytes, read_parquet
 from orchestrator.gates import Mix, reference_text
 from orchestrator.quality import input_records, input_texts, skipped_lines
-from orchestrator.samples import sample_ids
 from orchestrator.storage import Store
 
 SCHEMA = pa.schema([
@@ -63,12 +61,10 @@ def _real_rows(uri: str) -> Iterator[dict[str, Any]]:
                    "messages": None, "completion": text, "lineage": None}
 
 
-def chosen_synthetic(store: Store, data_keys: list[str], kept: int, wanted: int) -> np.ndarray | None:
-    """Which kept rows (in shard order) the split uses: the `wanted` smallest id hashes; None for all."""
-    if wanted >= kept:
+def chosen_synthetic(keys: np.ndarray, wanted: int) -> np.ndarray | None:
+    """Which kept rows (in shard order, by their sample keys) the split uses: the `wanted` smallest; None for all."""
+    if wanted >= len(keys):
         return None
-    ids = (i for key in data_keys for i in sample_ids(read_parquet(store, key, ["row_id", "sample_index"])))
-    keys = np.fromiter((sample_key(i) for i in ids), dtype=np.uint64)
     mask = np.zeros(len(keys), dtype=bool)
     mask[np.argsort(keys, kind="stable")[:wanted]] = True
     return mask
@@ -90,19 +86,22 @@ def _synthetic_rows(store: Store, data_keys: list[str], chosen: np.ndarray | Non
                    "messages": r["messages"], "completion": r["completion"], "lineage": r["lineage"]}
 
 
-def write_mixed(store: Store, mix: Mix, data_keys: list[str], kept: int, rows_per_part: int,
+def write_mixed(store: Store, mix: Mix, data_keys: list[str], keys: np.ndarray, rows_per_part: int,
                 variables: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, Counter[Any]]]:
     """Write `mixed/` (each part exactly once); what the manifest says of it, and the synthetic rows' seed counts.
+
+    `keys` are the sample keys of the kept rows in `data_keys`, in order (`KeptRows.keys`).
 
     With nothing to mix (no kept rows, or no real text), nothing is written and `parts` is empty.
     """
     skipped: list[str] = []
     available = sum(1 for _ in input_texts(mix.uri, skipped))
+    kept = len(keys)
     n_synth, n_real = mix_counts(kept, available, mix.ratio)
     total = n_synth + n_real
     parts = math.ceil(total / rows_per_part)
     seeds: dict[str, Counter[Any]] = {name: Counter() for name in variables}
-    synthetic = _synthetic_rows(store, data_keys, chosen_synthetic(store, data_keys, kept, n_synth), variables, seeds)
+    synthetic = _synthetic_rows(store, data_keys, chosen_synthetic(keys, n_synth), variables, seeds)
     real = _real_rows(mix.uri)
     buffer: list[dict[str, Any]] = []
     part = 0

@@ -53,11 +53,13 @@ class KeptRows:
     examples: Examples
     chars: list[np.ndarray] = field(default_factory=list)
     tokens: list[np.ndarray] = field(default_factory=list)
+    keys: list[np.ndarray] = field(default_factory=list)  # each row's sample key, in shard order (mixing)
     seeds: dict[str, Counter[Any]] = field(default_factory=dict)
 
     def add(self, table: pa.Table) -> None:
         texts = table.column("completion").to_pylist()
         keys = sample_keys(table)
+        self.keys.append(keys)
         for key, text in zip(keys.tolist(), texts, strict=True):
             self.sample.add(key, text or "")
         self.chars.append(np.array([len(t or "") for t in texts], dtype=np.int64))

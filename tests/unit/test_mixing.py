@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +18,7 @@ from orchestrator.gates import Mix
 from orchestrator.diversity import sample_key
 from orchestrator.drift import bias_drift
 from orchestrator.mixing import is_real, mix_counts, write_mixed
+from orchestrator.samples import sample_keys
 from orchestrator.storage import MemoryStore
 from tests.unit.specs import template_spec
 
@@ -58,6 +60,12 @@ def _synthetic_shards(groups: list[str], shards: int = 1) -> MemoryStore:
     return store
 
 
+def _keys(store: MemoryStore, data_keys: list[str]) -> np.ndarray:
+    """The kept rows' sample keys in shard order, as the finalize pass collects them."""
+    tables = [pq.read_table(io.BytesIO(store.get(k))) for k in data_keys]
+    return np.concatenate([sample_keys(t) for t in tables]) if tables else np.zeros(0, dtype=np.uint64)
+
+
 def _synthetic_shard(rows_n: int = 30) -> MemoryStore:
     return _synthetic_shards(["a"] * rows_n)
 
@@ -66,7 +74,7 @@ def test_write_mixed_interleaves_real_and_synthetic_rows_with_a_source_column(tm
     store, lineage = _synthetic_shard(), LINEAGE
     real = tmp_path / "real.jsonl"
     real.write_text("".join(json.dumps({"text": f"real {i}"}) + "\n" for i in range(20)))
-    out, _ = write_mixed(store, Mix(uri=str(real), ratio=0.25), [layout.data_key(0, 1)], kept=30, rows_per_part=16)
+    out, _ = write_mixed(store, Mix(uri=str(real), ratio=0.25), [layout.data_key(0, 1)], _keys(store, [layout.data_key(0, 1)]), rows_per_part=16)
     assert (out["synthetic_rows"], out["real_rows"], out["rows"]) == (30, 10, 40)
     assert len(out["parts"]) == 3 and out["parts"][0] == layout.mixed_key(0, 3)
     table = pa.concat_tables(pq.read_table(io.BytesIO(store.get(k))) for k in out["parts"])
@@ -84,7 +92,7 @@ def test_bad_lines_past_the_ones_validate_reads_are_passed_over_and_counted(tmp_
     lines[7], lines[9], lines[10] = b'{"text": "cut', b'{"text": "caf\xe9"}', b'["a list"]'  # lines 8, 10, 11
     real = tmp_path / "real.jsonl"
     real.write_bytes(b"\n".join(lines) + b"\n")
-    out, _ = write_mixed(store, Mix(uri=str(real), ratio=0.25), [layout.data_key(0, 1)], kept=30, rows_per_part=64)
+    out, _ = write_mixed(store, Mix(uri=str(real), ratio=0.25), [layout.data_key(0, 1)], _keys(store, [layout.data_key(0, 1)]), rows_per_part=64)
     assert (out["real_rows"], out["synthetic_rows"]) == (9, 27)  # the 9 good lines, synthetic cut to the ratio
     assert out["skipped_lines"] == 3
     assert [s.split(":")[0] for s in out["skipped_sample"]] == ["line 8", "line 10", "line 11"]
@@ -105,7 +113,7 @@ def test_a_short_real_file_mixes_in_a_uniform_sample_of_the_kept_rows_not_the_fi
     groups = [g for g in "abcd" for _ in range(1250)]
     store = _synthetic_shards(groups, shards=4)
     keys = [layout.data_key(k, 4) for k in range(4)]
-    out, seeds = write_mixed(store, Mix(uri=str(_real_file(tmp_path, 250)), ratio=0.2), keys, kept=5000,
+    out, seeds = write_mixed(store, Mix(uri=str(_real_file(tmp_path, 250)), ratio=0.2), keys, _keys(store, keys),
                              rows_per_part=4096, variables=["word"])
     assert (out["synthetic_rows"], out["real_rows"]) == (1000, 250)
     got = pq.read_table(io.BytesIO(store.get(out["parts"][0]))).to_pylist()
@@ -125,7 +133,8 @@ def test_a_short_real_file_mixes_in_a_uniform_sample_of_the_kept_rows_not_the_fi
 def test_nothing_to_mix_writes_no_part_and_the_manifest_lists_none(tmp_path: Path, real_rows: int, kept: int,
                                                                    why: str) -> None:
     store = _synthetic_shard() if kept else MemoryStore()
-    out, _ = write_mixed(store, Mix(uri=str(_real_file(tmp_path, real_rows)), ratio=0.25),
-                         [layout.data_key(0, 1)] if kept else [], kept=kept, rows_per_part=16)
+    data_keys = [layout.data_key(0, 1)] if kept else []
+    out, _ = write_mixed(store, Mix(uri=str(_real_file(tmp_path, real_rows)), ratio=0.25), data_keys,
+                         _keys(store, data_keys), rows_per_part=16)
     assert out["parts"] == [] and out["rows"] == 0 and why in out["empty"]
     assert not any(k.startswith(layout.MIXED_DIR) for k in store.list(""))
