@@ -8,8 +8,11 @@ be dropped, the values planted to lose rows. Goals (issue: quality gates that ar
 - near-dup precision >= 0.99 and recall >= 0.97 at threshold 0.8; the Jaccard estimate's bias per
   true-J bin within 0.01; no false drop among 1,000 distinct short answers; recall 1.0 on exact
   variants (Unicode format characters, case, spacing, compatibility forms);
-- the drift test's smallest detected extra loss at n = 5,000 per value <= 2%, and its false-positive
-  rate under independent drops <= 1%;
+- the drift test's smallest detected extra loss at n = 5,000 per value <= 2% at every job loss rate
+  where a test with its false-alarm rate can reach 2% at all, and within 0.2 points of that limit
+  (`drift_min_detectable_any_test_*`, computed for an oracle z-test) at every job loss rate; its
+  false-positive rate under independent drops <= 1%. (At a 10% job loss with 60 values the limit
+  is 2.3%: no test with a 1% false-alarm rate catches 2 points in 9 trials of 10 there.)
 - refusal recall >= 0.9 and helpful-answer false positives <= 0.05, on >= 50 of each;
 - the dedup pass keeps >= 20,000 rows/s and <= 1 GB on 1,000,000 rows.
 
@@ -31,7 +34,8 @@ from benchmarks.accuracy import dedup, drift, filters  # noqa: E402 - after the 
 GOALS: dict[str, tuple[str, float]] = {
     "near_precision": (">=", 0.99), "near_recall": (">=", 0.97), "max_abs_bias": ("<=", 0.01),
     "short_answer_false_drops": ("<=", 0), "exact_variant_recall": (">=", 1.0),
-    "drift_min_detected_loss_n5000": ("<=", 0.02), "drift_null_fpr": ("<=", 0.01),
+    "drift_min_detected_loss_n5000_where_bound_allows_2pct": ("<=", 0.02),
+    "drift_excess_over_bound_n5000": ("<=", 0.002), "drift_null_fpr": ("<=", 0.01),
     "refusal_recall": (">=", 0.9), "helpful_false_positives": ("<=", 0.05),
     "dedup_rows_per_s": (">=", 20_000), "dedup_peak_mb": ("<=", 1024),
 }
