@@ -28,13 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil  # noqa: E402
 import ray  # noqa: E402
 
-from orchestrator.coordinator import Tracker, execute, prepare  # noqa: E402
-from orchestrator.dispatch import PoolDispatcher  # noqa: E402
-from orchestrator.jobs import JobRecord  # noqa: E402
-from orchestrator.metrics import Metrics  # noqa: E402
-from orchestrator.pool import WorkerPool, ensure_ray  # noqa: E402
-from orchestrator.service import RecordTracker  # noqa: E402
-from orchestrator.spec import JobSpec, parse_spec  # noqa: E402
+from orchestrator.run.dispatch import PoolDispatcher  # noqa: E402
+from orchestrator.run.driver import Tracker, execute, prepare  # noqa: E402
+from orchestrator.run.pool import WorkerPool  # noqa: E402
+from orchestrator.run.ray_runtime import ensure_ray
+from orchestrator.service.coordinator import RecordTracker  # noqa: E402
+from orchestrator.service.metrics import Metrics  # noqa: E402
+from orchestrator.service.records import JobRecord  # noqa: E402
+from orchestrator.spec.job import JobSpec  # noqa: E402
+from orchestrator.spec.load import parse_spec
 from workers.shard import WorkerCounts  # noqa: E402
 
 

@@ -40,8 +40,8 @@ def direct(args: argparse.Namespace, texts: list[str]) -> list[float]:
     """Tokens/s of LLM.generate on all prompts at once, `args.runs` times on one warm engine."""
     from vllm import LLM, SamplingParams
 
-    from orchestrator.planner import row_seed
-    from orchestrator.spec import ModelSpec
+    from orchestrator.plan.planner import row_seed
+    from orchestrator.spec.model import ModelSpec
     from workers.engine import memory_args
 
     # The same explicit KV cache size as the job's worker gets on this node.
@@ -81,9 +81,10 @@ def synthfleet(args: argparse.Namespace, texts: list[str]) -> list[float]:
     """Tokens/s of `args.runs` synthfleet jobs (a new job id each) on one warm worker."""
     import asyncio
 
-    from orchestrator.coordinator import run_job
-    from orchestrator.pool import WorkerPool, ensure_ray
-    from orchestrator.spec import parse_spec
+    from orchestrator.run.driver import run_job
+    from orchestrator.run.pool import WorkerPool
+    from orchestrator.run.ray_runtime import ensure_ray
+    from orchestrator.spec.load import parse_spec
 
     server = s3_server() if args.output == "s3" else None
     uri = "s3://bench/e2e" if server else str(args.work / "out")

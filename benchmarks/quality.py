@@ -41,7 +41,7 @@ VOCAB = [f"w{i}" for i in range(20_000)]
 
 def _spec(out: str, rows: int, **extra: Any) -> Any:
     """A spec whose plan has `rows` rows (seed i x j, 1000 values of j)."""
-    from orchestrator.spec import parse_spec
+    from orchestrator.spec.load import parse_spec
 
     seeds = {"i": list(range(max(1, rows // 1000))), "j": list(range(min(rows, 1000)))}
     return parse_spec({"name": "bench", "model": {"path": "fake", "engine": "fake"},
@@ -53,9 +53,9 @@ def write_rows(folder: Path, rows: int, seed: int = 0) -> None:
     """Short rows (8-20 words), 5% exact and 5% near (one word changed) duplicates of earlier rows."""
     import pyarrow as pa
 
-    from orchestrator import layout
-    from orchestrator.commit import parquet_bytes
-    from orchestrator.rows import data_schema
+    from orchestrator.commit import layout
+    from orchestrator.commit.schemas import data_schema
+    from orchestrator.commit.shards import parquet_bytes
     from orchestrator.storage import LocalStore
 
     spec, rng = _spec(str(folder), rows), random.Random(seed)
@@ -92,11 +92,11 @@ def dedup_child(folder: str, rows: int) -> None:
 
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
-    from orchestrator import diversity
-    from orchestrator.planner import make_plan
-    from orchestrator.quality import KeptRows, dedup_shards
-    from orchestrator.rows import variable_fields
-    from orchestrator.samples import Examples
+    from orchestrator.commit.schemas import variable_fields
+    from orchestrator.finalize import diversity
+    from orchestrator.finalize.passes import KeptRows, dedup_shards
+    from orchestrator.finalize.samples import Examples
+    from orchestrator.plan.planner import make_plan
     from orchestrator.storage import LocalStore
 
     spec = _spec(folder, rows, dedup={"exact": True, "near_threshold": 0.8})
@@ -145,9 +145,10 @@ async def _judge_runs(model: str, repeats: int, rows_wanted: int, gen_tokens: in
     the judge's added time there, where judgements also fill the batch beside generation.
     One engine with a job's settings, made and used on one event loop (AsyncLLM is bound to its loop).
     """
-    from orchestrator.gates import Judge
-    from orchestrator.planner import make_plan
-    from orchestrator.spec import Sampling, parse_spec
+    from orchestrator.plan.planner import make_plan
+    from orchestrator.spec.job import Sampling
+    from orchestrator.spec.load import parse_spec
+    from orchestrator.spec.quality import Judge
     from orchestrator.storage import MemoryStore
     from workers.engine import SAME_TURN, VllmEngine
     from workers.judge import Verdict, judge_reply, judge_request, judge_sampling

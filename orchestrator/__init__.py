@@ -9,7 +9,8 @@ from orchestrator.errors import (
     StorageError,
     SynthfleetError,
 )
-from orchestrator.spec import JobSpec, load_spec, parse_spec
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.load import load_spec, parse_spec
 
 __all__ = [
     "ConflictError", "EngineDeadError", "JobFailedError", "JobSpec", "Problem", "SpecError",

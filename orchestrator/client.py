@@ -30,8 +30,9 @@ from orchestrator.errors import (
     ServerUnavailableError,
     SpecError,
 )
-from orchestrator.jobs import TERMINAL, JobRecord, JobState
-from orchestrator.spec import JobSpec, load_spec
+from orchestrator.service.records import TERMINAL, JobRecord, JobState
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.load import load_spec
 
 POLL_S = 1.0
 UNAVAILABLE_STATUS = frozenset({502, 503, 504})  # a proxy or load balancer with no server behind it
@@ -162,9 +163,9 @@ class Client:
         """Start an embedded coordinator (and local Ray) in this process; for notebooks and scripts."""
         import uvicorn
 
-        from orchestrator.api import create_app
-        from orchestrator.pool import ensure_ray
-        from orchestrator.service import Coordinator
+        from orchestrator.run.ray_runtime import ensure_ray
+        from orchestrator.service.api import create_app
+        from orchestrator.service.coordinator import Coordinator
 
         ensure_ray(coordinator_options.get("ray_address"), worker_logs=False)  # from the main thread
         token = secrets.token_urlsafe(24)

@@ -8,10 +8,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator import layout, rows
-from orchestrator.commit import read_parquet
+from orchestrator.commit import layout, schemas
+from orchestrator.commit.shards import read_parquet
 from orchestrator.errors import StorageError
-from orchestrator.spec import parse_spec
+from orchestrator.spec.load import parse_spec
 from orchestrator.storage import Store, open_store
 
 
@@ -44,7 +44,7 @@ def iter_tables(store: Store, *, errors: bool = False, rejected: bool = False) -
 def empty_table(store: Store, *, errors: bool = False, rejected: bool = False) -> pa.Table:
     """No rows, with the columns the job's data (or error, or rejected) rows have: from its stored spec."""
     spec = parse_spec(json.loads(store.get(layout.SPEC)), source=layout.SPEC)
-    schema = rows.rejected_schema(spec) if rejected else rows.errors_schema(spec) if errors else rows.data_schema(spec)
+    schema = schemas.rejected_schema(spec) if rejected else schemas.errors_schema(spec) if errors else schemas.data_schema(spec)
     return schema.empty_table()
 
 

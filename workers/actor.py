@@ -9,10 +9,11 @@ from typing import Any
 
 import ray
 
-from orchestrator import reaper
-from orchestrator.commit import CommitOutcome
-from orchestrator.planner import Plan, Shard
-from orchestrator.spec import JobSpec, ModelSpec
+from orchestrator.commit.shards import CommitOutcome
+from orchestrator.plan.planner import Plan, Shard
+from orchestrator.run import reaper
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.model import ModelSpec
 from orchestrator.storage import open_store
 from orchestrator.storage.base import drain_storage_stats
 from workers.engine import Engine, EngineInfo, root_cause

@@ -21,7 +21,8 @@ import jinja2
 
 from orchestrator import defaults
 from orchestrator.errors import EngineDeadError, RowErrorCode
-from orchestrator.spec import ModelSpec, Sampling
+from orchestrator.spec.job import Sampling
+from orchestrator.spec.model import ModelSpec
 from workers.prompts import PromptRow, RowFailure
 
 

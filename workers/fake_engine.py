@@ -11,24 +11,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from orchestrator.errors import EngineDeadError, ShardError
+from orchestrator.spec.model import FakeEngineArgs
 from workers.engine import Completion, EngineInfo
 from workers.prompts import PromptRow, RowFailure
-
-
-class FakeEngineArgs(BaseModel):
-    """`model.engine_args` of a spec whose `model.engine` is `fake`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    tokens_per_s: float = Field(1000.0, gt=0, description="Per sequence; sequences run in parallel.")
-    load_seconds: float = Field(0.0, ge=0, description="Simulated weight loading time.")
-    fail_rows: list[int] = Field(default_factory=list, description="Row indices whose shard attempt fails.")
-    die_rows: list[int] = Field(default_factory=list, description="Row indices on which the engine dies.")
-    once_dir: str | None = Field(None, description="Folder of markers: each injected fault fires once.")
-    request_log: str | None = Field(None, description="Append every requested row index to this file.")
-    echo: bool = Field(False, description="Completions start with the prompt (tests of filters on content).")
 
 
 class FakeEngine:

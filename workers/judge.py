@@ -33,8 +33,8 @@ from typing import Any
 
 from orchestrator import defaults
 from orchestrator.errors import RowErrorCode
-from orchestrator.gates import Judge
-from orchestrator.spec import Sampling
+from orchestrator.spec.job import Sampling
+from orchestrator.spec.quality import Judge
 from workers.engine import SAME_TURN, Completion, Engine
 from workers.prompts import PromptRow, RowFailure
 

@@ -16,10 +16,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.errors import RowErrorCode
-from orchestrator.planner import Plan, Shard, row_id, row_seed, template_variables
-from orchestrator.spec import JobSpec, Sampling, TemplateSource
+from orchestrator.plan.planner import Plan, Shard, row_id, row_seed, template_variables
+from orchestrator.spec.job import JobSpec, Sampling, TemplateSource
 from orchestrator.storage.reader import open_input
-from workers import sandbox
+from workers import sandbox, template_checks
 
 BATCH_URLS = ("/v1/chat/completions", "/v1/completions")
 FILE_COLUMNS = ("prompt", "messages", "custom_id")  # what a prompt file row is made of; other columns are its variables
@@ -70,7 +70,7 @@ def template_hash(source: TemplateSource) -> str:
 def undeclared_variables(text: str) -> set[str]:
     """Variables a template reads; jinja2.TemplateSyntaxError on bad syntax, sandbox.TemplateTimeout when
     analysing it takes longer than TEMPLATE_CHECK_S."""
-    return sandbox.undeclared_variables(text)
+    return template_checks.undeclared_variables(text)
 
 
 def _render_template(spec: JobSpec, plan: Plan, index: int) -> PromptRow:

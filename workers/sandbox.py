@@ -16,13 +16,12 @@ import contextvars
 import functools
 import inspect
 import re
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import update_wrapper
 from typing import Any, TypeVar
 
-from jinja2 import StrictUndefined, meta, nodes, pass_context
+from jinja2 import StrictUndefined, nodes, pass_context
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context, Macro
 from jinja2.sandbox import (
@@ -372,40 +371,6 @@ def environment() -> BoundedEnvironment:
 @functools.lru_cache(maxsize=256)
 def compile_template(text: str):  # type: ignore[no-untyped-def]
     return environment().from_string(text)
-
-
-def within(seconds: float, what: str, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in a daemon thread, or TemplateTimeout naming `what` when it takes over `seconds`.
-
-    Python cannot stop a thread: a runaway one is left behind (as a daemon it never blocks exit); the
-    sandbox's step and size bounds are what make that not happen.
-    """
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(fn(*args))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread as it is
-            failure.append(e)
-
-    worker = threading.Thread(target=run, name="template-check", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        raise TemplateTimeout(f"{what} took longer than {seconds:g} s")
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
-def _analyse(text: str) -> set[str]:
-    return meta.find_undeclared_variables(environment().parse(text))
-
-
-def undeclared_variables(text: str, *, seconds: float = defaults.TEMPLATE_CHECK_S) -> set[str]:
-    """Variables a template reads; jinja2.TemplateSyntaxError on bad syntax, TemplateTimeout past `seconds`."""
-    return within(seconds, "analysing the template", _analyse, text)
 
 
 def render_all(texts: Sequence[str], values: Mapping[str, Any]) -> list[str]:

@@ -10,12 +10,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator import defaults, layout, rows
-from orchestrator.commit import CommitOutcome, ShardStats, ShardTables, commit_shard
+from orchestrator import defaults
+from orchestrator.commit import layout, schemas
+from orchestrator.commit.shards import CommitOutcome, ShardStats, ShardTables, commit_shard
 from orchestrator.errors import RowErrorCode
-from orchestrator.gates import Judge
-from orchestrator.planner import Plan, Shard
-from orchestrator.spec import JobSpec, Sampling
+from orchestrator.plan.planner import Plan, Shard
+from orchestrator.spec.job import JobSpec, Sampling
+from orchestrator.spec.quality import Judge
 from orchestrator.storage import Store
 from workers.engine import SAME_TURN, Completion, Engine, sampling_key
 from workers.filters import rejection, schema_violation, stored_text
@@ -51,7 +52,7 @@ def _base(row: PromptRow, spec: JobSpec, plan: Plan, revision: str, fields: list
         },
     }
     for f in fields:
-        out[f.name] = rows.column_value(f, row.variables.get(f.name))
+        out[f.name] = schemas.column_value(f, row.variables.get(f.name))
     return out
 
 
@@ -164,16 +165,16 @@ class Sorted:
             self.data.append(row)
 
     def tables(self, spec: JobSpec) -> ShardTables:
-        return ShardTables(pa.Table.from_pylist(self.data, schema=rows.data_schema(spec)),
-                           pa.Table.from_pylist(self.errors, schema=rows.errors_schema(spec)),
-                           pa.Table.from_pylist(self.rejected, schema=rows.rejected_schema(spec)))
+        return ShardTables(pa.Table.from_pylist(self.data, schema=schemas.data_schema(spec)),
+                           pa.Table.from_pylist(self.errors, schema=schemas.errors_schema(spec)),
+                           pa.Table.from_pylist(self.rejected, schema=schemas.rejected_schema(spec)))
 
 
 def assemble(spec: JobSpec, plan: Plan, prompt_rows: list[PromptRow], results: list[Generated],
              revision: str) -> Sorted:
     """Sort generated rows: schema violations and judge errors to errors, filtered or low-scored rows
     to rejected, the rest to data."""
-    fields = rows.variable_fields(spec)
+    fields = schemas.variable_fields(spec)
     out = Sorted()
     for row, g in zip(prompt_rows, results, strict=True):
         base = _base(row, spec, plan, revision, fields)

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy.corpus import paragraphs, sentences, vocabulary  # noqa: E402
-from orchestrator.dedup import Deduper, Duplicate, Signer, normalize, word_hashes  # noqa: E402
-from orchestrator.gates import Dedup  # noqa: E402
+from orchestrator.finalize.dedup import Deduper, Duplicate, Signer, normalize, word_hashes  # noqa: E402
+from orchestrator.spec.quality import Dedup  # noqa: E402
 
 WORD = re.compile(r"\w+")
 NGRAM = 3

@@ -47,8 +47,9 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.accuracy.corpus import paragraphs, sentences, vocabulary  # noqa: E402
-from orchestrator import defaults, diversity  # noqa: E402
-from orchestrator.drift import bias_drift  # noqa: E402
+from orchestrator import defaults  # noqa: E402
+from orchestrator.finalize import diversity
+from orchestrator.finalize.drift import bias_drift  # noqa: E402
 
 VALUES = 60
 ROWS = 5000

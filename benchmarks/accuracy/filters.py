@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from orchestrator.gates import Filters
+from orchestrator.spec.quality import Filters
 from workers.filters import rejection, stored_text
 
 REFUSALS: tuple[str, ...] = (

@@ -13,9 +13,10 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from orchestrator import api, cli
-from orchestrator.metrics import Metrics
-from orchestrator.spec import load_spec
+from orchestrator import cli
+from orchestrator.service import api
+from orchestrator.service.metrics import Metrics
+from orchestrator.spec.load import load_spec
 from tests.deploy.sources import (
     DEPLOY,
     K8S,
@@ -58,7 +59,7 @@ def test_every_metric_in_the_dashboard_rules_and_manifests_is_exported_by_the_co
     exposed = exposed_labels()
     texts = promql() + [yaml.safe_dump(d) for o in OVERLAYS for d in build(K8S / "overlays" / o)]
     used = {name for text in texts for name in re.findall(r"\bsynthfleet_[a-z0-9_]+", text)}
-    assert used and used <= set(exposed), f"not exported by orchestrator/metrics.py: {sorted(used - set(exposed))}"
+    assert used and used <= set(exposed), f"not exported by orchestrator/service/metrics.py: {sorted(used - set(exposed))}"
 
 
 def test_every_label_selected_or_grouped_by_exists_on_its_metric() -> None:
@@ -101,7 +102,7 @@ def test_the_head_runs_synthfleet_serve_with_flags_the_cli_accepts(overlay: str)
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_service_probes_and_monitor_use_the_apis_port_and_paths(overlay: str, tmp_path: Path) -> None:
-    from orchestrator.service import Coordinator
+    from orchestrator.service.coordinator import Coordinator
 
     routes = {r.path for r in api.create_app(Coordinator(str(tmp_path)), token="t").routes}
     port = cli.parser().parse_args(["serve"]).port

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.spec import JobSpec, parse_spec
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.load import parse_spec
 
 # 32-token KV blocks (the CPU backend's smallest; GPUs use 16) so short test rows fill whole blocks
 # and the self judge's reuse of the generation's prefix cache shows.
@@ -22,7 +23,7 @@ def ray_runtime(s3_endpoint: str) -> Iterator[None]:
     """Local Ray, started after the S3 server so its workers inherit the endpoint settings."""
     import ray
 
-    from orchestrator.pool import ensure_ray
+    from orchestrator.run.ray_runtime import ensure_ray
 
     ensure_ray(worker_logs=False)
     yield
@@ -32,7 +33,7 @@ def ray_runtime(s3_endpoint: str) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def pool(ray_runtime: None, tiny_model: Path) -> Iterator[Any]:
     """Two GenerationWorkers with the tiny model loaded once, shared by every job in the session."""
-    from orchestrator.pool import WorkerPool
+    from orchestrator.run.pool import WorkerPool
 
     spec = make_spec(tiny_model, "unused", {"template": {"text": "x"}})
     p = WorkerPool(spec.model, spec.resources)

@@ -12,11 +12,12 @@ import pytest
 import ray
 
 from orchestrator import defaults
-from orchestrator.coordinator import Progress, run_job
 from orchestrator.errors import JobFailedError
-from orchestrator.pool import WorkerPool
 from orchestrator.results import read_table
-from orchestrator.spec import JobSpec, parse_spec
+from orchestrator.run.driver import Progress, run_job
+from orchestrator.run.pool import WorkerPool
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.load import parse_spec
 
 
 def fake_spec(out: Path, workers: int = 2, in_flight: int = 3, **engine_args: Any) -> JobSpec:

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from orchestrator import layout
-from orchestrator.coordinator import Progress, run_job
-from orchestrator.planner import make_plan, row_id
+from orchestrator.commit import layout
+from orchestrator.plan.planner import make_plan, row_id
 from orchestrator.results import read_table
+from orchestrator.run.driver import Progress, run_job
 from tests.integration.conftest import make_spec
 
 TOPICS = {"template": {

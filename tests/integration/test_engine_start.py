@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from orchestrator.client import Client
-from orchestrator.jobs import JobState
+from orchestrator.service.records import JobState
 from tests.integration.conftest import make_spec
 
 IMPOSSIBLE_KV_GIB = 100_000  # more than any node here has: vLLM's CPU worker refuses it at start

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.coordinator import run_job
-from orchestrator.quality import failure_flag
-from orchestrator.report import render_report
+from orchestrator.cli import local
+from orchestrator.finalize.passes import failure_flag
+from orchestrator.finalize.report import render_report
+from orchestrator.run.driver import run_job
 from tests.integration.conftest import make_spec
 
 GOOD, BAD = 6, 4  # validate reads the first lines of a file: the bad ones come after them
@@ -32,7 +33,7 @@ def test_a_job_where_no_row_succeeds_is_flagged_everywhere(pool: Any, tiny_model
     assert flag is not None and flag.startswith("no row succeeded") and "prompt_too_long (3)" in flag
     html = render_report(result.quality)
     assert "Failed rows" in html and "No flags" not in html
-    assert cli._failed_rows_status(result, None) == cli.EXIT_FAILED
+    assert local.failed_rows_status(result, None) == cli.EXIT_FAILED
     manifest = json.loads((Path(result.uri) / "_manifest.json").read_text())
     assert manifest["top_errors"] == rows["top_errors"]
 

@@ -16,7 +16,7 @@ LINES = [b'{"prompt": "Tell me about rain."}', b"", b'{"prompt": "caf\xe9 au lai
 
 def test_bad_lines_of_a_prompt_file_fail_alone_and_name_their_file_line(pool: Any, tiny_model: Path,
                                                                         tmp_path: Path) -> None:
-    from orchestrator.coordinator import run_job
+    from orchestrator.run.driver import run_job
 
     path = tmp_path / "prompts.jsonl"
     path.write_bytes(b"\n".join(LINES) + b"\n")

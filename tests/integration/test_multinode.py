@@ -30,17 +30,17 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import layout
-from orchestrator.planner import make_plan, row_id
+from orchestrator.commit import layout
+from orchestrator.plan.planner import make_plan, row_id
 from orchestrator.results import manifest, open_job, read_table
-from orchestrator.spec import parse_spec
+from orchestrator.spec.load import parse_spec
 from tests.integration.conftest import MODEL_ARGS, make_spec
 
 BIN = Path(sys.executable).parent  # the venv's `ray` and `synthfleet`
 START_TIMEOUT_S = 90
 JOB_TIMEOUT_S = 420
 # Head: 2 CPUs, so after the second node dies its worker's replacement fits beside the head's
-# worker (one that fits nowhere would keep the job waiting, see orchestrator/dispatch.py `_replace`).
+# worker (one that fits nowhere would keep the job waiting, see orchestrator/run/dispatch.py `_replace`).
 # Second node: 1 CPU. Two 1-CPU workers land one per node (Ray packs the driver's node up to half
 # full, then spreads), so the second node always holds a worker with shards in flight.
 HEAD_CPUS, SECOND_CPUS = 2, 1

@@ -12,10 +12,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
-from orchestrator import layout
-from orchestrator.coordinator import run_job
-from orchestrator.planner import make_plan, row_id
-from orchestrator.spec import parse_spec
+from orchestrator.commit import layout
+from orchestrator.plan.planner import make_plan, row_id
+from orchestrator.run.driver import run_job
+from orchestrator.spec.load import parse_spec
 from tests.integration.conftest import RESOURCES, make_spec
 from workers.engine import FollowUps
 from workers.judge import follow_up, judge_sampling

@@ -21,7 +21,7 @@ import pytest
 
 from orchestrator.client import Client
 from orchestrator.errors import AuthError
-from orchestrator.jobs import JobState
+from orchestrator.service.records import JobState
 from tests.integration.test_service import fake_job
 
 TOKEN = "serve-test-token-4f9c2e"

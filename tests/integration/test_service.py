@@ -13,8 +13,8 @@ import pytest
 
 from orchestrator.client import Client
 from orchestrator.errors import AuthError, ConflictError, SpecError
-from orchestrator.jobs import JobState
-from orchestrator.spec import parse_spec
+from orchestrator.service.records import JobState
+from orchestrator.spec.load import parse_spec
 from tests.integration.conftest import make_spec
 from tests.integration.test_e2e import TOPICS
 
@@ -250,7 +250,7 @@ def test_status_json_prints_the_record_as_the_api_returns_it(fake_client: Client
     import json
 
     from orchestrator.cli import main
-    from orchestrator.jobs import JobRecord
+    from orchestrator.service.records import JobRecord
 
     url = _cli_env(fake_client, monkeypatch)
     job = fake_client.submit(fake_job(tmp_path, "json", rows=2), priority=3)

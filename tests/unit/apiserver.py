@@ -16,8 +16,8 @@ from pathlib import Path
 
 import uvicorn
 
-from orchestrator.api import create_app
-from orchestrator.service import Coordinator
+from orchestrator.service.api import create_app
+from orchestrator.service.coordinator import Coordinator
 
 START_TIMEOUT_S = 10.0
 

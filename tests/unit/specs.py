@@ -6,7 +6,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import JobSpec, parse_spec
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.load import parse_spec
 
 
 def spec_data(out: str | Path = "out", **sections: Any) -> dict[str, Any]:

@@ -12,13 +12,19 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import layout, rows
-from orchestrator.commit import (ShardStats, ShardTables, commit_shard, committed_shards, decode_footer,
-                                 recover_shard)
-from orchestrator.finalize import finalize
-from orchestrator.planner import Plan, make_plan
+from orchestrator.commit import layout, schemas
+from orchestrator.commit.shards import (
+    ShardStats,
+    ShardTables,
+    commit_shard,
+    committed_shards,
+    decode_footer,
+    recover_shard,
+)
+from orchestrator.finalize.finish import finalize
+from orchestrator.plan.planner import Plan, make_plan
 from orchestrator.results import read_table
-from orchestrator.spec import JobSpec
+from orchestrator.spec.job import JobSpec
 from orchestrator.storage import LocalStore, MemoryStore, S3Store, Store
 from tests.unit.specs import template_spec
 
@@ -54,9 +60,9 @@ def tables(spec: JobSpec, index: int, ok: int, failed: int, text: str = "out") -
     data = [{**b, "sample_index": 0, "completion": f"{text}{i}", "finish_reason": "stop",
              "prompt_tokens": 3, "completion_tokens": 5} for i, b in enumerate(base[:ok])]
     errors = [{**b, "error_code": "template_error", "error_message": "boom"} for b in base[ok:]]
-    return ShardTables(pa.Table.from_pylist(data, schema=rows.data_schema(spec)),
-                       pa.Table.from_pylist(errors, schema=rows.errors_schema(spec)),
-                       rows.rejected_schema(spec).empty_table())
+    return ShardTables(pa.Table.from_pylist(data, schema=schemas.data_schema(spec)),
+                       pa.Table.from_pylist(errors, schema=schemas.errors_schema(spec)),
+                       schemas.rejected_schema(spec).empty_table())
 
 
 def stats(index: int, ok: int, failed: int, attempt: int = 1) -> ShardStats:
@@ -95,7 +101,7 @@ def test_the_data_file_holds_only_the_data_rows(store: Store, spec: JobSpec) -> 
     commit(store, spec, 1, ok=2, failed=1)
     table = read_parquet(store.get(layout.data_key(1, NUM_SHARDS)))
     assert table["row_id"].to_pylist() == ["r1-0", "r1-1"]
-    assert table.schema.remove_metadata() == rows.data_schema(spec)
+    assert table.schema.remove_metadata() == schemas.data_schema(spec)
 
 
 def test_error_rows_are_written_to_the_errors_folder(store: Store, spec: JobSpec) -> None:

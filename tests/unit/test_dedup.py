@@ -12,9 +12,19 @@ import pytest
 from datasketch import MinHash
 
 from orchestrator import defaults
-from orchestrator.dedup import (Deduper, Duplicate, Signer, candidate_probability, lsh_bands, normalize,
-                                shingle_hashes, similarity, text_hash, word_hashes)
-from orchestrator.gates import Dedup
+from orchestrator.finalize.dedup import (
+    Deduper,
+    Duplicate,
+    Signer,
+    candidate_probability,
+    lsh_bands,
+    normalize,
+    shingle_hashes,
+    similarity,
+    text_hash,
+    word_hashes,
+)
+from orchestrator.spec.quality import Dedup
 
 VOCAB = [f"w{i}" for i in range(3000)]
 

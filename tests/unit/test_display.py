@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 
 import pytest
-
 from rich.console import Console
 
-from orchestrator.coordinator import Progress
-from orchestrator.display import RunDisplay
+from orchestrator.cli.display import RunDisplay
+from orchestrator.run.driver import Progress
 
 
 def _plain() -> tuple[Console, io.StringIO]:
@@ -49,27 +48,29 @@ def test_the_bar_label_names_the_phase_until_generation() -> None:
 
 def test_the_summary_counts_storage_retries_and_each_wait_with_no_commit(monkeypatch: pytest.MonkeyPatch,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator import cli, coordinator, defaults
-    from orchestrator.planner import make_plan
+    from orchestrator import defaults
+    from orchestrator.cli import local
+    from orchestrator.plan.planner import make_plan
+    from orchestrator.run import driver
     from tests.unit.specs import template_spec
     from workers.shard import WorkerCounts
 
     plan = make_plan(template_spec({"i": list(range(8))}))
     clock = iter([0.0, 0.0, 10.0, 10.0 + defaults.STALL_S + 5, 20.0 + defaults.STALL_S, 30.0 + 3 * defaults.STALL_S])
-    monkeypatch.setattr(coordinator.time, "perf_counter", lambda: next(clock))
-    tracker = coordinator.Tracker(plan)  # the clock's first reading
-    tracker.started = coordinator.time.perf_counter()
+    monkeypatch.setattr(driver.time, "perf_counter", lambda: next(clock))
+    tracker = driver.Tracker(plan)  # the clock's first reading
+    tracker.started = driver.time.perf_counter()
     assert plan.num_shards == 4
     for shard in map(plan.shard, range(4)):  # commits at 10 s, STALL_S + 15 s (a stall), 10 s later, 2 STALL_S + 10 s later (one)
         tracker.done(shard, None)
     tracker.counted(WorkerCounts({}, {"retries": 3, "PutObject|ok": 9}))
     assert (tracker.stalls, tracker.longest_stall_s) == (2, 2 * defaults.STALL_S + 10)
     assert tracker.storage_retries == 3
-    result = coordinator.JobResult(job_id="j", uri="s3://b/j", rows_ok=8, rows_failed=0, prompt_tokens=1,
+    result = driver.JobResult(job_id="j", uri="s3://b/j", rows_ok=8, rows_failed=0, prompt_tokens=1,
                                    completion_tokens=2, shards=4, shards_generated=4, tokens_generated=2, seconds=1,
                                    generation_seconds=1, storage_retries=tracker.storage_retries,
                                    stalls=tracker.stalls, longest_stall_s=tracker.longest_stall_s)
-    cli._print_summary(result, "4 shards")
+    local.print_summary(result, "4 shards")
     printed = capsys.readouterr().out
     assert "storage: 3 object-storage calls retried" in printed
     assert f"stalls: 2 waits of more than {defaults.STALL_S:g} s with no shard committed (longest " \

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from orchestrator import diversity
-from orchestrator.diversity import (
+from orchestrator.finalize import diversity
+from orchestrator.finalize.diversity import (
     BottomK,
     centroid_distance,
     compare_samples,

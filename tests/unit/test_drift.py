@@ -14,8 +14,8 @@ import pytest
 from scipy import stats
 
 from orchestrator import defaults
-from orchestrator.drift import bias_drift, value_vs_rest
-from orchestrator.gates import Quality
+from orchestrator.finalize.drift import bias_drift, value_vs_rest
+from orchestrator.spec.quality import Quality
 
 PERSONAS = ["student", "engineer", "retiree"]
 TOPICS = ["health", "money", "travel", "cooking"]
@@ -319,7 +319,7 @@ def test_spec_margin_defaults_to_the_named_constant() -> None:
 
 
 def test_replaced_drift_threshold_still_loads_and_says_it_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="orchestrator.gates"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.spec.quality"):
         stored = Quality.model_validate({"drift_threshold": 0.2, "drift_alpha": 0.05})  # as every stored spec has it
         assert caplog.records == []
         custom = Quality.model_validate({"drift_threshold": 0.3})

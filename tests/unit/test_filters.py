@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.gates import Filters
+from orchestrator.spec.quality import Filters
 from workers.filters import rejection, repetition_share, stored_text
 
 CLEAN = "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen inside chloroplasts."

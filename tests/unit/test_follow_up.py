@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.spec import Sampling
+from orchestrator.spec.job import Sampling
 from workers.engine import SAME_TURN, FollowUps
 from workers.prompts import PromptRow
 

@@ -13,13 +13,24 @@ import pytest
 
 from orchestrator import defaults
 from orchestrator.errors import RowErrorCode, SpecError
-from orchestrator.gates import Judge
-from orchestrator.spec import Sampling
-from orchestrator.validate import spec_problems
+from orchestrator.run.preflight import spec_problems
+from orchestrator.spec.job import Sampling
+from orchestrator.spec.quality import Judge
 from tests.unit.specs import file_spec, make_spec
 from workers.engine import SAME_TURN, Completion
-from workers.judge import (CUT_OWN_REPLY, CUT_REPLY, Pending, Verdict, follow_up, judge_reply, judge_request,
-                           judge_sampling, judge_schema, parse_verdict, score_sampling)
+from workers.judge import (
+    CUT_OWN_REPLY,
+    CUT_REPLY,
+    Pending,
+    Verdict,
+    follow_up,
+    judge_reply,
+    judge_request,
+    judge_sampling,
+    judge_schema,
+    parse_verdict,
+    score_sampling,
+)
 from workers.prompts import PromptRow, RowFailure
 
 ROW = PromptRow(index=1, row_id="abc-0000000001", seed=42, sampling=Sampling(), prompt="Name a prime.")

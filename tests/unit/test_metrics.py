@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from orchestrator.metrics import Metrics
+from orchestrator.service.metrics import Metrics
 
 
 def _exposition(m: Metrics) -> str:

@@ -12,13 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import defaults, layout, rows
-from orchestrator.commit import parquet_bytes
-from orchestrator.gates import Mix
-from orchestrator.diversity import sample_key
-from orchestrator.drift import bias_drift
-from orchestrator.mixing import is_real, mix_counts, write_mixed
-from orchestrator.samples import sample_keys
+from orchestrator import defaults
+from orchestrator.commit import layout, schemas
+from orchestrator.commit.shards import parquet_bytes
+from orchestrator.finalize.diversity import sample_key
+from orchestrator.finalize.drift import bias_drift
+from orchestrator.finalize.mixing import is_real, mix_counts, write_mixed
+from orchestrator.finalize.samples import sample_keys
+from orchestrator.spec.quality import Mix
 from orchestrator.storage import MemoryStore
 from tests.unit.specs import template_spec
 
@@ -50,7 +51,7 @@ LINEAGE = {"spec_hash": "h", "model": "m", "model_revision": "r", "template_hash
 
 def _synthetic_shards(groups: list[str], shards: int = 1) -> MemoryStore:
     """A store holding committed data shards of synthetic rows, row i of seed value `groups[i]`, in order."""
-    store, schema = MemoryStore(), rows.data_schema(template_spec({"word": sorted(set(groups))}))
+    store, schema = MemoryStore(), schemas.data_schema(template_spec({"word": sorted(set(groups))}))
     data = [{"row_id": f"s{i}", "sample_index": 0, "prompt": f"p{i}", "completion": f"synthetic {i}",
              "lineage": LINEAGE, "word": g} for i, g in enumerate(groups)]
     size = -(-len(data) // shards)

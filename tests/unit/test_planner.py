@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.errors import RowErrorCode, SpecError
-from orchestrator.planner import Plan, make_plan, row_id, row_seed, template_variables
-from orchestrator.spec import JobSpec
-from workers.prompts import shard_rows
+from orchestrator.plan.planner import Plan, make_plan, row_id, row_seed, template_variables
+from orchestrator.spec.job import JobSpec
 from tests.unit.specs import file_spec, template_spec
+from workers.prompts import shard_rows
 
 JSONL = (b'{"prompt": "p0"}\n'
          b"\n"

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import RowErrorCode
-from orchestrator.planner import make_plan
-from orchestrator.spec import JobSpec
-from workers.prompts import PromptRow, shard_rows, template_hash
+from orchestrator.plan.planner import make_plan
+from orchestrator.spec.job import JobSpec
 from tests.unit.specs import file_spec, make_spec, template_spec
+from workers.prompts import PromptRow, shard_rows, template_hash
 
 
 def rows_of(spec: JobSpec) -> list[PromptRow]:
@@ -273,7 +273,7 @@ def test_every_batch_line_becomes_exactly_one_row_in_order(tmp_path: Path) -> No
 
 
 def test_json_object_response_format_constrains_to_any_json_object() -> None:
-    from orchestrator.spec import Sampling
+    from orchestrator.spec.job import Sampling
     from workers.prompts import batch_sampling
 
     sampling = batch_sampling(Sampling(), {"response_format": {"type": "json_object"}})
@@ -281,7 +281,7 @@ def test_json_object_response_format_constrains_to_any_json_object() -> None:
 
 
 def test_unknown_response_format_type_is_an_invalid_request() -> None:
-    from orchestrator.spec import Sampling
+    from orchestrator.spec.job import Sampling
     from workers.prompts import batch_sampling
 
     with pytest.raises(ValueError, match="unsupported response_format"):

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.diversity import compare_to_reference, length_summary
-from orchestrator.drift import bias_drift
-from orchestrator.report import render_report
+from orchestrator.finalize.diversity import compare_to_reference, length_summary
+from orchestrator.finalize.drift import bias_drift
+from orchestrator.finalize.report import render_report
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 IMG_SRC = re.compile(r'<img alt="[^"]*" src="([^"]*)">')
@@ -193,7 +193,7 @@ def test_per_value_tables_and_outcomes() -> None:
 def test_a_single_valued_histogram_has_one_bar_centred_in_a_padded_axis() -> None:
     from matplotlib.figure import Figure
 
-    from orchestrator import report
+    from orchestrator.finalize import report
 
     seen: list[tuple[float, float]] = []
     original = Figure.savefig

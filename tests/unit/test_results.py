@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from orchestrator import rows
-from orchestrator.coordinator import prepare
-from orchestrator.finalize import finalize
+from orchestrator.commit import schemas
+from orchestrator.finalize.finish import finalize
 from orchestrator.results import read_table
-from orchestrator.spec import JobSpec, parse_spec
+from orchestrator.run.driver import prepare
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.load import parse_spec
 from workers.fake_engine import FakeEngine, FakeEngineArgs
 from workers.shard import run_shard
 
@@ -45,7 +46,7 @@ def test_a_job_without_error_rows_reads_an_empty_table_with_the_error_columns(tm
     spec = _spec(tmp_path, "row {{ i }}")
     errors = read_table(_finished_job(spec), errors=True)
     assert isinstance(errors, pa.Table) and errors.num_rows == 0
-    assert errors.schema == _no_metadata(rows.errors_schema(spec))
+    assert errors.schema == _no_metadata(schemas.errors_schema(spec))
     assert {"error_code", "error_message", "row_id", "i"} <= set(errors.column_names)
 
 
@@ -60,10 +61,10 @@ def test_the_empty_error_table_has_the_columns_a_job_with_errors_reads_back(tmp_
 def test_a_job_without_rejected_rows_reads_an_empty_table_with_the_rejected_columns(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "row {{ i }}")
     rejected = read_table(_finished_job(spec), rejected=True)
-    assert rejected.num_rows == 0 and rejected.schema == _no_metadata(rows.rejected_schema(spec))
+    assert rejected.num_rows == 0 and rejected.schema == _no_metadata(schemas.rejected_schema(spec))
 
 
 def test_data_rows_read_back_as_before(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "row {{ i }}")
     data = read_table(_finished_job(spec))
-    assert sorted(data.column("i").to_pylist()) == [0, 1, 2, 3] and data.schema == _no_metadata(rows.data_schema(spec))
+    assert sorted(data.column("i").to_pylist()) == [0, 1, 2, 3] and data.schema == _no_metadata(schemas.data_schema(spec))

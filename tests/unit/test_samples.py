@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.finalize import finalize
-from orchestrator.planner import Plan, make_plan, template_variables
-from orchestrator.spec import JobSpec
+from orchestrator.finalize.finish import finalize
+from orchestrator.plan.planner import Plan, make_plan, template_variables
+from orchestrator.spec.job import JobSpec
 from orchestrator.storage import MemoryStore
 from tests.unit.specs import make_spec
 from workers.engine import Completion, EngineInfo
@@ -157,7 +157,7 @@ def test_the_header_names_what_ran_and_what_it_cost(job: tuple[dict[str, Any], P
 
 def test_the_run_summary_warns_of_the_cut_rows(job: tuple[dict[str, Any], Plan],
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator import cli
+    from orchestrator.cli import local
 
-    cli._print_quality(job[0])
+    local.print_quality(job[0])
     assert "10 rows (33%) stopped at max_tokens = " in " ".join(capsys.readouterr().err.split())

@@ -10,10 +10,10 @@ from jinja2.sandbox import SecurityError
 
 from orchestrator import defaults
 from orchestrator.errors import RowErrorCode
-from orchestrator.planner import make_plan
-from workers import sandbox
-from workers.prompts import shard_rows
+from orchestrator.plan.planner import make_plan
 from tests.unit.specs import template_spec
+from workers import sandbox, template_checks
+from workers.prompts import shard_rows
 
 FAST_S = 2.0  # every bomb below is refused well within this on these 2-core machines
 
@@ -75,7 +75,7 @@ def test_a_resource_bomb_is_refused_quickly_with_a_security_error(text: str) -> 
 @pytest.mark.parametrize("text", BOMBS)
 def test_analysing_a_bomb_neither_hangs_nor_builds_it(text: str) -> None:
     started = time.perf_counter()
-    sandbox.undeclared_variables(text)  # Jinja's constant folding would evaluate `9**(9**9)` here
+    template_checks.undeclared_variables(text)  # Jinja's constant folding would evaluate `9**(9**9)` here
     assert time.perf_counter() - started < FAST_S
 
 
@@ -132,7 +132,7 @@ def test_ordinary_templates_render_as_in_plain_jinja(text: str, expected: str) -
 
 def test_a_template_analysis_past_its_time_limit_is_a_timeout() -> None:
     with pytest.raises(sandbox.TemplateTimeout, match="took longer than 0.1 s"):
-        sandbox.within(0.1, "sleeping", time.sleep, 5)
+        template_checks.within(0.1, "sleeping", time.sleep, 5)
 
 
 def test_an_oversized_prompt_is_its_rows_template_error() -> None:

@@ -15,11 +15,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import defaults, layout
-from orchestrator.commit import CommitOutcome
+from orchestrator import defaults
+from orchestrator.commit import layout
+from orchestrator.commit.shards import CommitOutcome
 from orchestrator.errors import RowErrorCode
-from orchestrator.planner import Plan, make_plan, row_id
-from orchestrator.spec import JobSpec
+from orchestrator.plan.planner import Plan, make_plan, row_id
+from orchestrator.spec.job import JobSpec
 from orchestrator.storage import MemoryStore
 from tests.unit.specs import file_spec, make_spec, template_spec
 from workers.engine import SAME_TURN, Completion, EngineInfo, sampling_key

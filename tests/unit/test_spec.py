@@ -11,8 +11,8 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec import load_spec, parse_spec
-from orchestrator.validate import check_spec, spec_problems
+from orchestrator.run.preflight import check_spec, spec_problems
+from orchestrator.spec.load import load_spec, parse_spec
 from tests.unit.specs import make_spec, spec_data
 
 

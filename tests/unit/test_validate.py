@@ -14,8 +14,8 @@ import pytest
 
 from orchestrator import defaults
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec import JobSpec
-from orchestrator.validate import check_spec, spec_problems, spec_warnings
+from orchestrator.run.preflight import check_spec, spec_problems, spec_warnings
+from orchestrator.spec.job import JobSpec
 from tests.unit.specs import file_spec, make_spec
 
 BATCH = {"method": "POST", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "hi"}]}}
@@ -271,7 +271,7 @@ SLOW = "{{ w }}" * 15_000 + "{{ missing }}"  # analysing it takes about a second
 def test_parsing_a_spec_never_analyses_its_templates(monkeypatch: pytest.MonkeyPatch) -> None:
     import jinja2
 
-    from orchestrator.spec import parse_spec
+    from orchestrator.spec.load import parse_spec
     from tests.unit.specs import spec_data
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -289,19 +289,19 @@ def test_the_server_answers_while_it_validates_a_slow_template(tmp_path: Path,
 
     import httpx
 
-    import orchestrator.service
+    import orchestrator.service.coordinator
     from tests.unit.apiserver import running_api
     from tests.unit.specs import spec_data
 
     validating, release = threading.Event(), threading.Event()
-    real_check = orchestrator.service.check_spec
+    real_check = orchestrator.service.coordinator.check_spec
 
     def held_check(spec: object, **kwargs: object) -> None:
         validating.set()
         assert release.wait(30), "the test never released the validation"
         real_check(spec, **kwargs)
 
-    monkeypatch.setattr(orchestrator.service, "check_spec", held_check)
+    monkeypatch.setattr(orchestrator.service.coordinator, "check_spec", held_check)
     data = spec_data(tmp_path / "out", prompts={"template": {"text": SLOW, "seeds": {"w": ["a"]}}})
     with running_api(tmp_path / "state", token=None) as url:
         answer: list[httpx.Response] = []

@@ -24,7 +24,7 @@ from typing import Any
 
 import jsonschema
 
-from orchestrator.gates import Filters
+from orchestrator.spec.quality import Filters
 from workers.filters.filler import filler, stored_text, strip_filler
 from workers.filters.refusal import refusal_statement
 from workers.filters.repetition import degenerate_repetition, repetition_share

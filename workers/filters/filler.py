@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from orchestrator.gates import Filters
+from orchestrator.spec.quality import Filters
 from workers.filters.text import ALNUM, ascii_quotes, is_json, normalise, sentence_spans
 
 _PLEASANTRY = (r"(?:sure(?: thing)?|of course|certainly|absolutely|definitely|no problem|gladly|with pleasure"

@@ -6,7 +6,6 @@ import json
 import re
 import unicodedata
 
-
 QUOTES = {c: "'" for c in "\u2018\u2019\u201a\u201b\u2032\u02bc\u00b4\uff07"} | {
     c: '"' for c in "\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb\uff02"}
 CURLY = re.compile("[" + "".join(QUOTES) + "]")

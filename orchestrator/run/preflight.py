@@ -15,14 +15,15 @@ from typing import Any
 from jinja2 import TemplateSyntaxError
 
 from orchestrator import defaults
+from orchestrator.commit.schemas import reserved_name_problems
 from orchestrator.errors import Problem, SpecError, StorageError
-from orchestrator.input_checks import Source, file_findings
-from orchestrator.planner import product_size, template_variables
-from orchestrator.rows import reserved_name_problems
-from orchestrator.spec import JobSpec, ModelSpec, TemplateSource
+from orchestrator.plan.planner import product_size, template_variables
+from orchestrator.run.input_checks import Source, file_findings
+from orchestrator.spec.job import JobSpec, TemplateSource
+from orchestrator.spec.model import ModelSpec
 from orchestrator.storage import open_store, split_uri
 from orchestrator.storage.reader import open_input
-from workers import sandbox
+from workers import sandbox, template_checks
 from workers.prompts import FILE_COLUMNS, undeclared_variables
 
 # config.json keys vLLM reads a model's context from (the smallest present wins)
@@ -85,7 +86,7 @@ def _render_failures(source: TemplateSource) -> list[tuple[int, sandbox.RenderEr
 def _checked_renders(source: TemplateSource) -> list[tuple[int, sandbox.RenderError]]:
     """`_render_failures` under the template time limit; a render past it fails every row."""
     try:
-        return sandbox.within(defaults.TEMPLATE_CHECK_S, "rendering the first rows", _render_failures, source)
+        return template_checks.within(defaults.TEMPLATE_CHECK_S, "rendering the first rows", _render_failures, source)
     except sandbox.TemplateTimeout as e:
         return [(row, sandbox.RenderError(0, e)) for row in _first_rows(source)]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator import defaults
 from orchestrator.errors import Problem, StorageError
-from orchestrator.gates import REFERENCE_COLUMNS
+from orchestrator.spec.quality import REFERENCE_COLUMNS
 from orchestrator.storage.reader import open_input
 
 PROMPT_COLUMNS = ("prompt", "messages")

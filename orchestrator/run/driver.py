@@ -9,17 +9,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator import defaults, layout
-from orchestrator.commit import CommitOutcome, ShardStats, committed_shards
-from orchestrator.dispatch import DispatchReport, JobRun, PoolDispatcher
+from orchestrator import defaults
+from orchestrator.commit import layout
+from orchestrator.commit.shards import CommitOutcome, ShardStats, committed_shards
 from orchestrator.errors import ConflictError, JobFailedError, JobInterrupted
-from orchestrator.finalize import finalize
-from orchestrator.planner import Plan, Shard, make_plan
-from orchestrator.pool import WorkerPool, ensure_ray, fitting_workers
-from orchestrator.spec import JobSpec
+from orchestrator.finalize.finish import finalize
+from orchestrator.plan.planner import Plan, Shard, make_plan
+from orchestrator.run.dispatch import DispatchReport, JobRun, PoolDispatcher
+from orchestrator.run.pool import WorkerPool, fitting_workers
+from orchestrator.run.preflight import check_spec
+from orchestrator.run.ray_runtime import ensure_ray
+from orchestrator.spec.job import JobSpec
 from orchestrator.storage import Store, open_store
 from orchestrator.storage.base import drain_storage_stats
-from orchestrator.validate import check_spec
 from workers.shard import WorkerCounts
 
 

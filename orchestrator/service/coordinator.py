@@ -20,20 +20,22 @@ from typing import Any
 import ray
 
 from orchestrator import defaults
-from orchestrator.commit import CommitOutcome, ShardStats
-from orchestrator.coordinator import PreparedJob, Tracker, execute, prepare
-from orchestrator.dispatch import PoolDispatcher
+from orchestrator.commit.shards import CommitOutcome, ShardStats
 from orchestrator.errors import ConflictError, NotFoundError, SynthfleetError
-from orchestrator.finalize import finalize
-from orchestrator.jobs import JobRecord, JobState, JobStore
-from orchestrator.metrics import Metrics
-from orchestrator.planner import Shard
-from orchestrator.quality import failure_flag
-from orchestrator.pool import WorkerPool, ensure_ray, fitting_workers
-from orchestrator.spec import JobSpec, ModelSpec, Resources
+from orchestrator.finalize.finish import finalize
+from orchestrator.finalize.passes import failure_flag
+from orchestrator.plan.planner import Shard
+from orchestrator.run.dispatch import PoolDispatcher
+from orchestrator.run.driver import PreparedJob, Tracker, execute, prepare
+from orchestrator.run.pool import WorkerPool, fitting_workers
+from orchestrator.run.preflight import check_spec
+from orchestrator.run.ray_runtime import ensure_ray
+from orchestrator.service.metrics import Metrics
+from orchestrator.service.records import JobRecord, JobState, JobStore
+from orchestrator.spec.job import JobSpec, Resources
+from orchestrator.spec.model import ModelSpec
 from orchestrator.storage import open_store
 from orchestrator.storage.base import drain_storage_stats
-from orchestrator.validate import check_spec
 from workers.shard import WorkerCounts
 
 log = logging.getLogger(__name__)

@@ -19,19 +19,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from orchestrator import layout, rows
-from orchestrator.commit import parquet_bytes, read_parquet
-from orchestrator.gates import Mix, reference_text
-from orchestrator.quality import input_records, input_texts, skipped_lines
+from orchestrator.commit import layout, schemas
+from orchestrator.commit.shards import parquet_bytes, read_parquet
+from orchestrator.finalize.passes import input_records, input_texts, skipped_lines
+from orchestrator.spec.quality import Mix, reference_text
 from orchestrator.storage import Store
 
 SCHEMA = pa.schema([
     pa.field("source", pa.string(), nullable=False),  # real | synthetic
     pa.field("row_id", pa.string(), nullable=False),
     pa.field("prompt", pa.string()),
-    pa.field("messages", rows.MESSAGES),
+    pa.field("messages", schemas.MESSAGES),
     pa.field("completion", pa.string()),
-    pa.field("lineage", rows.LINEAGE),  # null for real rows
+    pa.field("lineage", schemas.LINEAGE),  # null for real rows
 ])
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from orchestrator.errors import Problem, SpecError, StorageError
-from orchestrator.spec import JobSpec, TemplateSource
+from orchestrator.spec.job import JobSpec, TemplateSource
 from orchestrator.storage import split_uri
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from orchestrator.errors import Problem
-from orchestrator.spec import JobSpec
+from orchestrator.spec.job import JobSpec
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 LINEAGE = pa.struct([

@@ -20,11 +20,11 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
 from orchestrator import defaults
-from orchestrator.commit import CommitOutcome
+from orchestrator.commit.shards import CommitOutcome
 from orchestrator.errors import EngineDeadError, JobFailedError
-from orchestrator.planner import Plan, Shard
-from orchestrator.pool import WorkerPool
-from orchestrator.spec import JobSpec
+from orchestrator.plan.planner import Plan, Shard
+from orchestrator.run.pool import WorkerPool
+from orchestrator.spec.job import JobSpec
 from workers.shard import WorkerCounts
 
 log = logging.getLogger(__name__)

@@ -7,21 +7,14 @@ hash); the quality report only measures, so changing its thresholds keeps the jo
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, ValidationInfo, field_validator, model_validator
 
 from orchestrator import defaults
 from orchestrator.errors import StorageError
+from orchestrator.spec.model import ModelSpec, Strict
 from orchestrator.storage import check_uri
-
-if TYPE_CHECKING:
-    from orchestrator.spec import ModelSpec
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def checked_uri(uri: str) -> str:
@@ -32,7 +25,7 @@ def checked_uri(uri: str) -> str:
         raise ValueError(str(e)) from None
 
 
-class Judge(_Strict):
+class Judge(Strict):
     """The model scores each kept completion on an anchored scale against a rubric, through structured output."""
 
     model: Literal["self"] | ModelSpec = Field(
@@ -92,7 +85,7 @@ class Judge(_Strict):
         return self.model == "self"
 
 
-class Filters(_Strict):
+class Filters(Strict):
     """Cheap per-row checks on each completion, applied on the worker before the judge."""
 
     min_chars: StrictInt | None = Field(None, ge=0)
@@ -145,7 +138,7 @@ class Filters(_Strict):
         return self
 
 
-class Dedup(_Strict):
+class Dedup(Strict):
     """Job-wide dedup of completions in a finalize pass over every committed shard."""
 
     exact: StrictBool = Field(True, description=(
@@ -164,7 +157,7 @@ class Dedup(_Strict):
         "answers share nothing); a row without words is never a near duplicate."))
 
 
-class Quality(_Strict):
+class Quality(Strict):
     """The quality report every job gets; measuring only, it never drops a row."""
 
     reference: str | None = Field(None, description="Real data (JSONL or Parquet) to compare diversity with.")
@@ -209,7 +202,7 @@ class Quality(_Strict):
         return data
 
 
-class Mix(_Strict):
+class Mix(Strict):
     """A training-ready `mixed/` split of real and synthetic rows at an exact ratio."""
 
     uri: str = Field(..., description="Real rows: JSONL or Parquet with `completion` or `text` (and `prompt`).")

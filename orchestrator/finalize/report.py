@@ -20,9 +20,18 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from orchestrator.diversity import HIGHER_IS_MORE_DIVERSE
-from orchestrator.quality import failure_flag
-from orchestrator.report_tables import card, examples_section, fmt, label, note, outcomes_section, pct, values_section
+from orchestrator.finalize.diversity import HIGHER_IS_MORE_DIVERSE
+from orchestrator.finalize.passes import failure_flag
+from orchestrator.finalize.report_tables import (
+    card,
+    examples_section,
+    fmt,
+    label,
+    note,
+    outcomes_section,
+    pct,
+    values_section,
+)
 
 BLUE, GREY, RED = "#4c72b0", "#b0b0b0", "#c44e52"
 MAX_DRIFT_BARS = 30  # values per variable plotted: every flagged one, then the most planned
@@ -88,9 +97,9 @@ def _image(fig: Figure, alt: str) -> str:
 def _bars(ax: Axes, names: list[str], series: dict[str, list[float]], colors: list[str]) -> None:
     """Grouped vertical bars, one group per name, labelled with their values."""
     width = 0.8 / len(series)
-    for k, ((label, values), color) in enumerate(zip(series.items(), colors, strict=False)):
+    for k, ((series_name, values), color) in enumerate(zip(series.items(), colors, strict=False)):
         xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(names))]
-        bars = ax.bar(xs, values, width, label=label, color=color)
+        bars = ax.bar(xs, values, width, label=series_name, color=color)
         ax.bar_label(bars, labels=[fmt(v) for v in values], padding=2, fontsize=8)
     ax.set_xticks(range(len(names)), names)
     if len(series) > 1:

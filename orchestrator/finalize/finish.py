@@ -10,14 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator import diversity, layout, rows
-from orchestrator.commit import ShardStats, recover_shard
-from orchestrator.mixing import write_mixed
-from orchestrator.planner import Plan
-from orchestrator.quality import KeptRows, ShardResult, build_report, dedup_shards, measure_shards, mixed_drift
-from orchestrator.report import render_report
-from orchestrator.samples import Examples, original_texts, scan_rejected
-from orchestrator.spec import JobSpec
+from orchestrator.commit import layout, schemas
+from orchestrator.commit.shards import ShardStats, recover_shard
+from orchestrator.finalize import diversity
+from orchestrator.finalize.mixing import write_mixed
+from orchestrator.finalize.passes import KeptRows, ShardResult, build_report, dedup_shards, measure_shards, mixed_drift
+from orchestrator.finalize.report import render_report
+from orchestrator.finalize.samples import Examples, original_texts, scan_rejected
+from orchestrator.plan.planner import Plan
+from orchestrator.spec.job import JobSpec
 from orchestrator.storage import Store
 
 
@@ -72,7 +73,7 @@ def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStat
         return json.loads(store.get(layout.MANIFEST))
     staged, n = spec.dedup is not None, plan.num_shards
     shards = [known.get(i) or recover_shard(store, i, n, staged) for i in range(n)]
-    variables = [f.name for f in rows.variable_fields(spec)]
+    variables = [f.name for f in schemas.variable_fields(spec)]
     kept = KeptRows(diversity.BottomK(spec.quality.sample_rows), Examples(variables))
     results = dedup_shards(store, spec, plan, kept) if staged else {}
     if not staged:

@@ -44,7 +44,7 @@ from datasketch import MinHash
 from datasketch.minhash import _fmix
 
 from orchestrator import defaults
-from orchestrator.gates import Dedup
+from orchestrator.spec.quality import Dedup
 
 SEED = 1
 WORD = re.compile(r"\w+")

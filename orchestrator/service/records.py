@@ -15,7 +15,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import ConflictError, StorageError
-from orchestrator.spec import JobSpec
+from orchestrator.spec.job import JobSpec
 from orchestrator.storage import Store
 
 

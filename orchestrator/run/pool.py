@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
-from orchestrator import defaults, interrupts, reaper
+from orchestrator import defaults
 from orchestrator.errors import JobFailedError, Problem, SpecError
-from orchestrator.spec import ModelSpec, Resources
+from orchestrator.spec.job import Resources
+from orchestrator.spec.model import ModelSpec
 from workers.actor import GenerationWorker
 from workers.engine import EngineInfo
 
@@ -23,45 +23,11 @@ log = logging.getLogger(__name__)
 class PlacementError(RuntimeError):
     """Ray could not put a worker on any node."""
 
-WORKER_ENV = ("VLLM_LOGGING_LEVEL", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")
-
-
 @dataclass
 class Worker:
     id: int
     actor: Any
     info: EngineInfo | None = None
-
-
-def _no_auth_opt_out(record: logging.LogRecord) -> bool:
-    return "RAY_AUTH_MODE=disabled" not in record.getMessage()
-
-
-def ensure_ray(address: str | None = None, *, worker_logs: bool = True) -> None:
-    """Join the cluster at `address`, or start a local Ray runtime in this process.
-
-    A local cluster's processes copy this process's environment, and every Ray worker and vLLM engine
-    inherits theirs: the secrets in `defaults.SECRET_ENV` are taken out while Ray starts (and put back
-    for this process afterwards), so no worker ever holds the API token.
-    """
-    if ray.is_initialized():
-        return
-    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
-    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    secrets = {k: os.environ.pop(k) for k in defaults.SECRET_ENV if k in os.environ}
-    # A new local cluster has Ray's token auth on; Ray's notice of it invites users to turn it off.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_no_auth_opt_out)
-    try:
-        with interrupts.keep_handlers():
-            if address is None and "RAY_ADDRESS" not in os.environ:
-                # Ray's own default would join a cluster `ray start` recorded in its temp folder (or
-                # time out on a dead one left there): the embedded default is always a new local cluster.
-                address = "local"
-                reaper.start()  # a local cluster is ended with this process, however it ends
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=worker_logs, runtime_env={"env_vars": env})
-    finally:
-        os.environ.update(secrets)
 
 
 def fitting_workers(resources: Resources) -> int:

@@ -27,9 +27,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from orchestrator import defaults
 from orchestrator.errors import ConfigError, ConflictError, NotFoundError, Problem, SpecError
-from orchestrator.jobs import JobRecord, JobState
-from orchestrator.service import Coordinator
-from orchestrator.spec import parse_spec, problems_from
+from orchestrator.service.coordinator import Coordinator
+from orchestrator.service.records import JobRecord, JobState
+from orchestrator.spec.load import parse_spec, problems_from
 
 TOKEN_ENV, TOKEN_FILE_ENV = defaults.API_TOKEN_ENV, defaults.API_TOKEN_FILE_ENV
 BODY_SHAPE = "the body must be JSON: {spec, priority}"

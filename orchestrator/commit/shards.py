@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator import layout
+from orchestrator.commit import layout
 from orchestrator.storage import Store
 
 FOOTER_KEY = b"synthfleet.shard"

@@ -37,7 +37,7 @@ class RunDisplay:
         self.bar.__exit__(kind, value, tb)
 
     def update(self, p: Any) -> None:
-        """`p`: an orchestrator.coordinator.Progress."""
+        """`p`: an orchestrator.run.driver.Progress."""
         tps = p.completion_tokens / p.seconds if p.seconds and p.phase == "generating" else 0.0
         label = self.name if p.phase == "generating" else f"{self.name} ({p.phase})"
         self.bar.update(self.task, description=label, total=p.rows_total or None, completed=p.rows_done, tps=tps)

@@ -22,13 +22,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator import defaults, diversity, drift, layout, rows
-from orchestrator.commit import FOOTER_KEY, ShardStats, parquet_bytes, read_parquet
-from orchestrator.dedup import Deduper
-from orchestrator.gates import Quality, reference_text
-from orchestrator.planner import Plan, product_size, template_variables
-from orchestrator.samples import Examples, sample_ids, sample_keys
-from orchestrator.spec import JobSpec
+from orchestrator import defaults
+from orchestrator.commit import layout, schemas
+from orchestrator.commit.shards import FOOTER_KEY, ShardStats, parquet_bytes, read_parquet
+from orchestrator.finalize import diversity, drift
+from orchestrator.finalize.dedup import Deduper
+from orchestrator.finalize.samples import Examples, sample_ids, sample_keys
+from orchestrator.plan.planner import Plan, product_size, template_variables
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.quality import Quality, reference_text
 from orchestrator.storage import Store
 from orchestrator.storage.reader import open_input
 
@@ -106,7 +108,7 @@ def dedup_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> dic
                 "reject_reason", pa.array([v.reason for _, v in dropped])).append_column(
                 "reject_detail", pa.array([f"duplicate of {v.of}" for _, v in dropped]))
             _write_once(store, layout.rejected_key(i, n, "duplicates"),
-                        parquet_bytes(dups.cast(rows.rejected_schema(spec))))
+                        parquet_bytes(dups.cast(schemas.rejected_schema(spec))))
         size, sha = _write_once(store, layout.data_key(i, n), parquet_bytes(data))
         kept.add(data)
         results[i] = ShardResult(data.num_rows, size, sha, dict(Counter(v.reason for _, v in dropped)))
@@ -124,18 +126,18 @@ def planned_seed_counts(spec: JobSpec, plan: Plan) -> dict[str, Counter[Any]]:
     source = spec.prompts.template
     if source is None or not source.seeds:
         return {}
-    fields = {f.name: f for f in rows.variable_fields(spec)}
+    fields = {f.name: f for f in schemas.variable_fields(spec)}
     n = spec.sampling.n
     counts: dict[str, Counter[Any]] = {name: Counter() for name in fields}
     if source.sample is None:  # the full product: each listed value appears product/len times
         size = product_size(source)
         for name, values in source.seeds.items():
             for v in values:
-                counts[name][rows.column_value(fields[name], v)] += size // len(values) * n
+                counts[name][schemas.column_value(fields[name], v)] += size // len(values) * n
         return counts
     for index in range(plan.total_rows):
         for name, v in template_variables(source, index).items():
-            counts[name][rows.column_value(fields[name], v)] += n
+            counts[name][schemas.column_value(fields[name], v)] += n
     return counts
 
 

@@ -21,10 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator import defaults, layout
-from orchestrator.commit import ShardStats, read_parquet
-from orchestrator.diversity import sample_key
-from orchestrator.planner import Plan
+from orchestrator import defaults
+from orchestrator.commit import layout
+from orchestrator.commit.shards import ShardStats, read_parquet
+from orchestrator.finalize.diversity import sample_key
+from orchestrator.plan.planner import Plan
 from orchestrator.storage import Store
 
 

@@ -1,0 +1,163 @@
+"""The commands that run here: run, validate, show, make-tiny-model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+
+from orchestrator import defaults
+from orchestrator.errors import JobInterrupted, SpecError, SynthfleetError
+from orchestrator.run import interrupts
+
+if TYPE_CHECKING:
+    pass
+
+from orchestrator.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err, load, out, report_problems
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator.plan.planner import make_plan
+    from orchestrator.run.preflight import check_spec
+
+    try:
+        spec = load(args.spec, args.output)
+        check_spec(spec)
+        plan = make_plan(spec)
+    except SpecError as e:
+        return report_problems(args.spec, e)
+    out.print(f"{args.spec}: ok — job {plan.job_id}, {plan.total_rows} rows in {plan.num_shards} shards")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.cli.display import RunDisplay
+    from orchestrator.run.driver import run_job
+
+    try:
+        spec = load(args.spec, args.output)
+    except SpecError as e:
+        return report_problems(args.spec, e)
+    try:
+        with RunDisplay(spec.name, err, quiet=args.quiet) as display:
+            result = run_job(spec, ray_address=args.ray_address, on_progress=display.update,
+                             worker_logs=args.verbose)
+    except SpecError as e:
+        return report_problems(args.spec, e)
+    except JobInterrupted as e:
+        err.print(str(e), highlight=False)
+        return interrupts.exit_code()
+    except SynthfleetError as e:
+        err.print(f"[bold red]job failed:[/] {e}", highlight=False)
+        return EXIT_FAILED
+    print_summary(result, f"{result.shards_generated} of {result.shards} shards generated this run at "
+                           f"{result.tokens_per_s:,.0f} tokens/s")
+    return failed_rows_status(result, args.max_failed_share)
+
+
+def print_summary(result: Any, throughput: str) -> None:
+    """What a finished job made, its quality line and flags, its retries, and where its files are."""
+    out.print(f"[bold green]done[/] {result.job_id}: {result.rows_ok} rows ok, {result.rows_failed} failed, "
+              f"{result.rows_rejected} rejected; {result.completion_tokens} tokens; {throughput}", highlight=False)
+    print_quality(result.quality)
+    if result.retries or result.workers_replaced:
+        out.print(f"retries: {result.retries} shard attempts retried, {result.workers_replaced} workers replaced",
+                  highlight=False)
+    if result.storage_retries:
+        out.print(f"storage: {result.storage_retries} object-storage calls retried (throttling, 5xx, dropped "
+                  "connections); the storage_retries metric shows when", highlight=False)
+    if result.stalls:
+        out.print(f"stalls: {result.stalls} waits of more than {defaults.STALL_S:g} s with no shard committed "
+                  f"(longest {result.longest_stall_s:.0f} s)", highlight=False)
+    where = _shown(result.uri)
+    out.print(f"data: {where}/data/  manifest: {where}/_manifest.json  report: {where}/quality_report.html",
+              highlight=False)
+
+
+def failed_rows_status(result: Any, max_failed_share: float | None) -> int:
+    """Top error codes with a sample message; non-zero when no row succeeded, or more failed than allowed."""
+    from orchestrator.finalize.passes import failure_flag
+
+    rows = (result.quality or {}).get("rows", {})
+    for e in rows.get("top_errors", []):
+        err.print(f"  errors/ {e['code']}: {e['rows']} rows, e.g. {e['sample']}", highlight=False, markup=False)
+    flag = failure_flag(rows)
+    if flag:
+        err.print(f"[bold yellow]warning:[/] {escape(flag)}", highlight=False)
+    total = result.rows_ok + result.rows_failed + result.rows_rejected
+    share = result.rows_failed / total if total else 0.0
+    if result.rows_failed and not result.rows_ok:
+        err.print("[bold red]job failed:[/] no row succeeded; fix the cause above (the spec or its input), "
+                  "then run again", highlight=False)
+        return EXIT_FAILED
+    if max_failed_share is not None and share > max_failed_share:
+        err.print(f"[bold red]job failed:[/] {share:.1%} of rows failed, more than --max-failed-share "
+                  f"{max_failed_share:g}", highlight=False)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _shown(uri: str) -> str:
+    """A local job folder relative to the working directory when it is below it; other URIs as they are."""
+    if "://" in uri or not os.path.isabs(uri):
+        return uri
+    rel = os.path.relpath(uri)
+    return uri if rel.startswith("..") else rel
+
+
+def print_quality(q: dict[str, Any] | None) -> None:
+    """One line of diversity, and a warning for each flag the quality report raised."""
+    if not q:
+        return
+    d = q["diversity"]
+    out.print(f"quality: distinct-2 {d.get('distinct_2', 0):.3f}, compression ratio {d.get('compression_ratio', 0):.2f}, "
+              f"mean similarity {d.get('mean_pairwise_similarity', 0):.3f} on {q['sample_rows']} sampled rows",
+              highlight=False)
+    ref = q.get("reference")
+    if ref and ref["below_reference"]:
+        err.print(f"[bold yellow]warning:[/] diversity below {ref['min_ratio']:g} of the reference on "
+                  f"{', '.join(ref['flagged'])}: an early sign of collapse", highlight=False)
+    cut = q.get("truncation") or {}
+    if cut.get("flagged"):
+        err.print(f"[bold yellow]warning:[/] {cut['rows']:,} rows ({cut['share']:.0%}) stopped at max_tokens = "
+                  f"{cut['max_tokens']}: their text is unfinished (raise sampling.max_tokens)", highlight=False)
+    for title, drift in (("bias drift", q["drift"]), ("mixing drift", q.get("mixed_drift"))):
+        for name in (drift or {}).get("flagged_variables", []):
+            values = [str(v["value"]) for v in drift["variables"][name]["values"] if v["flagged"]]
+            err.print(f"[bold yellow]warning:[/] {title} in seed variable {name!r}: {escape(', '.join(values))}",
+                      highlight=False)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from orchestrator.results import manifest, open_job, read_table
+
+    target = args.target
+    if target.endswith((".yaml", ".yml", ".json")) and not target.rstrip("/").endswith("_manifest.json"):
+        try:
+            spec = load(target, args.output)
+        except SpecError as e:
+            return report_problems(target, e)
+        target = f"{spec.output.uri.rstrip('/')}/{spec.job_id}"
+    try:
+        m = manifest(open_job(target))
+        table = read_table(target)
+    except SynthfleetError as e:
+        err.print(f"[bold red]{e}[/]", highlight=False)
+        return EXIT_BAD_INPUT
+    out.print(f"{target}: {m['rows_ok']} rows ok, {m['rows_failed']} in errors/, "
+              f"{m['completion_tokens']} completion tokens, {m['num_shards']} shards", highlight=False)
+    for row in (table.slice(0, args.rows).to_pylist() if table is not None else []):
+        prompt = row["prompt"] if row["prompt"] is not None else row["messages"][-1]["content"]
+        out.print(f"\n[bold]{row['row_id']}[/] prompt: {prompt!r}", highlight=False)
+        out.print(f"  completion: {row['completion'][:200]!r}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from workers.tiny_model import build_tiny_model
+
+    path = build_tiny_model(args.dir, seed=args.seed)
+    out.print(f"tiny model written to {path}", highlight=False)
+    return EXIT_OK

@@ -1,0 +1,225 @@
+"""The job spec: what to generate, from which prompts, with which sampling, and where to write it.
+
+A spec is a frozen pydantic model loaded from YAML or JSON. Unknown fields are errors. Fields that
+change the generated data (model, prompts, sampling) are hashed into every row's lineage; fields
+that only say where and how fast (output, resources) are not, so moving a job keeps its identity.
+
+Relative paths to what a job reads resolve against the spec file's folder (`load_spec`), so a spec
+works from any working directory; the job id hashes them as written, so it does not depend on where
+the spec is checked out either (see `SpecFolder`). output.uri is relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
+
+from orchestrator import defaults
+from orchestrator.spec.model import ModelSpec, Strict
+from orchestrator.spec.quality import Dedup, Filters, Judge, Mix, Quality, checked_uri
+
+# The fields naming what a job reads; a relative local path in them resolves against the spec's folder.
+# output.uri, where the job writes, is relative to the working directory, as `--output` is.
+PATH_FIELDS = ("model.path", "judge.model.path", "prompts.file.uri", "prompts.openai_batch.uri",
+               "quality.reference", "mix.uri")
+
+
+
+class Message(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Sample(Strict):
+    n: StrictInt = Field(..., ge=1, description="Rows drawn from the product of the seed values.")
+    seed: StrictInt = Field(0, description="Which rows are drawn; same seed, same rows.")
+
+
+class TemplateSource(Strict):
+    text: str | None = Field(None, description="A Jinja template rendered to a plain prompt.")
+    messages: list[Message] | None = Field(
+        None, description="Chat messages whose contents are Jinja templates."
+    )
+    seeds: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Variable name -> values; rows are their product."
+    )
+    sample: Sample | None = Field(None, description="Draw N distinct rows instead of all.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> TemplateSource:
+        if (self.text is None) == (self.messages is None):
+            raise ValueError("give exactly one of text or messages")
+        return self
+
+    @model_validator(mode="after")
+    def _sample_fits(self) -> TemplateSource:
+        size = math.prod(len(v) for v in self.seeds.values()) if self.seeds else 1
+        if self.sample is not None and self.sample.n > size:
+            raise ValueError(f"sample.n={self.sample.n} exceeds the {size} distinct seed combinations; "
+                             "add seed values, lower sample.n, or use sampling.n for several completions per prompt")
+        return self
+
+    @field_validator("seeds")
+    @classmethod
+    def _non_empty(cls, seeds: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for name, values in seeds.items():
+            if not values:
+                raise ValueError(f"seed variable {name!r} has no values")
+            if not name.isidentifier():
+                raise ValueError(f"seed variable {name!r} is not a valid identifier")
+        return seeds
+
+
+class FileSource(Strict):
+    uri: str = Field(..., description="JSONL or Parquet with a `prompt` or `messages` column.")
+    _uri = field_validator("uri")(checked_uri)
+
+
+class BatchSource(Strict):
+    uri: str = Field(..., description="OpenAI Batch input JSONL (custom_id, method, url, body).")
+    _uri = field_validator("uri")(checked_uri)
+
+
+class Prompts(Strict):
+    template: TemplateSource | None = None
+    file: FileSource | None = None
+    openai_batch: BatchSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Prompts:
+        given = [k for k in ("template", "file", "openai_batch") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one prompt source: template, file or openai_batch"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+
+class Sampling(Strict):
+    temperature: StrictFloat = Field(1.0, ge=0)
+    top_p: StrictFloat = Field(1.0, gt=0, le=1)
+    max_tokens: StrictInt = Field(defaults.MAX_TOKENS, ge=1, description="At most model.max_model_len.")
+    n: StrictInt = Field(1, ge=1, description="Completions per prompt; each becomes its own row.")
+    seed: StrictInt = Field(0, description="Base seed; each row's seed derives from it and the row.")
+    stop: list[str] = Field(default_factory=list)
+    ignore_eos: StrictBool = Field(False, description="Always generate max_tokens (benchmarks).")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="Constrain completions to JSON valid against this schema."
+    )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            import jsonschema
+
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as e:
+                raise ValueError(f"not a valid JSON schema: {e.message}") from None
+        return schema
+
+
+class Output(Strict):
+    uri: str = Field(..., description="Folder, file:// or s3://bucket/prefix; the job goes under it.")
+    rows_per_shard: StrictInt = Field(defaults.ROWS_PER_SHARD, ge=1)
+    _uri = field_validator("uri")(checked_uri)
+
+
+class Resources(Strict):
+    workers: StrictInt = Field(1, ge=1, description="GenerationWorker actors (one engine each).")
+    gpus_per_worker: StrictFloat = Field(1, ge=0, description="0 on CPU-only clusters.")
+    cpus_per_worker: StrictFloat = Field(1, ge=0)
+    max_attempts: StrictInt = Field(defaults.MAX_ATTEMPTS, ge=1, description="Tries per shard.")
+    shards_in_flight: StrictInt = Field(
+        defaults.SHARDS_IN_FLIGHT, ge=1, description="Shards queued per worker so it never idles."
+    )
+
+
+class SpecFolder(Strict):
+    """Where a spec file's relative paths were resolved: set by `load_spec`, not written by hand.
+
+    The path fields then hold absolute paths any process can use (a server included), while the job
+    id hashes each one as the spec wrote it, so the same spec keeps its job id wherever it is
+    checked out, and a spec whose paths are all absolute or s3:// hashes exactly as before.
+    """
+
+    folder: str = Field(..., description="The spec file's folder (absolute).")
+    written: dict[str, str] = Field(..., description="Field path -> the relative path as the spec wrote it.")
+
+
+class JobSpec(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    model: ModelSpec
+    prompts: Prompts
+    sampling: Sampling = Sampling()
+    output: Output
+    resources: Resources = Resources()
+    judge: Judge | None = Field(None, description="Score each completion; low scores go to rejected/.")
+    filters: Filters | None = Field(None, description="Per-row length, pattern, refusal checks.")
+    dedup: Dedup | None = Field(None, description="Job-wide exact and near-duplicate removal.")
+    quality: Quality = Quality()
+    mix: Mix | None = Field(None, description="Also write a mixed/ split with real rows.")
+    relative_to: SpecFolder | None = Field(
+        None, description="Set by load_spec: the folder relative paths were resolved against.")
+
+    @model_validator(mode="after")
+    def _resolutions_hold(self) -> JobSpec:
+        """Each path `relative_to` records is its written text joined to its folder (so the hash is honest)."""
+        if self.relative_to is None:
+            return self
+        folder = self.relative_to.folder
+        if not os.path.isabs(folder):
+            raise ValueError("relative_to.folder must be absolute; remove relative_to (load_spec sets it)")
+        for field, text in self.relative_to.written.items():
+            if field not in PATH_FIELDS or not is_relative_path(text) or \
+                    field_value(self, field) != os.path.normpath(os.path.join(folder, text)):
+                raise ValueError(f"relative_to.written.{field} does not match {field}; remove relative_to "
+                                 "(load_spec sets it)")
+        return self
+
+    def content_hash(self) -> str:
+        """Hash of what determines the data (not where it goes or how fast)."""
+        content = self.model_dump(mode="json", include={"name", "model", "prompts", "sampling"},
+                                  exclude={"model": {"kv_cache_gib"}})
+        for gate in ("judge", "filters", "dedup", "mix"):  # absent gates keep earlier job ids
+            if getattr(self, gate) is not None:
+                content[gate] = getattr(self, gate).model_dump(mode="json")
+        for field, text in (self.relative_to.written.items() if self.relative_to else ()):
+            replace_at(content, field.split("."), text)  # as written: the same wherever the spec lives
+        blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def job_id(self) -> str:
+        return f"{self.name}-{self.content_hash()[:10]}"
+
+    def with_output(self, uri: str) -> JobSpec:
+        return self.model_copy(update={"output": self.output.model_copy(update={"uri": uri})})
+
+
+def is_relative_path(value: str) -> bool:
+    """A relative local path (not s3://, not absolute): what load_spec resolves against the spec's folder."""
+    return not value.startswith("s3://") and not os.path.isabs(value)
+
+
+def field_value(spec: BaseModel, field: str) -> Any:
+    """The value at a dotted field path such as "judge.model.path"; None where any part is missing."""
+    value: Any = spec
+    for part in field.split("."):
+        value = getattr(value, part, None) if isinstance(value, BaseModel) else None
+    return value
+
+
+def replace_at(content: dict[str, Any], parts: list[str], text: str) -> None:
+    """Set content[a][b]... = text where that path exists (an absent section stays absent)."""
+    for part in parts[:-1]:
+        content = content.get(part) if isinstance(content, dict) else None  # type: ignore[assignment]
+    if isinstance(content, dict) and parts[-1] in content:
+        content[parts[-1]] = text
