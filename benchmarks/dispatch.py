@@ -32,9 +32,9 @@ from orchestrator.run.dispatch import PoolDispatcher  # noqa: E402
 from orchestrator.run.driver import Tracker, execute, prepare  # noqa: E402
 from orchestrator.run.pool import WorkerPool  # noqa: E402
 from orchestrator.run.ray_runtime import ensure_ray
-from orchestrator.service.coordinator import RecordTracker  # noqa: E402
 from orchestrator.service.metrics import Metrics  # noqa: E402
 from orchestrator.service.records import JobRecord  # noqa: E402
+from orchestrator.service.tracking import RecordTracker  # noqa: E402
 from orchestrator.spec.job import JobSpec  # noqa: E402
 from orchestrator.spec.load import parse_spec
 from workers.shard import WorkerCounts  # noqa: E402

@@ -214,7 +214,7 @@ def shard_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[PromptRow]:
     p = spec.prompts
     if p.template is not None:
         return [_render_template(spec, plan, i) for i in range(shard.start, shard.end)]
-    uri = p.file.uri if p.file is not None else p.openai_batch.uri  # type: ignore[union-attr]
+    uri = str(p.file_uri)
     make = _file_row if p.file is not None else _batch_row
     rows = []
     for index, (number, source) in enumerate(_records(uri, shard), start=shard.start):

@@ -44,10 +44,10 @@ from datasketch import MinHash
 from datasketch.minhash import _fmix
 
 from orchestrator import defaults
+from orchestrator.finalize.tokens import word_tokens
 from orchestrator.spec.quality import Dedup
 
 SEED = 1
-WORD = re.compile(r"\w+")
 WORD_HASH_CACHE = 1 << 17  # words whose hashes are kept (about 120 bytes each): a hit costs half a hash
 _SHINGLE_START = np.uint64(0x243F6A8885A308D3)  # the chain's state before a shingle's first word
 _BAND_MIX = np.random.RandomState(SEED).randint(1, 2**62, size=1024, dtype=np.uint64) | np.uint64(1)
@@ -80,7 +80,7 @@ def word_hash(word: str) -> int:
 
 def word_hashes(normalized: str) -> list[int]:
     """The 64-bit hash of each `\\w+` word of a normalised text, in order."""
-    return [word_hash(w) for w in WORD.findall(normalized)]
+    return [word_hash(w) for w in word_tokens(normalized)]
 
 
 class WordHasher:
@@ -92,7 +92,7 @@ class WordHasher:
 
     def __call__(self, normalized: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The hashes of every text's words (uint64, text after text), and how many words each has."""
-        rows = [WORD.findall(t) for t in normalized]
+        rows = [word_tokens(t) for t in normalized]
         words = list(itertools.chain.from_iterable(rows))
         try:
             hashes = list(map(self._cache.__getitem__, words))

@@ -22,13 +22,14 @@ import hashlib
 import heapq
 import logging
 import math
-import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import sparse
+
+from orchestrator.finalize.tokens import word_tokens
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,9 @@ HIGHER_IS_MORE_DIVERSE: dict[str, bool] = {
     "embedding_dispersion": True,
 }
 
-_WORD = re.compile(r"\w+")
-
-
 def words(text: str) -> list[str]:
     """The word tokens of `text` (see the module docstring)."""
-    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
+    return word_tokens(unicodedata.normalize("NFKC", text).lower())
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Iterable[tuple[str, ...]]:

@@ -22,6 +22,7 @@ import pyarrow as pa
 from orchestrator.commit import layout, schemas
 from orchestrator.commit.shards import parquet_bytes, read_parquet
 from orchestrator.finalize.passes import input_records, input_texts, skipped_lines
+from orchestrator.plan.planner import sample_id
 from orchestrator.spec.quality import Mix, reference_text
 from orchestrator.storage import Store
 
@@ -82,7 +83,7 @@ def _synthetic_rows(store: Store, data_keys: list[str], chosen: np.ndarray | Non
                 continue
             for name in variables:
                 seeds.setdefault(name, Counter())[r[name]] += 1
-            yield {"source": "synthetic", "row_id": f"{r['row_id']}/{r['sample_index']}", "prompt": r["prompt"],
+            yield {"source": "synthetic", "row_id": sample_id(r['row_id'], r['sample_index']), "prompt": r["prompt"],
                    "messages": r["messages"], "completion": r["completion"], "lineage": r["lineage"]}
 
 

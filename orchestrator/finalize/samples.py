@@ -25,13 +25,13 @@ from orchestrator import defaults
 from orchestrator.commit import layout
 from orchestrator.commit.shards import ShardStats, read_parquet
 from orchestrator.finalize.diversity import sample_key
-from orchestrator.plan.planner import Plan
+from orchestrator.plan.planner import Plan, sample_id
 from orchestrator.storage import Store
 
 
 def sample_ids(table: pa.Table) -> list[str]:
     """`row_id/sample_index` of each row: what identifies a kept row (dedup, sampling, mixing, examples)."""
-    return [f"{r}/{k}" for r, k in zip(table.column("row_id").to_pylist(), table.column("sample_index").to_pylist(),
+    return [sample_id(r, k) for r, k in zip(table.column("row_id").to_pylist(), table.column("sample_index").to_pylist(),
                                         strict=True)]
 
 
@@ -135,7 +135,7 @@ class Examples:
         """Offer the table's first `low.k` rows in `order` (their own key: score then sample key)."""
         picked = order[: low.k]
         for i, row in zip(picked.tolist(), table.take(pa.array(picked, pa.int64())).to_pylist(), strict=True):
-            sid = f"{row['row_id']}/{row['sample_index']}"
+            sid = sample_id(row['row_id'], row['sample_index'])
             fields = {"score": row["judge_score"], "reason": row["judge_reason"]} if score is not None else {}
             fields.update({k: row.get(v) for k, v in extra.items()})
             head = (int(score[i]),) if score is not None else ()

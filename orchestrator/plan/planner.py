@@ -68,6 +68,11 @@ def row_id(spec_hash: str, index: int) -> str:
     return f"{spec_hash[:10]}-{index:010d}"
 
 
+def sample_id(row_id: str, sample_index: int) -> str:
+    """A completion's id: its row's id and its index among the row's `n` samples."""
+    return f"{row_id}/{sample_index}"
+
+
 def row_seed(base_seed: int, index: int) -> int:
     """Per-row sampling seed: independent of batching, worker and attempt."""
     digest = hashlib.blake2b(f"{base_seed}:{index}".encode(), digest_size=8).digest()
@@ -160,7 +165,7 @@ def make_plan(spec: JobSpec) -> Plan:
     if p.template is not None:
         total = p.template.sample.n if p.template.sample else product_size(p.template)
         return Plan(spec.job_id, spec_hash, total, per_shard)
-    uri = p.file.uri if p.file is not None else p.openai_batch.uri  # type: ignore[union-attr]
+    uri = str(p.file_uri)
     try:
         if uri.lower().endswith(".parquet"):
             total, fingerprint = _parquet_rows(uri)

@@ -1,11 +1,13 @@
-"""Run a job: check, plan, dispatch to warm workers, finalize. One call per stage."""
+"""The job driver: check, plan, dispatch to warm workers, finalize; written once, for `run_job` and the service."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,22 +182,80 @@ async def execute(job: PreparedJob, dispatcher: PoolDispatcher, tracker: Tracker
     return report
 
 
-async def _run_on_pool(job: PreparedJob, pool: WorkerPool | None, tracker: Tracker) -> None:
-    own = pool is None
-    pool = pool or WorkerPool(job.spec.model, job.spec.resources)
-    if pool.model != job.spec.model:
-        raise ValueError(f"the pool serves {pool.model.name}, not this job's model {job.spec.model.name}")
-    dispatcher = PoolDispatcher(pool, on_counts=tracker.counted)
-    loop = asyncio.ensure_future(dispatcher.run())
-    try:
-        tracker.report("loading the model")
-        await pool.grow(fitting_workers(job.spec.resources))
-        await execute(job, dispatcher, tracker)
-    finally:
-        dispatcher.close()
-        await loop
-        if own:
-            pool.close()
+PoolLease = Callable[[JobSpec, Tracker], AbstractAsyncContextManager[PoolDispatcher]]
+Offload = Callable[..., Awaitable[Any]]
+
+
+async def in_daemon_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a thread of its own, awaited: Ctrl-C ends the wait at once, and the thread, a
+    daemon, never holds up the exit (asyncio's own executor would be waited for)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(result) if error is None else done.set_exception(error)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task as it is
+            error = e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is gone: the wait was interrupted, nobody is waiting
+            pass
+
+    threading.Thread(target=run, name="finalize", daemon=True).start()
+    return await done
+
+
+async def drive(job: PreparedJob, tracker: Tracker, lease: PoolLease, *, started_at: float,
+                offload: Offload = in_daemon_thread,
+                on_finalizing: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+    """The job driver, for `run_job` and the service alike: generate the uncommitted shards on a
+    leased pool, then finalize; returns the manifest (at once when the job was already finished).
+
+    `lease(spec, tracker)` gives a pool's dispatcher for the generation and takes it back after; a
+    cancelled job raises CancelledError before anything is finalized. `offload` runs the finalize
+    pass off the event loop.
+    """
+    if job.manifest is not None:
+        return job.manifest
+    if len(job.committed) < job.plan.num_shards:
+        async with lease(job.spec, tracker) as dispatcher:
+            report = await execute(job, dispatcher, tracker)
+        if report.cancelled:
+            raise asyncio.CancelledError
+    tracker.report("finalizing")
+    if on_finalizing is not None:
+        await on_finalizing()
+    manifest: dict[str, Any] = await offload(finalize, job.store, job.spec, job.plan, tracker.stats, started_at)
+    return manifest
+
+
+def own_pool(pool: WorkerPool | None = None) -> PoolLease:
+    """The lease of a job run on its own: `pool` if given (kept open after), else a new pool closed after."""
+
+    @asynccontextmanager
+    async def lease(spec: JobSpec, tracker: Tracker) -> AsyncIterator[PoolDispatcher]:
+        leased = pool or WorkerPool(spec.model, spec.resources)
+        if leased.model != spec.model:
+            raise ValueError(f"the pool serves {leased.model.name}, not this job's model {spec.model.name}")
+        dispatcher = PoolDispatcher(leased, on_counts=tracker.counted)
+        loop = asyncio.ensure_future(dispatcher.run())
+        try:
+            tracker.report("loading the model")
+            await leased.grow(fitting_workers(spec.resources))
+            yield dispatcher
+        finally:
+            dispatcher.close()
+            await loop
+            if pool is None:
+                leased.close()
+
+    return lease
 
 
 def _count_committed(job: PreparedJob, tracker: Tracker) -> int:
@@ -212,16 +272,12 @@ def run_job(spec: JobSpec, *, ray_address: str | None = None, pool: WorkerPool |
     t0, started_at = time.perf_counter(), time.time()
     job = prepare(spec)
     tracker = Tracker(job.plan, on_progress)
-    manifest = job.manifest
-    if manifest is None:
-        try:
-            tracker.rows_done = job.committed_rows  # shown while Ray starts and the model loads
-            if len(job.committed) < job.plan.num_shards:
-                tracker.report("starting Ray")
-                ensure_ray(ray_address, worker_logs=worker_logs)
-                asyncio.run(_run_on_pool(job, pool, tracker))
-            tracker.report("finalizing")
-            manifest = finalize(job.store, spec, job.plan, tracker.stats, started_at)
-        except KeyboardInterrupt:
-            raise JobInterrupted(_count_committed(job, tracker), job.plan.num_shards) from None
+    tracker.rows_done = job.committed_rows  # shown while Ray starts and the model loads
+    try:
+        if job.manifest is None and len(job.committed) < job.plan.num_shards:
+            tracker.report("starting Ray")
+            ensure_ray(ray_address, worker_logs=worker_logs)
+        manifest = asyncio.run(drive(job, tracker, own_pool(pool), started_at=started_at))
+    except KeyboardInterrupt:
+        raise JobInterrupted(_count_committed(job, tracker), job.plan.num_shards) from None
     return tracker.result(job, manifest, time.perf_counter() - t0)

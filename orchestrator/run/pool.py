@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ import ray
 
 from orchestrator import defaults
 from orchestrator.errors import JobFailedError, Problem, SpecError
+from orchestrator.run.handles import RayWorkerHandle
 from orchestrator.spec.job import Resources
 from orchestrator.spec.model import ModelSpec
 from workers.actor import GenerationWorker
@@ -30,15 +32,21 @@ class Worker:
     info: EngineInfo | None = None
 
 
+def workers_that_fit(resources: Resources, cluster: Mapping[str, float], used: Mapping[str, float] | None = None) -> int:
+    """Workers of this shape the cluster's GPUs and CPUs hold beside what `used` takes, at most the
+    job's `resources.workers` (0 when none fits)."""
+    used = used or {}
+    fits = [resources.workers]
+    for resource, per in (("GPU", resources.gpus_per_worker), ("CPU", resources.cpus_per_worker)):
+        if per:
+            fits.append(int((cluster.get(resource, 0) - used.get(resource, 0)) // per))
+    return max(0, min(fits))
+
+
 def fitting_workers(resources: Resources) -> int:
     """How many workers the cluster can hold; fails fast when not even one fits."""
     total = ray.cluster_resources()
-    fits = [resources.workers]
-    if resources.gpus_per_worker:
-        fits.append(int(total.get("GPU", 0) // resources.gpus_per_worker))
-    if resources.cpus_per_worker:
-        fits.append(int(total.get("CPU", 0) // resources.cpus_per_worker))
-    n = min(fits)
+    n = workers_that_fit(resources, total)
     if n < 1:
         raise SpecError([Problem("resources", f"the Ray cluster ({total.get('GPU', 0):g} GPUs, "
                                  f"{total.get('CPU', 0):g} CPUs) cannot hold one worker needing "
@@ -101,6 +109,14 @@ class WorkerPool:
         worker = self.workers.pop(worker_id, None)
         if worker is not None:
             ray.kill(worker.actor, no_restart=True)
+
+    def handle(self, worker_id: int) -> RayWorkerHandle:
+        """The dispatcher's handle on a live worker."""
+        return RayWorkerHandle(self.workers[worker_id].actor)
+
+    def put(self, value: Any) -> Any:
+        """Store a job's spec or plan in Ray once; each attempt then sends its reference."""
+        return ray.put(value)
 
     def close(self) -> None:
         self._closed = True

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.errors import ConflictError, StorageError
+from orchestrator.errors import ConflictError
 from orchestrator.spec.job import JobSpec
 from orchestrator.storage import Store
 
@@ -91,10 +91,7 @@ class JobStore:
         claim = json.dumps({"job_id": job_id, "spec_hash": spec_hash}).encode()
         if self.store.put_if_absent(name, claim):
             return job_id
-        try:
-            existing = json.loads(self.store.get(name))
-        except StorageError:
-            raise
+        existing = json.loads(self.store.get(name))
         if existing["spec_hash"] != spec_hash:
             raise ConflictError("this Idempotency-Key was already used for a different spec")
         return str(existing["job_id"])

@@ -100,6 +100,12 @@ class Prompts(Strict):
             )
         return self
 
+    @property
+    def file_uri(self) -> str | None:
+        """The URI of the prompt file (prompts.file or prompts.openai_batch); None for templates."""
+        source = self.file or self.openai_batch
+        return source.uri if source is not None else None
+
 
 class Sampling(Strict):
     temperature: StrictFloat = Field(1.0, ge=0)

@@ -80,10 +80,6 @@ class Judge(Strict):
         """The lowest and highest score."""
         return min(self.levels), max(self.levels)
 
-    @property
-    def is_self(self) -> bool:
-        return self.model == "self"
-
 
 class Filters(Strict):
     """Cheap per-row checks on each completion, applied on the worker before the judge."""
