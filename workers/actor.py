@@ -13,7 +13,7 @@ from orchestrator.commit.shards import CommitOutcome
 from orchestrator.plan.planner import Plan, Shard
 from orchestrator.run import reaper
 from orchestrator.spec.job import JobSpec
-from orchestrator.spec.model import ModelSpec
+from orchestrator.spec.model import FakeEngineArgs, ModelSpec
 from orchestrator.storage import open_store
 from orchestrator.storage.base import drain_storage_stats
 from workers.engine import Engine, EngineInfo, root_cause
@@ -67,9 +67,9 @@ def _chain(e: BaseException) -> list[BaseException]:
 
 def _make_engine(model: ModelSpec, on_gpu: bool) -> Engine:
     if model.engine == "fake":  # in-process: no process to outlive the worker
-        from workers.fake_engine import FakeEngine, FakeEngineArgs
+        from workers.fake_engine import sleeping_engine
 
-        return FakeEngine(model.name, FakeEngineArgs.model_validate(model.engine_args))
+        return sleeping_engine(model.name, FakeEngineArgs.model_validate(model.engine_args))
     from workers.engine import VllmEngine
 
     return VllmEngine(model, on_gpu=on_gpu)

@@ -18,6 +18,7 @@ from orchestrator.spec.job import Sampling
 from orchestrator.spec.quality import Judge
 from tests.unit.specs import file_spec, make_spec
 from workers.engine import SAME_TURN, Completion
+from workers.fake_engine import FakeEngine
 from workers.judge import (
     CUT_OWN_REPLY,
     CUT_REPLY,
@@ -272,31 +273,32 @@ def test_the_reason_is_cut_to_reason_max_chars_and_a_lone_surrogate_is_replaced(
 
 # --- judging with an engine: the continuation ------------------------------------------------------
 
-class ScriptedEngine:
-    """Answers each request with the next scripted completion and records what it was asked."""
+class Script:
+    """A handler answering each request with the next scripted completion and recording what it was asked."""
 
     def __init__(self, *answers: Completion | RowFailure):
-        self.answers, self.asked = list(answers), []  # type: ignore[var-annotated]
+        self.answers = list(answers)
+        self.asked: list[tuple[PromptRow, str | None]] = []
 
-    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
+    def __call__(self, row: PromptRow, follow_up: str | None) -> list[Completion] | RowFailure:
         self.asked.append((row, follow_up))
         answer = self.answers.pop(0)
         return answer if isinstance(answer, RowFailure) else [answer]
 
 
-def judge_with(engine: ScriptedEngine, judge: Judge | None = None) -> Verdict | RowFailure:
+def judge_with(script: Script, judge: Judge | None = None) -> Verdict | RowFailure:
     judge = judge or Judge()
     reply = replace(REPLY, follow_up_ids=[5, 6])
-    return asyncio.run(judge_reply(engine, judge, ROW, 0, reply, judge_sampling(judge)))  # type: ignore[arg-type]
+    return asyncio.run(judge_reply(FakeEngine(script), judge, ROW, 0, reply, judge_sampling(judge)))
 
 
 CUT = Completion('{"reason":"it names a pri', "length", 300, 56, cached_tokens=256, follow_up_ids=[5, 6, 90, 91])
 
 
 def test_a_judgement_cut_before_its_score_is_continued_on_its_own_ids_for_just_the_score() -> None:
-    engine = ScriptedEngine(CUT, Completion("4", "stop", 360, 2, cached_tokens=352))
-    v = judge_with(engine)
-    (judged, asked_for), (scored, _) = engine.asked
+    script = Script(CUT, Completion("4", "stop", 360, 2, cached_tokens=352))
+    v = judge_with(script)
+    (judged, asked_for), (scored, _) = script.asked
     assert asked_for == SAME_TURN  # the judgement's own ids come back, in case it needs continuing
     assert scored.prompt_token_ids == [5, 6, 90, 91] and scored.prompt == '","score":' and scored.messages is None
     assert scored.sampling == score_sampling(Judge()) and scored.sampling.json_schema == {"enum": [1, 2, 3, 4, 5]}
@@ -306,19 +308,19 @@ def test_a_judgement_cut_before_its_score_is_continued_on_its_own_ids_for_just_t
 
 
 def test_a_whole_judgement_is_not_continued() -> None:
-    engine = ScriptedEngine(Completion('{"reason":"fine","score":5}', "stop", 300, 12, follow_up_ids=[5, 6, 90]))
-    assert judge_with(engine) == Verdict(5, "fine", 300, 12, 0, cut=False) and len(engine.asked) == 1
+    script = Script(Completion('{"reason":"fine","score":5}', "stop", 300, 12, follow_up_ids=[5, 6, 90]))
+    assert judge_with(script) == Verdict(5, "fine", 300, 12, 0, cut=False) and len(script.asked) == 1
 
 
 @pytest.mark.parametrize("answer", [Completion("", "length", 360, 4), Completion("9", "stop", 360, 2),
                                     RowFailure(RowErrorCode.PROMPT_TOO_LONG, "257 tokens")])
 def test_a_continuation_without_a_score_of_the_scale_is_a_judge_error(answer: Completion | RowFailure) -> None:
-    v = judge_with(ScriptedEngine(CUT, answer))
+    v = judge_with(Script(CUT, answer))
     assert isinstance(v, RowFailure) and v.code == RowErrorCode.JUDGE_ERROR
 
 
 def test_a_cut_judgement_the_engine_cannot_continue_is_a_judge_error() -> None:
-    v = judge_with(ScriptedEngine(replace(CUT, follow_up_ids=None)))
+    v = judge_with(Script(replace(CUT, follow_up_ids=None)))
     assert isinstance(v, RowFailure) and "cannot continue" in v.message
 
 

@@ -14,7 +14,8 @@ from orchestrator.results import read_table
 from orchestrator.run.driver import prepare
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.load import parse_spec
-from workers.fake_engine import FakeEngine, FakeEngineArgs
+from orchestrator.spec.model import FakeEngineArgs
+from workers.fake_engine import sleeping_engine
 from workers.shard import run_shard
 
 
@@ -28,7 +29,7 @@ def _spec(out: Path, text: str) -> JobSpec:
 def _finished_job(spec: JobSpec) -> str:
     """The job run as run_job runs it, with the shipped fake engine in this process instead of Ray."""
     job = prepare(spec)
-    engine = FakeEngine(spec.model.name, FakeEngineArgs(tokens_per_s=1e6))
+    engine = sleeping_engine(spec.model.name, FakeEngineArgs(tokens_per_s=1e6))
     known = {}
     for shard in job.plan.shards():
         outcome = asyncio.run(run_shard(engine, job.store, spec, job.plan, shard, attempt=1))

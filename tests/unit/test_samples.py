@@ -22,6 +22,7 @@ from orchestrator.spec.job import JobSpec
 from orchestrator.storage import MemoryStore
 from tests.unit.specs import make_spec
 from workers.engine import Completion, EngineInfo
+from workers.fake_engine import FakeEngine
 from workers.prompts import PromptRow, RowFailure
 from workers.shard import run_shard
 
@@ -35,28 +36,20 @@ def planted_text(persona: str, i: int) -> str:
     return f"answer {i} of persona {persona}, a {word} reply " + "x" * (10 * i)
 
 
-class ScriptedEngine:
-    """Answers a prompt "persona i" with its planted text; judges row i with score i + 1."""
+def planted(spec: JobSpec) -> FakeEngine:
+    """An engine answering a prompt "persona i" with its planted text, and judging row i with score i + 1."""
+    source = spec.prompts.template
+    assert source is not None
 
-    def __init__(self, spec: JobSpec):
-        self.info = EngineInfo(model="scripted", revision="r", load_seconds=0.0, max_model_len=4096)
-        self.source = spec.prompts.template
-        assert self.source is not None
-
-    def _variables(self, row_id: str) -> dict[str, Any]:
-        return template_variables(self.source, int(row_id.split("-")[1]))
-
-    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
-        await asyncio.sleep(0)
-        v = self._variables(row.row_id)
+    def reply(row: PromptRow, follow_up: str | None) -> list[Completion] | RowFailure:
+        v = template_variables(source, int(row.row_id.split("-")[1]))
         if "-judge" in row.row_id:
             return [Completion(json.dumps({"reason": f"planted for {v['persona']} {v['i']}", "score": v["i"] + 1}),
                                "stop", 50, 12)]
         finish = "length" if v["persona"] == "a" else "stop"
         return [Completion(planted_text(v["persona"], v["i"]), finish, 5, 20)]
 
-    def shutdown(self) -> None:
-        pass
+    return FakeEngine(reply, EngineInfo(model="scripted", revision="r", load_seconds=0.0, max_model_len=4096))
 
 
 SPEC = make_spec(prompts={"template": {"text": "{{ persona }} {{ i }}", "seeds": {"persona": PERSONAS, "i": NUMBERS}}},
@@ -68,7 +61,7 @@ SPEC = make_spec(prompts={"template": {"text": "{{ persona }} {{ i }}", "seeds":
 def job() -> tuple[dict[str, Any], Plan]:
     spec = SPEC
     store, plan = MemoryStore(), make_plan(spec)
-    engine = ScriptedEngine(spec)
+    engine = planted(spec)
     known = {}
     for shard in plan.shards():
         outcome = asyncio.run(run_shard(engine, store, spec, plan, shard, attempt=1))

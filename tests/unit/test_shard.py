@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +23,21 @@ from orchestrator.spec.job import JobSpec
 from orchestrator.storage import MemoryStore
 from tests.unit.specs import file_spec, make_spec, template_spec
 from workers.engine import SAME_TURN, Completion, EngineInfo, sampling_key
+from workers.fake_engine import FakeEngine
 from workers.judge import follow_up
 from workers.prompts import PromptRow, RowFailure
 from workers.shard import run_shard
 
-Reply = Callable[[PromptRow], "list[Completion] | RowFailure"]
 
-
-def echo(row: PromptRow) -> list[Completion]:
+def echo(row: PromptRow, follow_up: str | None) -> list[Completion]:
     """One completion per requested sample: the prompt, or the last message, back."""
     text = row.prompt if row.prompt is not None else (row.messages or [{}])[-1].get("content", "")
     return [Completion(text, "stop", 2, 3) for _ in range(row.sampling.n)]
 
 
-class FakeEngine:
-    """The Engine protocol of workers/engine.py, answering with `reply` and counting requests."""
-
-    def __init__(self, reply: Reply = echo, revision: str = "rev-test"):
-        self.info = EngineInfo(model="fake", revision=revision, load_seconds=0.0, max_model_len=256)
-        self.requests = 0
-        self.reply = reply
-
-    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
-        self.requests += 1
-        await asyncio.sleep(0)
-        return self.reply(row)
-
-    def shutdown(self) -> None:
-        pass
+def revision(name: str) -> EngineInfo:
+    """The info of an engine whose weights are revision `name`."""
+    return EngineInfo(model="fake", revision=name, load_seconds=0.0, max_model_len=256)
 
 
 def run(engine: FakeEngine, store: MemoryStore, spec: JobSpec, plan: Plan, index: int = 0) -> CommitOutcome | None:
@@ -69,7 +55,7 @@ def error_rows(store: MemoryStore, plan: Plan, index: int = 0) -> pa.Table:
 
 def generated(spec: JobSpec, engine: FakeEngine | None = None, index: int = 0) -> tuple[pa.Table, pa.Table, Plan]:
     store, plan = MemoryStore(), make_plan(spec)
-    outcome = run(engine or FakeEngine(), store, spec, plan, index)
+    outcome = run(engine or FakeEngine(echo), store, spec, plan, index)
     assert outcome is not None and outcome.won
     return data_rows(store, plan, index), error_rows(store, plan, index), plan
 
@@ -77,7 +63,7 @@ def generated(spec: JobSpec, engine: FakeEngine | None = None, index: int = 0) -
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}, "required": ["n"]}
 
 
-def json_reply(row: PromptRow) -> list[Completion] | RowFailure:
+def json_reply(row: PromptRow, follow_up: str | None) -> list[Completion] | RowFailure:
     """Valid JSON for n >= 2, a schema violation for n == 1, not JSON for n == 3, an engine refusal for n == 4."""
     n = row.variables["n"]
     if n == 4:
@@ -130,7 +116,7 @@ def test_error_rows_keep_no_sample_index_when_no_completion_was_made(mixed_spec:
 
 def test_long_error_messages_are_truncated() -> None:
     spec = template_spec({"n": [1]})
-    _, errors, _ = generated(spec, FakeEngine(lambda row: RowFailure(RowErrorCode.ENGINE_ERROR, "x" * 10_000)))
+    _, errors, _ = generated(spec, FakeEngine(lambda row, _: RowFailure(RowErrorCode.ENGINE_ERROR, "x" * 10_000)))
     assert len(errors["error_message"][0].as_py()) == defaults.ERROR_MESSAGE_MAX_CHARS
 
 
@@ -147,7 +133,7 @@ def test_each_of_n_completions_is_its_own_row() -> None:
 
 def test_a_committed_shard_is_not_generated_again() -> None:
     spec = template_spec({"w": ["a", "b", "c"]})
-    store, plan, engine = MemoryStore(), make_plan(spec), FakeEngine()
+    store, plan, engine = MemoryStore(), make_plan(spec), FakeEngine(echo)
     run(engine, store, spec, plan)
     requests, objects = engine.requests, dict(store.objects)
     assert run(engine, store, spec, plan) is None
@@ -158,7 +144,7 @@ def test_a_committed_shard_is_not_generated_again() -> None:
 def test_the_outcome_reports_the_shard_stats() -> None:
     spec = template_spec({"n": [0, 1, 2]}, text="{{ 1 // n }}", rows_per_shard=3)
     store, plan = MemoryStore(), make_plan(spec)
-    outcome = run(FakeEngine(revision="rev-9"), store, spec, plan)
+    outcome = run(FakeEngine(echo, revision("rev-9")), store, spec, plan)
     assert outcome is not None and outcome.won
     s = outcome.stats
     assert (s.index, s.attempt, s.rows_ok, s.rows_failed) == (0, 1, 2, 1)
@@ -167,7 +153,7 @@ def test_the_outcome_reports_the_shard_stats() -> None:
 
 def test_only_the_shard_asked_for_is_generated() -> None:
     spec = template_spec({"w": list("abcde")}, text="{{ w }}", rows_per_shard=2)
-    store, plan, engine = MemoryStore(), make_plan(spec), FakeEngine()
+    store, plan, engine = MemoryStore(), make_plan(spec), FakeEngine(echo)
     run(engine, store, spec, plan, index=1)
     assert data_rows(store, plan, 1)["prompt"].to_pylist() == ["c", "d"]
     assert list(store.list(layout.DATA_DIR + "/")) == [layout.data_key(1, 3)]
@@ -198,7 +184,7 @@ def test_list_seed_values_are_stored_as_json_text() -> None:
 
 def test_lineage_says_what_produced_each_row() -> None:
     spec = template_spec({"w": ["a", "b"]}, text="{{ w }}")
-    data, _, plan = generated(spec, FakeEngine(revision="rev-42"))
+    data, _, plan = generated(spec, FakeEngine(echo, revision("rev-42")))
     lineage = data["lineage"].to_pylist()
     assert {(x["spec_hash"], x["model"], x["model_revision"]) for x in lineage} == {
         (plan.spec_hash, "org/model", "rev-42")}
@@ -250,18 +236,19 @@ VERDICTS = {0: '{"reason":"good","score":5}', 1: '{"reason":"vague","score":2}',
 ANSWER = re.compile(r"<response>\nanswer (\d+)\n</response>")
 
 
-class JudgingEngine(FakeEngine):
+class JudgingHandler:
     """Echoes rows (row i after `delays[i]` s) and judges them: the verdict follows the row index it
     finds in the follow-up ids (self) or in the transcript (a separate judge). The judgements of rows
-    in `cut` reach their budget inside the reason, and their continuation scores them 3."""
+    in `cut` reach their budget inside the reason, and their continuation scores them 3. Logs what it
+    wrote and judged, the follow-ups it was asked for, and the judge's requests."""
 
     def __init__(self, delays: dict[int, float] | None = None, cut: frozenset[int] = frozenset()):
-        super().__init__()
-        self.delays, self.cut, self.log, self.follow_ups = delays or {}, cut, [], []  # type: ignore[var-annotated]
+        self.delays, self.cut = delays or {}, cut
+        self.log: list[str] = []
+        self.follow_ups: list[str | None] = []
         self.judge_rows: list[PromptRow] = []
 
-    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
-        self.requests += 1
+    async def __call__(self, row: PromptRow, follow_up: str | None) -> list[Completion] | RowFailure:
         if row.index == -1:
             self.log.append(f"judge {row.row_id}")
             self.judge_rows.append(row)
@@ -286,14 +273,14 @@ def judged_spec(**sections: Any) -> JobSpec:
 
 
 def test_the_self_judge_scores_each_reply_in_its_own_conversation() -> None:
-    engine, store = JudgingEngine(), MemoryStore()
+    judging, store = JudgingHandler(), MemoryStore()
     spec = judged_spec(judge={"min_score": 3})
     plan = make_plan(spec)
-    outcome = run(engine, store, spec, plan)
+    outcome = run(FakeEngine(judging), store, spec, plan)
     assert outcome is not None and outcome.stats.judge_cached_tokens == 3 * 32
-    assert set(engine.follow_ups) == {SAME_TURN}  # the engine that wrote the replies gives their ids
-    assert sorted(r.prompt_token_ids[0] for r in engine.judge_rows if r.prompt_token_ids) == [0, 1, 2, 3]
-    assert all(r.messages == [{"role": "user", "content": follow_up(spec.judge)}] for r in engine.judge_rows)
+    assert set(judging.follow_ups) == {SAME_TURN}  # the engine that wrote the replies gives their ids
+    assert sorted(r.prompt_token_ids[0] for r in judging.judge_rows if r.prompt_token_ids) == [0, 1, 2, 3]
+    assert all(r.messages == [{"role": "user", "content": follow_up(spec.judge)}] for r in judging.judge_rows)
     data = data_rows(store, plan).to_pylist()
     assert [(r["i"], r["judge_score"], r["judge_reason"], r["judge_cut"]) for r in data] == [
         (0, 5, "good", False), (2, 4, "ok", False)]
@@ -304,11 +291,11 @@ def test_the_self_judge_scores_each_reply_in_its_own_conversation() -> None:
 
 
 def test_a_judgement_cut_before_its_score_is_continued_and_the_row_says_it_was_cut() -> None:
-    engine, store = JudgingEngine(cut=frozenset({2})), MemoryStore()
+    judging, store = JudgingHandler(cut=frozenset({2})), MemoryStore()
     spec = judged_spec(judge={"min_score": 3})
     plan = make_plan(spec)
-    outcome = run(engine, store, spec, plan)
-    (score,) = [r for r in engine.judge_rows if r.row_id.endswith("-score")]
+    outcome = run(FakeEngine(judging), store, spec, plan)
+    (score,) = [r for r in judging.judge_rows if r.row_id.endswith("-score")]
     assert score.prompt_token_ids == [2, 1, 2, 9] and score.prompt == '","score":'
     data = data_rows(store, plan).to_pylist()
     assert [(r["i"], r["judge_score"], r["judge_reason"], r["judge_cut"]) for r in data] == [
@@ -318,38 +305,38 @@ def test_a_judgement_cut_before_its_score_is_continued_and_the_row_says_it_was_c
 
 
 def test_rows_a_filter_rejects_are_never_judged() -> None:
-    engine = JudgingEngine()
+    judging = JudgingHandler()
     spec = judged_spec(judge={"min_score": 1}, filters={"deny": ["answer [13]"]})
-    run(engine, MemoryStore(), spec, make_plan(spec))
-    assert sorted(x for x in engine.log if x.startswith("judge")) == [
+    run(FakeEngine(judging), MemoryStore(), spec, make_plan(spec))
+    assert sorted(x for x in judging.log if x.startswith("judge")) == [
         f"judge {row_id(make_plan(spec).spec_hash, i)}-judge0" for i in (0, 2)]
 
 
 def test_each_reply_is_judged_as_soon_as_it_is_written() -> None:
     """While row 0 is still generating, rows 1-3 are already judged (their KV is still cached)."""
-    engine = JudgingEngine(delays={0: 0.2})
+    judging = JudgingHandler(delays={0: 0.2})
     spec = judged_spec(judge={"min_score": 1})
-    run(engine, MemoryStore(), spec, make_plan(spec))
+    run(FakeEngine(judging), MemoryStore(), spec, make_plan(spec))
     slow = row_id(make_plan(spec).spec_hash, 0)
-    assert engine.log.index(f"wrote {slow}") > engine.log.index(f"judge {row_id(make_plan(spec).spec_hash, 1)}-judge0")
+    assert judging.log.index(f"wrote {slow}") > judging.log.index(f"judge {row_id(make_plan(spec).spec_hash, 1)}-judge0")
 
 
 def test_the_judge_reads_each_rows_reference_answer_from_its_prompt_file(tmp_path: Path) -> None:
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"{i}", "gold": f"gold answer {i}"}) + "\n" for i in range(4)))
-    engine = JudgingEngine()
+    judging = JudgingHandler()
     spec = file_spec(str(path), rows_per_shard=4, judge={"min_score": 1, "reference": "gold"})
-    run(engine, MemoryStore(), spec, make_plan(spec))
-    turns = {(r.prompt_token_ids or [])[0]: (r.messages or [])[0]["content"] for r in engine.judge_rows}
+    run(FakeEngine(judging), MemoryStore(), spec, make_plan(spec))
+    turns = {(r.prompt_token_ids or [])[0]: (r.messages or [])[0]["content"] for r in judging.judge_rows}
     assert sorted(turns) == [0, 1, 2, 3]
     assert all(f"<reference>\ngold answer {i}\n</reference>" in turn for i, turn in turns.items())
 
 
 def test_a_separate_judge_model_reads_a_transcript_and_the_generator_is_not_asked_for_follow_ups() -> None:
-    generator, judge, store = JudgingEngine(), JudgingEngine(), MemoryStore()
+    generator, judge, store = JudgingHandler(), JudgingHandler(), MemoryStore()
     spec = judged_spec(judge={"min_score": 3})
     plan = make_plan(spec)
-    asyncio.run(run_shard(generator, store, spec, plan, plan.shard(0), attempt=1, judge=judge))
+    asyncio.run(run_shard(FakeEngine(generator), store, spec, plan, plan.shard(0), attempt=1, judge=FakeEngine(judge)))
     assert generator.follow_ups == [None] * 4 and not any(x.startswith("judge") for x in generator.log)
     assert len([x for x in judge.log if x.startswith("judge")]) == 4
     assert all(r.prompt_token_ids is None and (r.messages or [{}])[0].get("role") == "system" for r in judge.judge_rows)
@@ -357,10 +344,10 @@ def test_a_separate_judge_model_reads_a_transcript_and_the_generator_is_not_aske
 
 
 def test_a_separate_judge_continues_its_own_cut_judgement() -> None:
-    generator, judge, store = JudgingEngine(), JudgingEngine(cut=frozenset({0})), MemoryStore()
+    generator, judge, store = JudgingHandler(), JudgingHandler(cut=frozenset({0})), MemoryStore()
     spec = judged_spec(judge={"min_score": 3})
     plan = make_plan(spec)
-    asyncio.run(run_shard(generator, store, spec, plan, plan.shard(0), attempt=1, judge=judge))
+    asyncio.run(run_shard(FakeEngine(generator), store, spec, plan, plan.shard(0), attempt=1, judge=FakeEngine(judge)))
     (score,) = [r for r in judge.judge_rows if r.row_id.endswith("-score")]
     assert score.prompt_token_ids == [0, 1, 2, 9] and score.prompt == '","score":'
     assert [(r["i"], r["judge_score"], r["judge_cut"]) for r in data_rows(store, plan).to_pylist()] == [
@@ -369,7 +356,7 @@ def test_a_separate_judge_continues_its_own_cut_judgement() -> None:
 
 # --- filters in a shard: filler stripped before the checks and the judge ------------------------------
 
-def chatty(row: PromptRow) -> list[Completion]:
+def chatty(row: PromptRow, follow_up: str | None) -> list[Completion]:
     """An answer wrapped in filler; row 3 is nothing but filler."""
     if row.prompt == "3":
         return [Completion("Of course! I hope this helps!", "stop", 2, 3)]
@@ -395,11 +382,11 @@ def test_filler_kept_as_written_when_the_spec_says_keep() -> None:
     assert outcome is not None and outcome.stats.filler_stripped == 0
 
 
-class ChattyJudgingEngine(JudgingEngine):
-    """A JudgingEngine whose answers come wrapped in a filler opener and closer."""
+class ChattyJudgingHandler(JudgingHandler):
+    """A JudgingHandler whose answers come wrapped in a filler opener and closer."""
 
-    async def generate(self, row: PromptRow, follow_up: str | None = None) -> list[Completion] | RowFailure:
-        result = await super().generate(row, follow_up)
+    async def __call__(self, row: PromptRow, follow_up: str | None) -> list[Completion] | RowFailure:
+        result = await super().__call__(row, follow_up)
         if row.index == -1 or isinstance(result, RowFailure):
             return result
         return [Completion(f"Sure! {c.text}\n\nI hope this helps!", c.finish_reason, c.prompt_tokens,
@@ -407,11 +394,11 @@ class ChattyJudgingEngine(JudgingEngine):
 
 
 def test_the_self_judge_judges_the_stripped_text_from_a_transcript() -> None:
-    engine, store = ChattyJudgingEngine(), MemoryStore()
+    judging, store = ChattyJudgingHandler(), MemoryStore()
     spec = judged_spec(judge={"min_score": 1}, filters={})
     plan = make_plan(spec)
-    run(engine, store, spec, plan)
-    judged = [r for r in engine.judge_rows if not r.row_id.endswith("-score")]
+    run(FakeEngine(judging), store, spec, plan)
+    judged = [r for r in judging.judge_rows if not r.row_id.endswith("-score")]
     assert len(judged) == 4 and all(r.prompt_token_ids is None for r in judged)  # not the generation's ids
     assert all("answer" in json.dumps(r.messages) and "hope this helps" not in json.dumps(r.messages) for r in judged)
     assert [r["completion"] for r in data_rows(store, plan).to_pylist()] == ["answer 0", "answer 1", "answer 2"]
