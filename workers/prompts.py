@@ -48,15 +48,6 @@ class PromptRow:
     failure: RowFailure | None = None
 
 
-def _env() -> sandbox.BoundedEnvironment:
-    """The bounded sandbox every template renders in (workers/sandbox.py)."""
-    return sandbox.environment()
-
-
-def _compile(text: str):  # type: ignore[no-untyped-def]
-    return sandbox.compile_template(text)
-
-
 def template_texts(source: TemplateSource) -> list[str]:
     return [source.text] if source.text is not None else [m.content for m in source.messages or []]
 
