@@ -3,7 +3,8 @@
 Several shards stay in flight per worker so the engine never drains; concurrent jobs on the same
 pool take slots in turn (fair share); a failed attempt is retried on another worker with backoff,
 up to the job's limit; a dead worker is replaced. Plans stream in: only in-flight and retrying
-shards are held in memory.
+shards are held in memory. The pool's worker handles (`handles`) are the only way out to the
+workers, so this loop runs the same on Ray and on in-memory fakes.
 """
 
 from __future__ import annotations
@@ -16,14 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
-from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
-
 from orchestrator import defaults
 from orchestrator.commit.shards import CommitOutcome
-from orchestrator.errors import EngineDeadError, JobFailedError
+from orchestrator.errors import JobFailedError
 from orchestrator.plan.planner import Plan, Shard
-from orchestrator.run.pool import WorkerPool
+from orchestrator.run.handles import Call, Cancelled, Failed, Pool, Succeeded, WorkerHandle
 from orchestrator.spec.job import JobSpec
 from workers.shard import WorkerCounts
 
@@ -61,7 +59,7 @@ class JobRun:
         self.report = DispatchReport()
         self.error: BaseException | None = None
         self.finished: asyncio.Future[DispatchReport] = asyncio.get_running_loop().create_future()
-        self.refs: tuple[Any, Any] = (ray.put(spec), ray.put(plan))
+        self.refs: tuple[Any, Any] = (None, None)  # the spec and plan as the pool stored them, set on submit
 
     def next_attempt(self, worker_id: int, workers: int) -> Attempt | None:
         if self.cancelled:
@@ -84,15 +82,57 @@ class JobRun:
         return idle and (self.cancelled or (self.exhausted and not self.retry_queue))
 
 
+# What a pending future of the loop means once it is done:
+
+
+@dataclass
+class AttemptDone:
+    """An attempt of `run` on worker `worker_id` returned (its future gives the AttemptResult)."""
+
+    run: JobRun
+    attempt: Attempt
+    worker_id: int
+    call: Call  # to cancel it while it runs
+
+
+@dataclass
+class RetryDue:
+    """The backoff before `attempt` (a retry of `run`) is over: it may be dispatched."""
+
+    run: JobRun
+    attempt: Attempt
+
+
+@dataclass
+class GraceOver:
+    """A cancelled `run` has waited long enough for its attempts to stop."""
+
+    run: JobRun
+
+
+@dataclass
+class WorkerStarted:
+    """A replacement for worker `replaces` started, or failed to (its future says which)."""
+
+    replaces: int
+
+
+@dataclass
+class CountsDue:
+    """The workers' counts were collected (its future gives them merged)."""
+
+
+Event = AttemptDone | RetryDue | GraceOver | WorkerStarted | CountsDue
+
+
 class PoolDispatcher:
     """The scheduling loop of one pool; jobs join with `submit` and leave when drained."""
 
-    def __init__(self, pool: WorkerPool, on_counts: OnCounts | None = None):
+    def __init__(self, pool: Pool, on_counts: OnCounts | None = None):
         self.pool, self.on_counts = pool, on_counts
         self.runs: list[JobRun] = []
-        self.events: dict[asyncio.Future[Any], tuple[str, Any]] = {}
+        self.events: dict[asyncio.Future[Any], Event] = {}
         self.load: dict[int, int] = {}
-        self.refs: dict[asyncio.Future[Any], tuple[Any, JobRun]] = {}
         self._turn = itertools.count()
         self._wake = asyncio.Event()
         self._closed = False
@@ -100,29 +140,32 @@ class PoolDispatcher:
         self._start_error = ""  # why the last replacement worker did not start
 
     def submit(self, run: JobRun) -> JobRun:
+        run.refs = (self.pool.put(run.spec), self.pool.put(run.plan))
         self.runs.append(run)
         self._wake.set()
         return run
+
+    def _pending(self, kind: type[Event] | tuple[type[Event], ...]) -> bool:
+        return any(isinstance(e, kind) for e in self.events.values())
 
     def cancel(self, run: JobRun, error: BaseException | None = None) -> None:
         """Stop dispatching `run`, abort its running attempts; committed shards stay."""
         run.cancelled, run.report.cancelled = True, True
         run.error = run.error or error
         run.retry_queue.clear()
-        for ref, owner in self.refs.values():
-            if owner is run:
-                ray.cancel(ref)
-        self.events[asyncio.ensure_future(asyncio.sleep(defaults.CANCEL_GRACE_S, run))] = ("grace", run)
+        for event in list(self.events.values()):
+            if isinstance(event, AttemptDone) and event.run is run:
+                event.call.cancel()
+        self.events[asyncio.ensure_future(asyncio.sleep(defaults.CANCEL_GRACE_S))] = GraceOver(run)
         self._wake.set()
 
     def _abandon(self, run: JobRun) -> None:
         """After the grace period, stop waiting for a cancelled job's attempts that did not stop
         (a hung worker): a late commit of theirs is still exactly once."""
-        for fut, (kind, payload) in list(self.events.items()):
-            if kind == "shard" and payload[0] is run:
+        for fut, event in list(self.events.items()):
+            if isinstance(event, AttemptDone) and event.run is run:
                 del self.events[fut]
-                self.refs.pop(fut, None)
-                self.load[payload[2]] -= 1
+                self.load[event.worker_id] -= 1
                 run.in_flight -= 1
 
     def close(self) -> None:
@@ -146,17 +189,17 @@ class PoolDispatcher:
 
     def _fill(self) -> None:
         per_worker = self.pool.resources.shards_in_flight
-        for wid, worker in list(self.pool.workers.items()):
+        for wid in list(self.pool.workers):
+            handle: WorkerHandle | None = None
             while self.load.get(wid, 0) < per_worker and self.runs:
                 picked = self._pick(wid)
                 if picked is None:
                     break
                 run, attempt = picked
+                handle = handle or self.pool.handle(wid)
                 spec_ref, plan_ref = run.refs
-                ref = worker.actor.process.remote(spec_ref, plan_ref, attempt.shard, attempt.number)
-                fut = asyncio.wrap_future(ref.future())
-                self.events[fut] = ("shard", (run, attempt, wid))
-                self.refs[fut] = (ref, run)
+                call = handle.process(spec_ref, plan_ref, attempt.shard, attempt.number)
+                self.events[call.result] = AttemptDone(run, attempt, wid, call)
                 self.load[wid] = self.load.get(wid, 0) + 1
                 run.in_flight += 1
 
@@ -176,54 +219,52 @@ class PoolDispatcher:
                     attempt.number, error)
         delay = min(defaults.RETRY_BACKOFF_S * 2 ** (attempt.number - 1), defaults.RETRY_BACKOFF_MAX_S)
         retry = Attempt(attempt.shard, attempt.number + 1, wid)
-        self.events[asyncio.ensure_future(asyncio.sleep(delay, retry))] = ("retry", run)
+        self.events[asyncio.ensure_future(asyncio.sleep(delay))] = RetryDue(run, retry)
         run.timers += 1
 
     def _replace(self, wid: int, run: JobRun) -> None:
         if wid in self.pool.workers:
             self.pool.remove(wid)
             run.report.workers_replaced += 1
-            self.events[asyncio.ensure_future(self.pool.add())] = ("worker", wid)
+            self.events[asyncio.ensure_future(self.pool.add())] = WorkerStarted(wid)
 
-    def _on_shard(self, fut: asyncio.Future[Any], run: JobRun, attempt: Attempt, wid: int) -> None:
-        self.refs.pop(fut, None)
+    def _on_attempt(self, done: AttemptDone, fut: asyncio.Future[Any]) -> None:
+        run, attempt, wid = done.run, done.attempt, done.worker_id
         self._unpolled = True
         self.load[wid] -= 1
         run.in_flight -= 1
-        error = fut.exception()
-        if error is None:
-            try:
-                run.on_done(attempt.shard, fut.result())
-            except Exception as e:  # the job's own callback asked to stop
-                self.cancel(run, e)
-            return
-        if isinstance(error, TaskCancelledError) or (isinstance(error, asyncio.CancelledError)):
-            return
-        cause = error.cause if isinstance(error, RayTaskError) else error
-        reason = "worker_lost" if isinstance(error, RayActorError) else (
-            "engine_dead" if isinstance(cause, EngineDeadError) else "attempt_failed")
-        if reason != "attempt_failed":
-            self._replace(wid, run)
-        self._retry(run, attempt, wid, cause or error, reason)
+        match fut.result():
+            case Succeeded(outcome):
+                try:
+                    run.on_done(attempt.shard, outcome)
+                except Exception as e:  # noqa: BLE001 - the job's own callback asked to stop
+                    self.cancel(run, e)
+            case Failed() as failed:
+                if failed.worker_gone:
+                    self._replace(wid, run)
+                self._retry(run, attempt, wid, failed.error, failed.reason)
+            case Cancelled():
+                pass
 
     def _handle(self, fut: asyncio.Future[Any]) -> None:
-        kind, payload = self.events.pop(fut)
-        if kind == "shard":
-            self._on_shard(fut, *payload)
-        elif kind == "retry":
-            payload.timers -= 1
-            if not payload.cancelled:
-                payload.retry_queue.append(fut.result())
-        elif kind == "grace":
-            self._abandon(payload)
-        elif kind == "worker" and not fut.cancelled() and fut.exception() is not None:
-            self._start_error = f"{type(fut.exception()).__name__}: {fut.exception()}"
-            log.error("a replacement worker failed to start: %s", self._start_error)
-        elif kind == "poll" and self.on_counts is not None and fut.exception() is None:
-            self.on_counts(fut.result())
+        event = self.events.pop(fut, None)  # None: abandoned (GraceOver) in this same round
+        match event:
+            case AttemptDone():
+                self._on_attempt(event, fut)
+            case RetryDue(run, attempt):
+                run.timers -= 1
+                if not run.cancelled:
+                    run.retry_queue.append(attempt)
+            case GraceOver(run):
+                self._abandon(run)
+            case WorkerStarted() if not fut.cancelled() and fut.exception() is not None:
+                self._start_error = f"{type(fut.exception()).__name__}: {fut.exception()}"
+                log.error("a replacement worker failed to start: %s", self._start_error)
+            case CountsDue() if self.on_counts is not None and fut.exception() is None:
+                self.on_counts(fut.result())
 
     def _settle(self) -> None:
-        stuck = not self.pool.workers and not any(k == "worker" for k, _ in self.events.values())
+        stuck = not self.pool.workers and not self._pending(WorkerStarted)
         for run in list(self.runs):
             if stuck and not run.drained:
                 cause = f" (the last replacement: {self._start_error})" if self._start_error else ""
@@ -240,32 +281,32 @@ class PoolDispatcher:
 
     def _poll(self) -> None:
         """Collect worker-side counts (tokens, rows) so metrics follow generation, not commits."""
-        if self.on_counts is None or any(k == "poll" for k, _ in self.events.values()):
+        if self.on_counts is None or self._pending(CountsDue):
             return
         self._unpolled = False
-        actors = [w.actor for w in self.pool.workers.values()]
+        handles = [self.pool.handle(wid) for wid in self.pool.workers]
 
         async def drain() -> WorkerCounts:
             await asyncio.sleep(defaults.COUNTS_POLL_S)
             merged = WorkerCounts({}, {})
-            for result in await asyncio.gather(*(a.drain_counts.remote() for a in actors), return_exceptions=True):
+            for result in await asyncio.gather(*(h.counts() for h in handles), return_exceptions=True):
                 if isinstance(result, WorkerCounts):
                     merged = merged.merge(result)
             return merged
 
-        self.events[asyncio.ensure_future(drain())] = ("poll", None)
+        self.events[asyncio.ensure_future(drain())] = CountsDue()
 
     def _drop_unplaced(self) -> None:
         """Once closed with no job left, stop waiting for replacements Ray has not placed (one may never
         be: its node is gone and no other has room); those already loading their engine complete."""
         if self._closed and not self.runs:
-            for fut, (kind, _) in self.events.items():
-                if kind == "worker" and fut in self.pool.unplaced:
+            for fut, event in self.events.items():
+                if isinstance(event, WorkerStarted) and fut in self.pool.unplaced:
                     fut.cancel()
 
     async def run(self) -> None:
         """Run until closed and idle; a worker replacement placed and loading completes first."""
-        while not (self._closed and not self.runs and not any(k in ("shard", "worker") for k, _ in self.events.values())):
+        while not (self._closed and not self.runs and not self._pending((AttemptDone, WorkerStarted))):
             self._drop_unplaced()
             self._fill()
             self._settle()  # filling is what finds a job's stream exhausted
