@@ -109,7 +109,7 @@ def test_no_process_serve_starts_holds_the_token(served: tuple[subprocess.Popen[
 RAY_ENV_PROBE = textwrap.dedent("""
     import json, os
     import ray
-    from orchestrator.pool import ensure_ray
+    from orchestrator.run.ray_runtime import ensure_ray
 
     os.environ["SYNTHFLEET_API_TOKEN"] = "probe-token"
     os.environ["SYNTHFLEET_API_TOKEN_FILE"] = "/run/secrets/probe"
