@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pyarrow as pa
@@ -33,6 +33,9 @@ from orchestrator.errors import (
 from orchestrator.service.records import TERMINAL, JobRecord, JobState
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.load import load_spec
+
+if TYPE_CHECKING:
+    from orchestrator.finalize.quality_report import QualityReport
 
 POLL_S = 1.0
 UNAVAILABLE_STATUS = frozenset({502, 503, 504})  # a proxy or load balancer with no server behind it
@@ -125,11 +128,12 @@ class Job:
 
         return read_table(self._output(), errors=errors, rejected=rejected)
 
-    def quality(self) -> dict[str, Any]:
-        """The finished job's quality report: diversity, dedup, judge scores, bias drift, reference."""
+    def quality(self) -> QualityReport:
+        """The finished job's quality report (typed: `.diversity`, `.dedup`, `.judge`, `.drift`, `.reference`;
+        `.json_dict()` for the JSON of the manifest's `quality` section)."""
         from orchestrator.results import manifest, open_job
 
-        return dict(manifest(open_job(self._output()))["quality"])
+        return manifest(open_job(self._output())).quality
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         from orchestrator.results import iter_tables, open_job

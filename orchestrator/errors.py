@@ -3,7 +3,8 @@
     SynthfleetError
     ├── SpecError               bad job spec or input; never retriable; carries every problem
     ├── StorageError            object storage or filesystem failure (retriable by default)
-    │   └── ConflictError       the job folder holds a different job; never retriable
+    │   ├── ConflictError       the job folder holds a different job; never retriable
+    │   └── ManifestError       a `_manifest.json` this version cannot read (damaged); never retriable
     ├── EngineDeadError         the inference engine died: replace the worker, retry the shard
     ├── ShardError              a shard attempt failed for another reason: retry elsewhere
     ├── JobFailedError          shards failed after every retry, or the job was cancelled
@@ -63,6 +64,12 @@ class StorageError(SynthfleetError):
 
 
 class ConflictError(StorageError):
+    retriable = False
+
+
+class ManifestError(StorageError):
+    """A `_manifest.json` that does not parse as this version's manifest: a damaged job folder."""
+
     retriable = False
 
 

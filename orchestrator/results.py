@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pyarrow as pa
 
 from orchestrator.commit import layout, schemas
 from orchestrator.commit.shards import read_parquet
 from orchestrator.errors import StorageError
+from orchestrator.finalize.manifest import Manifest, read_manifest
 from orchestrator.spec.load import parse_spec
 from orchestrator.storage import Store, open_store
 
@@ -23,21 +23,15 @@ def open_job(uri: str) -> Store:
     return store
 
 
-def manifest(store: Store) -> dict[str, Any]:
-    return json.loads(store.get(layout.MANIFEST))
-
-
-def _keys(shard: dict[str, Any], *, errors: bool, rejected: bool) -> list[str]:
-    if rejected:
-        return list(shard.get("rejected_paths", []))
-    key = shard["errors_path"] if errors else shard["path"]
-    return [key] if key else []
+def manifest(store: Store) -> Manifest:
+    """The job's manifest, typed; a damaged one is a `ManifestError` naming the field."""
+    return read_manifest(store)
 
 
 def iter_tables(store: Store, *, errors: bool = False, rejected: bool = False) -> Iterator[pa.Table]:
     """Each committed shard's rows (or its error or rejected rows), in shard order, one file at a time."""
-    for shard in manifest(store)["shards"]:
-        for key in _keys(shard, errors=errors, rejected=rejected):
+    for shard in manifest(store).shards:
+        for key in shard.keys(errors=errors, rejected=rejected):
             yield read_parquet(store, key).replace_schema_metadata(None)
 
 

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from orchestrator import defaults
+from orchestrator.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err, load, out, report_problems
 from orchestrator.errors import JobInterrupted, SpecError, SynthfleetError
 from orchestrator.run import interrupts
 
 if TYPE_CHECKING:
-    pass
-
-from orchestrator.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err, load, out, report_problems
+    from orchestrator.finalize.quality_report import QualityReport
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -80,10 +79,10 @@ def failed_rows_status(result: Any, max_failed_share: float | None) -> int:
     """Top error codes with a sample message; non-zero when no row succeeded, or more failed than allowed."""
     from orchestrator.finalize.passes import failure_flag
 
-    rows = (result.quality or {}).get("rows", {})
-    for e in rows.get("top_errors", []):
-        err.print(f"  errors/ {e['code']}: {e['rows']} rows, e.g. {e['sample']}", highlight=False, markup=False)
-    flag = failure_flag(rows)
+    rows = result.quality.rows if result.quality else None
+    for e in rows.top_errors if rows else []:
+        err.print(f"  errors/ {e.code}: {e.rows} rows, e.g. {e.sample}", highlight=False, markup=False)
+    flag = failure_flag(rows) if rows else None
     if flag:
         err.print(f"[bold yellow]warning:[/] {escape(flag)}", highlight=False)
     total = result.rows_ok + result.rows_failed + result.rows_rejected
@@ -107,25 +106,25 @@ def _shown(uri: str) -> str:
     return uri if rel.startswith("..") else rel
 
 
-def print_quality(q: dict[str, Any] | None) -> None:
+def print_quality(q: QualityReport | None) -> None:
     """One line of diversity, and a warning for each flag the quality report raised."""
-    if not q:
+    if q is None:
         return
-    d = q["diversity"]
+    d = q.diversity
     out.print(f"quality: distinct-2 {d.get('distinct_2', 0):.3f}, compression ratio {d.get('compression_ratio', 0):.2f}, "
-              f"mean similarity {d.get('mean_pairwise_similarity', 0):.3f} on {q['sample_rows']} sampled rows",
+              f"mean similarity {d.get('mean_pairwise_similarity', 0):.3f} on {q.sample_rows} sampled rows",
               highlight=False)
-    ref = q.get("reference")
-    if ref and ref["below_reference"]:
-        err.print(f"[bold yellow]warning:[/] diversity below {ref['min_ratio']:g} of the reference on "
-                  f"{', '.join(ref['flagged'])}: an early sign of collapse", highlight=False)
-    cut = q.get("truncation") or {}
-    if cut.get("flagged"):
-        err.print(f"[bold yellow]warning:[/] {cut['rows']:,} rows ({cut['share']:.0%}) stopped at max_tokens = "
-                  f"{cut['max_tokens']}: their text is unfinished (raise sampling.max_tokens)", highlight=False)
-    for title, drift in (("bias drift", q["drift"]), ("mixing drift", q.get("mixed_drift"))):
-        for name in (drift or {}).get("flagged_variables", []):
-            values = [str(v["value"]) for v in drift["variables"][name]["values"] if v["flagged"]]
+    ref = q.reference
+    if ref and ref.below_reference:
+        err.print(f"[bold yellow]warning:[/] diversity below {ref.min_ratio:g} of the reference on "
+                  f"{', '.join(ref.flagged)}: an early sign of collapse", highlight=False)
+    cut = q.truncation
+    if cut.flagged:
+        err.print(f"[bold yellow]warning:[/] {cut.rows:,} rows ({cut.share:.0%}) stopped at max_tokens = "
+                  f"{cut.max_tokens}: their text is unfinished (raise sampling.max_tokens)", highlight=False)
+    for title, drift in (("bias drift", q.drift), ("mixing drift", q.mixed_drift)):
+        for name in drift.flagged_variables if drift is not None else []:
+            values = drift.flagged_labels(name)
             err.print(f"[bold yellow]warning:[/] {title} in seed variable {name!r}: {escape(', '.join(values))}",
                       highlight=False)
 
@@ -146,8 +145,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     except SynthfleetError as e:
         err.print(f"[bold red]{e}[/]", highlight=False)
         return EXIT_BAD_INPUT
-    out.print(f"{target}: {m['rows_ok']} rows ok, {m['rows_failed']} in errors/, "
-              f"{m['completion_tokens']} completion tokens, {m['num_shards']} shards", highlight=False)
+    out.print(f"{target}: {m.rows_ok} rows ok, {m.rows_failed} in errors/, "
+              f"{m.completion_tokens} completion tokens, {m.num_shards} shards", highlight=False)
     for row in (table.slice(0, args.rows).to_pylist() if table is not None else []):
         prompt = row["prompt"] if row["prompt"] is not None else row["messages"][-1]["content"]
         out.print(f"\n[bold]{row['row_id']}[/] prompt: {prompt!r}", highlight=False)

@@ -140,12 +140,12 @@ def _wait(job: Any, args: argparse.Namespace) -> int:
         err.print(f"(the job's manifest at {record.output} is not readable from here: {type(e).__name__})",
                   highlight=False, markup=False)
         return EXIT_OK
-    result = JobResult(job_id=record.id, uri=record.output, rows_ok=m["rows_ok"], rows_failed=m["rows_failed"],
-                       rows_rejected=m.get("rows_rejected", 0), prompt_tokens=m["prompt_tokens"],
-                       completion_tokens=m["completion_tokens"], shards=m["num_shards"],
-                       shards_generated=m["num_shards"], tokens_generated=record.completion_tokens, seconds=0.0,
+    result = JobResult(job_id=record.id, uri=record.output, rows_ok=m.rows_ok, rows_failed=m.rows_failed,
+                       rows_rejected=m.rows_rejected, prompt_tokens=m.prompt_tokens,
+                       completion_tokens=m.completion_tokens, shards=m.num_shards,
+                       shards_generated=m.num_shards, tokens_generated=record.completion_tokens, seconds=0.0,
                        generation_seconds=0.0, retries=record.retries, workers_replaced=record.workers_replaced,
-                       quality=m.get("quality"))
+                       quality=m.quality)
     print_summary(result, f"{result.shards} shards at {record.tokens_per_s:,.0f} tokens/s")
     return failed_rows_status(result, None)
 

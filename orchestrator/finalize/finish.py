@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -13,6 +12,7 @@ import numpy as np
 from orchestrator.commit import layout, schemas
 from orchestrator.commit.shards import ShardStats, recover_shard
 from orchestrator.finalize import diversity
+from orchestrator.finalize.manifest import Manifest, manifest_bytes, read_manifest
 from orchestrator.finalize.mixing import write_mixed
 from orchestrator.finalize.passes import KeptRows, ShardResult, build_report, dedup_shards, measure_shards, mixed_drift
 from orchestrator.finalize.report import render_report
@@ -37,13 +37,13 @@ def _entry(s: ShardStats, n: int, result: ShardResult | None) -> dict[str, Any]:
 
 
 def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: dict[int, ShardResult],
-                   quality: dict[str, Any], mixed: dict[str, Any] | None, started_at: float) -> dict[str, Any]:
+                   quality: dict[str, Any], mixed: dict[str, Any] | None, started_at: float) -> Manifest:
     n = plan.num_shards
     entries = [_entry(s, n, results.get(s.index)) for s in shards]
     totals = {k: sum(e[k] for e in entries) for k in ("rows_ok", "rows_failed", "rows_rejected", "prompt_tokens",
                                                         "completion_tokens", "judge_prompt_tokens",
                                                         "judge_cached_tokens", "judge_completion_tokens", "bytes")}
-    return {
+    return Manifest.model_validate({
         "format": 1,
         "job_id": plan.job_id,
         "name": spec.name,
@@ -63,14 +63,14 @@ def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], results:
         "report_path": layout.REPORT,
         "mixed": mixed,
         "shards": entries,
-    }
+    })
 
 
 def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStats],
-             started_at: float) -> dict[str, Any]:
+             started_at: float) -> Manifest:
     """Run the quality pass, write the report and `_manifest.json` (once) and `_SUCCESS`."""
     if store.exists(layout.MANIFEST):
-        return json.loads(store.get(layout.MANIFEST))
+        return read_manifest(store)
     staged, n = spec.dedup is not None, plan.num_shards
     shards = [known.get(i) or recover_shard(store, i, n, staged) for i in range(n)]
     variables = [f.name for f in schemas.variable_fields(spec)]
@@ -88,9 +88,9 @@ def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStat
         mixed, seeds = write_mixed(store, spec.mix, [layout.data_key(i, n) for i in range(n)], keys,
                                    spec.output.rows_per_shard, variables)
         quality["mixed_drift"] = mixed_drift(spec, kept, seeds)
-    store.put(layout.REPORT, render_report(quality).encode())
     manifest = build_manifest(spec, plan, shards, results, quality, mixed, started_at)
-    if not store.put_if_absent(layout.MANIFEST, json.dumps(manifest, indent=1).encode()):
-        manifest = json.loads(store.get(layout.MANIFEST))
+    store.put(layout.REPORT, render_report(manifest.quality).encode())
+    if not store.put_if_absent(layout.MANIFEST, manifest_bytes(manifest)):
+        manifest = read_manifest(store)
     store.put(layout.SUCCESS, b"")
     return manifest

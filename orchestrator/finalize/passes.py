@@ -27,6 +27,7 @@ from orchestrator.commit import layout, schemas
 from orchestrator.commit.shards import FOOTER_KEY, ShardStats, parquet_bytes, read_parquet
 from orchestrator.finalize import diversity, drift
 from orchestrator.finalize.dedup import Deduper
+from orchestrator.finalize.quality_report import Rows
 from orchestrator.finalize.samples import Examples, sample_ids, sample_keys
 from orchestrator.plan.planner import Plan, product_size, template_variables
 from orchestrator.spec.job import JobSpec
@@ -211,12 +212,12 @@ def top_errors(shards: list[ShardStats], k: int = defaults.TOP_ERRORS) -> list[d
     return [{"code": code, "rows": n, "sample": samples.get(code, "")} for code, n in counts.most_common(k)]
 
 
-def failure_flag(rows: dict[str, Any]) -> str | None:
+def failure_flag(rows: Rows) -> str | None:
     """A warning when no row was kept for errors, or more than the spec's share of rows failed."""
-    failed, total = rows.get("failed", 0), rows.get("failed", 0) + rows.get("generated", 0)
-    if not failed or (rows.get("kept", 0) and failed / total <= rows.get("max_failed_share", 1.0)):
+    failed, total = rows.failed, rows.failed + rows.generated
+    if not failed or (rows.kept and failed / total <= rows.max_failed_share):
         return None
-    top = "; ".join(f"{e['code']} ({e['rows']}): {e['sample']}" for e in rows.get("top_errors", []))
+    top = "; ".join(f"{e.code} ({e.rows}): {e.sample}" for e in rows.top_errors)
     lead = "no row succeeded" if failed == total else f"{failed} of {total} rows ({failed / total:.0%}) failed"
     return f"{lead}; see errors/. Most frequent: {top}"
 

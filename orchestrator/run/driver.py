@@ -16,6 +16,8 @@ from orchestrator.commit import layout
 from orchestrator.commit.shards import CommitOutcome, ShardStats, committed_shards
 from orchestrator.errors import ConflictError, JobFailedError, JobInterrupted
 from orchestrator.finalize.finish import finalize
+from orchestrator.finalize.manifest import Manifest, read_manifest
+from orchestrator.finalize.quality_report import QualityReport
 from orchestrator.plan.planner import Plan, Shard, make_plan
 from orchestrator.run.dispatch import DispatchReport, JobRun, PoolDispatcher
 from orchestrator.run.pool import WorkerPool, fitting_workers
@@ -52,7 +54,7 @@ class JobResult:
     retries: int = 0
     workers_replaced: int = 0
     rows_rejected: int = 0
-    quality: dict[str, Any] | None = None  # the manifest's quality section
+    quality: QualityReport | None = None  # the manifest's quality section
     storage_retries: int = 0  # object-storage calls botocore retried (throttling, 5xx, dropped connections)
     stalls: int = 0  # waits of more than defaults.STALL_S with no shard committed
     longest_stall_s: float = 0.0
@@ -127,12 +129,12 @@ class Tracker:
             self.on_progress(Progress(self.plan.total_rows, self.rows_done, max(self.tokens, self.live_tokens),
                                       time.perf_counter() - self.started, self.phase))
 
-    def result(self, job: PreparedJob, manifest: dict[str, Any], seconds: float) -> JobResult:
+    def result(self, job: PreparedJob, manifest: Manifest, seconds: float) -> JobResult:
         return JobResult(
-            job_id=job.plan.job_id, uri=job.store.uri, rows_ok=manifest["rows_ok"],
-            rows_failed=manifest["rows_failed"], rows_rejected=manifest.get("rows_rejected", 0),
-            quality=manifest.get("quality"), prompt_tokens=manifest["prompt_tokens"],
-            completion_tokens=manifest["completion_tokens"], shards=job.plan.num_shards,
+            job_id=job.plan.job_id, uri=job.store.uri, rows_ok=manifest.rows_ok,
+            rows_failed=manifest.rows_failed, rows_rejected=manifest.rows_rejected,
+            quality=manifest.quality, prompt_tokens=manifest.prompt_tokens,
+            completion_tokens=manifest.completion_tokens, shards=job.plan.num_shards,
             shards_generated=self.generated, tokens_generated=self.tokens, seconds=seconds,
             generation_seconds=self.finished - self.started, retries=self.retries, workers_replaced=self.replaced,
             storage_retries=self.storage_retries + drain_storage_stats().get("retries", 0), stalls=self.stalls,
@@ -148,7 +150,7 @@ class PreparedJob:
     plan: Plan
     store: Store
     committed: set[int]
-    manifest: dict[str, Any] | None  # set when the job was already finished
+    manifest: Manifest | None  # set when the job was already finished
 
     @property
     def committed_rows(self) -> int:
@@ -161,7 +163,7 @@ def prepare(spec: JobSpec) -> PreparedJob:
     plan = make_plan(spec)
     store = open_store(spec.output.uri).child(plan.job_id)
     if store.exists(layout.MANIFEST):
-        return PreparedJob(spec, plan, store, set(range(plan.num_shards)), json.loads(store.get(layout.MANIFEST)))
+        return PreparedJob(spec, plan, store, set(range(plan.num_shards)), read_manifest(store))
     _claim_job_folder(store, spec, plan)
     return PreparedJob(spec, plan, store, committed_shards(store, staged=spec.dedup is not None), None)
 
@@ -213,7 +215,7 @@ async def in_daemon_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 async def drive(job: PreparedJob, tracker: Tracker, lease: PoolLease, *, started_at: float,
                 offload: Offload = in_daemon_thread,
-                on_finalizing: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+                on_finalizing: Callable[[], Awaitable[None]] | None = None) -> Manifest:
     """The job driver, for `run_job` and the service alike: generate the uncommitted shards on a
     leased pool, then finalize; returns the manifest (at once when the job was already finished).
 
@@ -231,7 +233,7 @@ async def drive(job: PreparedJob, tracker: Tracker, lease: PoolLease, *, started
     tracker.report("finalizing")
     if on_finalizing is not None:
         await on_finalizing()
-    manifest: dict[str, Any] = await offload(finalize, job.store, job.spec, job.plan, tracker.stats, started_at)
+    manifest: Manifest = await offload(finalize, job.store, job.spec, job.plan, tracker.stats, started_at)
     return manifest
 
 

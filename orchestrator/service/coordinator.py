@@ -179,8 +179,8 @@ class Coordinator:
             record.workers_replaced += tracker.replaced
             self.keeper.settle_counts(record, manifest)
             if fresh:
-                self.metrics.quality(record.id, manifest["quality"])
-                flag = failure_flag(manifest["quality"]["rows"])
+                self.metrics.quality(record.id, manifest.quality)
+                flag = failure_flag(manifest.quality.rows)
                 record.warnings = [flag] if flag else []
             record.progress = 1.0
             record.move(JobState.COMPLETED)

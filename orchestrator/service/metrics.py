@@ -7,11 +7,11 @@ never prompt text. Series of a finished job are dropped after `retention_s`.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from orchestrator import defaults
+from orchestrator.finalize.quality_report import QualityReport
 
 disable_created_metrics()  # *_created series double the exposition for no dashboard use
 
@@ -82,25 +82,25 @@ class Metrics:
                                           registry=r)
         self._finished: dict[str, float] = {}
 
-    def quality(self, job: str, report: dict[str, Any]) -> None:
+    def quality(self, job: str, report: QualityReport) -> None:
         """Set the gauges of a finished job's quality report (the `quality` section of its manifest)."""
-        for metric, value in report["diversity"].items():
+        for metric, value in report.diversity.items():
             self.diversity.labels(job, metric).set(value)
-        dedup = report.get("dedup")
+        dedup = report.dedup
         if dedup is not None:
-            scanned = max(1, dedup["rows_scanned"])
-            self.duplicate_ratio.labels(job, "exact").set(dedup["exact_duplicates"] / scanned)
-            self.duplicate_ratio.labels(job, "near").set(dedup["near_duplicates"] / scanned)
-            for kind in ("exact", "near"):
-                self.rows_rejected.labels(job, f"{kind}_duplicate").inc(dedup[f"{kind}_duplicates"])
-        reference = report.get("reference")
+            scanned = max(1, dedup.rows_scanned)
+            self.duplicate_ratio.labels(job, "exact").set(dedup.exact_duplicates / scanned)
+            self.duplicate_ratio.labels(job, "near").set(dedup.near_duplicates / scanned)
+            self.rows_rejected.labels(job, "exact_duplicate").inc(dedup.exact_duplicates)
+            self.rows_rejected.labels(job, "near_duplicate").inc(dedup.near_duplicates)
+        reference = report.reference
         if reference is not None:
-            for metric, value in reference["diversity_ratios"].items():
-                if value is not None:
-                    self.diversity_reference_ratio.labels(job, metric).set(value)
-            self.diversity_below_reference.labels(job).set(1 if reference["below_reference"] else 0)
-        self.bias_drift_flagged.labels(job).set(report["drift"]["flagged_values"])
-        self.bias_drift_max_shift.labels(job).set(report["drift"]["max_shift"])
+            for metric, ratio in reference.diversity_ratios.items():
+                if ratio is not None:
+                    self.diversity_reference_ratio.labels(job, metric).set(ratio)
+            self.diversity_below_reference.labels(job).set(1 if reference.below_reference else 0)
+        self.bias_drift_flagged.labels(job).set(report.drift.flagged_values)
+        self.bias_drift_max_shift.labels(job).set(report.drift.max_shift)
 
     def job_finished(self, job: str, completed: bool = True) -> None:
         """Start the job's retention clock; a job that did not complete loses its progress and ETA now,

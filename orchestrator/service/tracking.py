@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from orchestrator.commit.shards import CommitOutcome, ShardStats
 from orchestrator.errors import SynthfleetError
+from orchestrator.finalize.manifest import Manifest
 from orchestrator.plan.planner import Shard
 from orchestrator.run.driver import PreparedJob, Tracker
 from orchestrator.service.metrics import Metrics
@@ -79,11 +79,11 @@ class RecordKeeper:
             log.exception("could not save job %s", record.id)
 
     @staticmethod
-    def settle_counts(record: JobRecord, manifest: dict[str, Any]) -> None:
+    def settle_counts(record: JobRecord, manifest: Manifest) -> None:
         """The manifest is authoritative: counts checkpointed before a restart may lag it."""
-        record.prompt_tokens, record.completion_tokens = manifest["prompt_tokens"], manifest["completion_tokens"]
-        record.request_counts.total = record.request_counts.completed = manifest["input_rows"]
-        record.request_counts.failed = manifest["rows_failed"]
+        record.prompt_tokens, record.completion_tokens = manifest.prompt_tokens, manifest.completion_tokens
+        record.request_counts.total = record.request_counts.completed = manifest.input_rows
+        record.request_counts.failed = manifest.rows_failed
 
     def count_tokens(self, counts: WorkerCounts, jobs: dict[str, JobRecord]) -> None:
         for job_id, c in counts.jobs.items():

@@ -26,16 +26,17 @@ def test_a_job_where_no_row_succeeds_is_flagged_everywhere(pool: Any, tiny_model
                      {"template": {"text": "{{ topic }} " + "word " * 400, "seeds": {"topic": ["a", "b", "c"]}}})
     result = run_job(spec, pool=pool)
     assert (result.rows_ok, result.rows_failed) == (0, 3)
-    rows = result.quality["rows"]
-    assert rows["top_errors"][0]["code"] == "prompt_too_long" and rows["top_errors"][0]["rows"] == 3
-    assert "maximum" in rows["top_errors"][0]["sample"] or "length" in rows["top_errors"][0]["sample"]
+    assert result.quality is not None
+    rows = result.quality.rows
+    assert rows.top_errors[0].code == "prompt_too_long" and rows.top_errors[0].rows == 3
+    assert "maximum" in rows.top_errors[0].sample or "length" in rows.top_errors[0].sample
     flag = failure_flag(rows)
     assert flag is not None and flag.startswith("no row succeeded") and "prompt_too_long (3)" in flag
     html = render_report(result.quality)
     assert "Failed rows" in html and "No flags" not in html
     assert local.failed_rows_status(result, None) == cli.EXIT_FAILED
     manifest = json.loads((Path(result.uri) / "_manifest.json").read_text())
-    assert manifest["top_errors"] == rows["top_errors"]
+    assert manifest["top_errors"] == [e.json_dict() for e in rows.top_errors]
 
 
 @pytest.fixture()

@@ -200,12 +200,12 @@ def test_a_job_that_loses_a_node_mid_run_commits_every_row_exactly_once(cluster:
     counts = _row_counts(str(job))
     assert set(counts) == {row_id(plan.spec_hash, i) for i in range(plan.total_rows)}
     assert set(counts.values()) == {1}
-    shards = manifest(open_job(str(job)))["shards"]
-    assert sorted(s["index"] for s in shards) == list(range(plan.num_shards))
+    shards = manifest(open_job(str(job))).shards
+    assert sorted(s.index for s in shards) == list(range(plan.num_shards))
     # The shards the lost worker held were retried on the head's workers (the replacement among them). A
     # retried shard's manifest entry names attempt 1 when the lost worker's commit had landed before its
     # reply was lost (the retry then found the shard committed and discarded its own copy), else a later one.
     retried = {int(i) for i in re.findall(r"shard (\d+) attempt \d+ failed", _tail(tmp_path / "cli.err", 10**6))}
     assert retried, _tail(tmp_path / "cli.err")
-    assert retried <= {s["index"] for s in shards}
+    assert retried <= {s.index for s in shards}
     assert not [p for p in cluster.processes("second") if _comm(p) == "raylet"]

@@ -177,4 +177,4 @@ def test_the_client_reads_rejected_rows_and_the_quality_report(pool: Any, tiny_m
         rejected = job.read(rejected=True)
         assert rejected.num_rows == 24 and set(rejected.column("reject_reason").to_pylist()) == {"too_long"}
         quality = job.quality()
-        assert quality["rows"]["rejected"] == {"too_long": 24} and quality["rows"]["kept"] == 0
+        assert quality.rows.rejected == {"too_long": 24} and quality.rows.kept == 0

