@@ -15,24 +15,21 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, field_validator, model_validator
 
 from orchestrator import defaults
-from orchestrator.spec.model import ModelSpec, Strict
+from orchestrator.spec.generation import Message, Sampling
+from orchestrator.spec.model import Loc, ModelSpec, Strict, invalid
 from orchestrator.spec.quality import Dedup, Filters, Judge, Mix, Quality, checked_uri
+from orchestrator.spec.stage_checks import stage_problems
+from orchestrator.spec.stages import Stage, stage_identity
 
 # The fields naming what a job reads; a relative local path in them resolves against the spec's folder.
 # output.uri, where the job writes, is relative to the working directory, as `--output` is.
 PATH_FIELDS = ("model.path", "judge.model.path", "prompts.file.uri", "prompts.openai_batch.uri",
                "quality.reference", "mix.uri")
-
-
-
-class Message(Strict):
-    role: Literal["system", "user", "assistant"]
-    content: str
 
 
 class Sample(Strict):
@@ -41,6 +38,8 @@ class Sample(Strict):
 
 
 class TemplateSource(Strict):
+    """Prompts from a template over seed values: exactly one of text or messages, or, with stages, neither."""
+
     text: str | None = Field(None, description="A Jinja template rendered to a plain prompt.")
     messages: list[Message] | None = Field(
         None, description="Chat messages whose contents are Jinja templates."
@@ -52,7 +51,7 @@ class TemplateSource(Strict):
 
     @model_validator(mode="after")
     def _one_form(self) -> TemplateSource:
-        if (self.text is None) == (self.messages is None):
+        if self.text is not None and self.messages is not None:  # neither: checked by JobSpec (stages)
             raise ValueError("give exactly one of text or messages")
         return self
 
@@ -107,31 +106,6 @@ class Prompts(Strict):
         return source.uri if source is not None else None
 
 
-class Sampling(Strict):
-    temperature: StrictFloat = Field(1.0, ge=0)
-    top_p: StrictFloat = Field(1.0, gt=0, le=1)
-    max_tokens: StrictInt = Field(defaults.MAX_TOKENS, ge=1, description="At most model.max_model_len.")
-    n: StrictInt = Field(1, ge=1, description="Completions per prompt; each becomes its own row.")
-    seed: StrictInt = Field(0, description="Base seed; each row's seed derives from it and the row.")
-    stop: list[str] = Field(default_factory=list)
-    ignore_eos: StrictBool = Field(False, description="Always generate max_tokens (benchmarks).")
-    json_schema: dict[str, Any] | None = Field(
-        None, description="Constrain completions to JSON valid against this schema."
-    )
-
-    @field_validator("json_schema")
-    @classmethod
-    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        if schema is not None:
-            import jsonschema
-
-            try:
-                jsonschema.Draft202012Validator.check_schema(schema)
-            except jsonschema.SchemaError as e:
-                raise ValueError(f"not a valid JSON schema: {e.message}") from None
-        return schema
-
-
 class Output(Strict):
     uri: str = Field(..., description="Folder, file:// or s3://bucket/prefix; the job goes under it.")
     rows_per_shard: StrictInt = Field(defaults.ROWS_PER_SHARD, ge=1)
@@ -172,8 +146,26 @@ class JobSpec(Strict):
     dedup: Dedup | None = Field(None, description="Job-wide exact and near-duplicate removal.")
     quality: Quality = Quality()
     mix: Mix | None = Field(None, description="Also write a mixed/ split with real rows.")
+    stages: list[Stage] | None = Field(None, min_length=1, description=(
+        "A row program: stages run in order on each row, each reading the seeds and earlier stages "
+        "(orchestrator/spec/stages.py). Unset: one stage, prompted by prompts.template."))
     relative_to: SpecFolder | None = Field(
         None, description="Set by load_spec: the folder relative paths were resolved against.")
+
+    @model_validator(mode="after")
+    def _one_program(self) -> JobSpec:
+        """Rows are prompted by prompts.template's text or messages or, with stages, by each stage's own prompt."""
+        template = self.prompts.template
+        if self.stages is None:
+            if template is not None and template.text is None and template.messages is None:
+                raise invalid("JobSpec", [(("prompts", "template"), "give exactly one of text or messages")])
+            return self
+        problems = _staged_source_problems(self)
+        if template is not None and template.seeds:
+            problems += stage_problems(self.stages, template.seeds, self.sampling, top_judge=self.judge is not None)
+        if problems:
+            raise invalid("JobSpec", problems)
+        return self
 
     @model_validator(mode="after")
     def _resolutions_hold(self) -> JobSpec:
@@ -184,7 +176,7 @@ class JobSpec(Strict):
         if not os.path.isabs(folder):
             raise ValueError("relative_to.folder must be absolute; remove relative_to (load_spec sets it)")
         for field, text in self.relative_to.written.items():
-            if field not in PATH_FIELDS or not is_relative_path(text) or \
+            if field not in path_fields(self) or not is_relative_path(text) or \
                     field_value(self, field) != os.path.normpath(os.path.join(folder, text)):
                 raise ValueError(f"relative_to.written.{field} does not match {field}; remove relative_to "
                                  "(load_spec sets it)")
@@ -197,6 +189,8 @@ class JobSpec(Strict):
         for gate in ("judge", "filters", "dedup", "mix"):  # absent gates keep earlier job ids
             if getattr(self, gate) is not None:
                 content[gate] = getattr(self, gate).model_dump(mode="json")
+        if self.stages is not None:  # so do absent stages
+            content["stages"] = stage_identity(self.stages)
         for field, text in (self.relative_to.written.items() if self.relative_to else ()):
             replace_at(content, field.split("."), text)  # as written: the same wherever the spec lives
         blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
@@ -210,22 +204,56 @@ class JobSpec(Strict):
         return self.model_copy(update={"output": self.output.model_copy(update={"uri": uri})})
 
 
+SEEDS_NEEDED = "stages need prompts.template.seeds, the variables whose product makes the rows"
+
+
+def _staged_source_problems(spec: JobSpec) -> list[tuple[Loc, str]]:
+    """With stages, the rows come from prompts.template.seeds alone and fan out per stage."""
+    template, found = spec.prompts.template, list[tuple[Loc, str]]()
+    if template is None:
+        found.append((("prompts",), SEEDS_NEEDED + " (file and openai_batch prompt sources with stages are not "
+                                                   "supported yet)"))
+    else:
+        found += [(("prompts", "template", k), (f"with stages each stage has its own prompt; remove "
+                                               f"prompts.template.{k} and give it to a stage"))
+                  for k in ("text", "messages") if getattr(template, k) is not None]
+        if not template.seeds:
+            found.append((("prompts", "template", "seeds"), SEEDS_NEEDED))
+    if spec.sampling.n != 1:
+        found.append((("sampling", "n"), ("with stages, fan out per stage: set sampling.n on the stage to branch "
+                                         "(a select stage merges the branches) and keep the job's sampling.n at 1")))
+    return found
+
+
+def path_fields(spec: JobSpec) -> list[str]:
+    """PATH_FIELDS and the model path of each stage with a model of its own ("stages.2.model.path")."""
+    return [*PATH_FIELDS, *(f"stages.{i}.model.path" for i, s in enumerate(spec.stages or [])
+                            if isinstance(getattr(s, "model", None), ModelSpec))]
+
+
 def is_relative_path(value: str) -> bool:
     """A relative local path (not s3://, not absolute): what load_spec resolves against the spec's folder."""
     return not value.startswith("s3://") and not os.path.isabs(value)
 
 
 def field_value(spec: BaseModel, field: str) -> Any:
-    """The value at a dotted field path such as "judge.model.path"; None where any part is missing."""
+    """The value at a dotted field path such as "judge.model.path" or "stages.0.model"; None where any part is missing."""
     value: Any = spec
     for part in field.split("."):
-        value = getattr(value, part, None) if isinstance(value, BaseModel) else None
+        if isinstance(value, list):
+            value = value[int(part)] if part.isdigit() and int(part) < len(value) else None
+        else:
+            value = getattr(value, part, None) if isinstance(value, BaseModel) else None
     return value
 
 
 def replace_at(content: dict[str, Any], parts: list[str], text: str) -> None:
-    """Set content[a][b]... = text where that path exists (an absent section stays absent)."""
+    """Set content[a][b]... = text where that path exists (an absent section stays absent); a number indexes a list."""
+    node: Any = content
     for part in parts[:-1]:
-        content = content.get(part) if isinstance(content, dict) else None  # type: ignore[assignment]
-    if isinstance(content, dict) and parts[-1] in content:
-        content[parts[-1]] = text
+        if isinstance(node, list):
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and parts[-1] in node:
+        node[parts[-1]] = text

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Problem, SpecError
-from orchestrator.spec.job import PATH_FIELDS, JobSpec, field_value, is_relative_path, replace_at
+from orchestrator.spec.job import JobSpec, field_value, is_relative_path, path_fields, replace_at
 from orchestrator.spec.model import error_path
 
 
@@ -30,13 +30,14 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """The field names the model at `loc` (a pydantic error location, its last part excluded) accepts."""
-    model: type[BaseModel] = JobSpec
+    """The field names the model at `loc` (a pydantic error location, its last part excluded) accepts; of a
+    union of models (a stage's kinds), the fields of each, first seen first."""
+    models: list[type[BaseModel]] = [JobSpec]
     for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        inner = _models_in(field.annotation) if field is not None else []
-        model = inner[0] if inner else model  # list indices and union tags leave the model as it is
-    return list(model.model_fields)
+        fields = [m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields]
+        inner = [m for f in fields for m in _models_in(f.annotation)]
+        models = inner or models  # list indices and union tags leave the models as they are
+    return list(dict.fromkeys(name for m in models for name in m.model_fields))
 
 
 def _unknown_field(loc: tuple[Any, ...]) -> str:
@@ -151,7 +152,7 @@ def _resolved(spec: JobSpec, folder: Path) -> JobSpec:
     The model path of the fake engine is a name, not a folder, and stays as it is.
     """
     data, written = spec.model_dump(), {}
-    for field in PATH_FIELDS:
+    for field in path_fields(spec):
         value, model = field_value(spec, field), field_value(spec, field.rpartition(".")[0])
         if not isinstance(value, str) or not is_relative_path(value) or getattr(model, "engine", None) == "fake":
             continue
@@ -167,7 +168,7 @@ def load_spec(path: str | Path) -> JobSpec:
     """Read a YAML or JSON spec file (JSON is YAML) and validate it.
 
     Relative paths to what the job reads (PATH_FIELDS: model.path, judge.model.path, prompts.file.uri,
-    prompts.openai_batch.uri, quality.reference, mix.uri) resolve against the spec file's folder, as
+    prompts.openai_batch.uri, quality.reference, mix.uri; and stages.N.model.path) resolve against the spec file's folder, as
     inputs in a docker-compose or kustomize file do, so the spec works from any working directory;
     see `SpecFolder` for the job id. output.uri, where the job writes, stays relative to the working
     directory like `--output` (and `..` stays refused in it).

@@ -31,8 +31,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Loc = tuple[str | int, ...]  # a field path as pydantic gives it: ("stages", 2, "continue")
+
+
 def error_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if not str(p).startswith("function-"))
+
+
+def invalid(title: str, problems: list[tuple[Loc, str]]) -> ValidationError:
+    """Problems found across fields, as the ValidationError pydantic raises: each one on its own field path.
+
+    Raised from a validator, its paths extend the validated model's own (a stage's `("continue",)`
+    reads `stages.2.continue`), so `load.py` reports each as it reports a field error.
+    """
+    return ValidationError.from_exception_data(title, [
+        {"type": "value_error", "loc": loc, "input": None, "ctx": {"error": ValueError(message)}}
+        for loc, message in problems])
 
 
 

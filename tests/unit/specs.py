@@ -39,3 +39,35 @@ def template_spec(seeds: dict[str, list[Any]], *, text: str = "x", sample: dict[
 def file_spec(uri: str, *, rows_per_shard: int = 2, kind: str = "file", **sections: Any) -> JobSpec:
     return make_spec(prompts={kind: {"uri": uri}}, output={"uri": "out", "rows_per_shard": rows_per_shard},
                      **sections)
+
+
+STAGE_SEEDS = {"topic": ["tides", "rust"], "audience": ["kids", "experts"]}
+
+
+def staged_data(*stages: dict[str, Any], seeds: dict[str, list[Any]] | None = None, **sections: Any) -> dict[str, Any]:
+    """A spec mapping whose rows (the product of `seeds`, default STAGE_SEEDS) run `stages`; `sections`
+    replaces top-level sections (prompts included)."""
+    prompts = {"template": {"seeds": STAGE_SEEDS if seeds is None else seeds}}
+    return spec_data(**{"prompts": prompts, "stages": list(stages), **sections})
+
+
+def make_staged(*stages: dict[str, Any], seeds: dict[str, list[Any]] | None = None, **sections: Any) -> JobSpec:
+    return parse_spec(staged_data(*stages, seeds=seeds, **sections))
+
+
+def generate(name: str, text: str = "Write about {{ topic }}.", **fields: Any) -> dict[str, Any]:
+    """A generate stage prompted by `text`, or by `messages` when given instead."""
+    return {"name": name, **({} if "messages" in fields else {"text": text}), **fields}
+
+
+def chat(name: str, content: str = "Write about {{ topic }}.", **fields: Any) -> dict[str, Any]:
+    """A generate stage whose prompt is one user message."""
+    return {"name": name, "messages": [{"role": "user", "content": content}], **fields}
+
+
+def judge_stage(name: str, judged: str, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "judge": judged, **fields}
+
+
+def select_stage(name: str, by: str, of: str) -> dict[str, Any]:
+    return {"name": name, "select": {"by": by, "of": of}}
