@@ -209,7 +209,8 @@ SEEDS_NEEDED = "stages need prompts.template.seeds, the variables whose product 
 
 def _staged_source_problems(spec: JobSpec) -> list[tuple[Loc, str]]:
     """With stages, the rows come from prompts.template.seeds alone and fan out per stage."""
-    template, found = spec.prompts.template, list[tuple[Loc, str]]()
+    template = spec.prompts.template
+    found: list[tuple[Loc, str]] = []
     if template is None:
         found.append((("prompts",), SEEDS_NEEDED + " (file and openai_batch prompt sources with stages are not "
                                                    "supported yet)"))

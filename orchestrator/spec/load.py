@@ -31,13 +31,13 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     """The field names the model at `loc` (a pydantic error location, its last part excluded) accepts; of a
-    union of models (a stage's kinds), the fields of each, first seen first."""
+    union of models (a stage's kinds), the fields of each, first seen first; a field by its alias (`continue`)."""
     models: list[type[BaseModel]] = [JobSpec]
     for part in loc[:-1]:
         fields = [m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields]
         inner = [m for f in fields for m in _models_in(f.annotation)]
         models = inner or models  # list indices and union tags leave the models as they are
-    return list(dict.fromkeys(name for m in models for name in m.model_fields))
+    return list(dict.fromkeys(f.alias or name for m in models for name, f in m.model_fields.items()))
 
 
 def _unknown_field(loc: tuple[Any, ...]) -> str:

@@ -98,6 +98,10 @@ def test_an_unknown_field_of_a_judge_stage_suggests_the_judge_field() -> None:
     assert "did you mean `rubric`" in problem(chat("a"), judge_stage("j", "a", rubrik="x"), path="stages.1.rubrik")
 
 
+def test_an_unknown_field_of_a_generate_stage_suggests_it_by_its_yaml_name() -> None:
+    assert "did you mean `continue`" in problem(chat("a"), chat("b", contine="a"), path="stages.1.contine")
+
+
 def test_a_select_stage_takes_no_when() -> None:
     select = select_stage("pair", "score", "answer") | {"when": "topic == 'rust'"}
     message = problem(fan_out(), judge_stage("score", "answer"), select, path="stages.2.when")
