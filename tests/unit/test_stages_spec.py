@@ -410,6 +410,7 @@ def test_a_spec_without_stages_keeps_its_job_id() -> None:
     # computed on main before stages existed: absent stages must never change a job id
     assert make_spec().job_id == "unit-6ac0160074"
     assert make_spec(judge={"rubric": "Be right."}, filters={"max_chars": 100}).job_id == "unit-79b2e8517b"
+    assert load_spec(EXAMPLES / "quickstart.yaml").job_id == "quickstart-22d7b9ad90"
 
 
 def test_changing_a_stages_text_changes_the_job_id() -> None:
@@ -450,7 +451,8 @@ def test_a_relative_stage_model_path_resolves_against_the_spec_folder_and_hashes
 @pytest.mark.parametrize("recipe", ["qa-pipeline", "multi-turn", "preference-pairs", "evol-instruct"])
 def test_each_recipe_loads_and_says_what_it_makes(recipe: str) -> None:
     path = EXAMPLES / f"{recipe}.yaml"
-    assert path.read_text().startswith("# ")
+    header = path.read_text().split("\nname:")[0]
+    assert header.startswith("# Makes ") and "execution: in progress" in header  # until workers run stages
     spec = load_spec(path)
     assert spec.stages and spec.model.path == str((EXAMPLES.parent / "models" / "tiny").resolve())
 
