@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import ray
 
@@ -17,6 +17,7 @@ from orchestrator.spec.model import FakeEngineArgs, ModelSpec
 from orchestrator.storage import open_store
 from orchestrator.storage.base import drain_storage_stats
 from workers.engine import Engine, EngineInfo, root_cause
+from workers.pipeline import run_staged_shard
 from workers.shard import WorkerCounts, run_shard
 
 
@@ -85,7 +86,7 @@ class GenerationWorker:
             # Ray pins OMP_NUM_THREADS to the actor's CPU count; the CPU engine needs the real count.
             os.environ["OMP_NUM_THREADS"] = str(threads)
         self.engine: Engine | None = None
-        self.judges: dict[str, Engine] = {}  # judge models other than the worker's own, loaded on first use
+        self.models: dict[str, Engine] = {}  # judge and stage models other than the worker's own, loaded on first use
         self.counts: dict[str, dict[str, int]] = {}
         self.engine_loads = 0
         self.reaper: Any = None
@@ -109,18 +110,21 @@ class GenerationWorker:
         assert self.engine is not None, "start() the worker first"
         store = open_store(spec.output.uri).child(plan.job_id)
         counts = self.counts.setdefault(plan.job_id, {})
-        return await run_shard(self.engine, store, spec, plan, shard, attempt, counts, self._judge(spec))
+        if spec.stages is not None:
+            return await run_staged_shard(self.engine_for, store, spec, plan, shard, attempt, counts)
+        judge = None if spec.judge is None or spec.judge.model == "self" else self.engine_for(spec.judge.model)
+        return await run_shard(self.engine, store, spec, plan, shard, attempt, counts, judge)
 
-    def _judge(self, spec: JobSpec) -> Engine | None:
-        """The engine that judges this spec's rows: None for `self` (the worker's own engine)."""
-        if spec.judge is None or spec.judge.model == "self":
-            return None
-        model = spec.judge.model
+    def engine_for(self, model: Literal["self"] | ModelSpec) -> Engine:
+        """The engine of a stage's or judge's model: the worker's own for `self`, any other loaded on first use."""
+        if model == "self":
+            assert self.engine is not None
+            return self.engine
         key = model.model_dump_json()
-        if key not in self.judges:
-            self.judges[key] = self._make_engine(model)
+        if key not in self.models:
+            self.models[key] = self._make_engine(model)
             self.engine_loads += 1
-        return self.judges[key]
+        return self.models[key]
 
     def drain_counts(self) -> WorkerCounts:
         """Token counts per job and storage calls since the last call (polled for metrics)."""
@@ -131,6 +135,6 @@ class GenerationWorker:
         return WorkerCounts(drained, drain_storage_stats())
 
     def stats(self) -> dict[str, Any]:
-        engines = [self.engine, *self.judges.values()] if self.engine else []
+        engines = [self.engine, *self.models.values()] if self.engine else []
         return {"requests": sum(e.requests for e in engines), "engine_loads": self.engine_loads,
                 "pid": os.getpid()}

@@ -227,8 +227,7 @@ async def run_shard(engine: Engine, store: Store, spec: JobSpec, plan: Plan, sha
     `counts` is bumped as each row finishes, so progress is visible before the shard commits.
     `judge` is the engine that scores rows when the spec has a judge (the same engine for `self`).
     """
-    staged = spec.dedup is not None
-    if store.exists(layout.commit_key(shard.index, plan.num_shards, staged)):
+    if committed(store, spec, plan, shard):
         return None
     started = time.perf_counter()
     prompt_rows = await asyncio.to_thread(shard_rows, spec, plan, shard)
@@ -236,8 +235,20 @@ async def run_shard(engine: Engine, store: Store, spec: JobSpec, plan: Plan, sha
     results = await asyncio.gather(*(_generate(engine, spec, r, counts, judging) for r in prompt_rows))
     revision = engine.info.revision
     out = await asyncio.to_thread(assemble, spec, plan, prompt_rows, list(results), revision)
+    return await commit_sorted(store, spec, plan, shard, attempt, out, started, revision)
+
+
+def committed(store: Store, spec: JobSpec, plan: Plan, shard: Shard) -> bool:
+    """Whether `shard` is already committed (a resume or a retry after a lost reply): nothing to generate."""
+    return store.exists(layout.commit_key(shard.index, plan.num_shards, spec.dedup is not None))
+
+
+async def commit_sorted(store: Store, spec: JobSpec, plan: Plan, shard: Shard, attempt: int, out: Sorted,
+                        started: float, revision: str) -> CommitOutcome:
+    """Commit a shard's sorted rows exactly once; a commit under way completes even when the task is cancelled."""
     tables = await asyncio.to_thread(out.tables, spec)
     stats = _stats(shard, attempt, out, time.perf_counter() - started, revision)
+    staged = spec.dedup is not None
     commit = asyncio.ensure_future(asyncio.to_thread(commit_shard, store, plan.num_shards, tables, stats, staged))
     try:
         return await asyncio.shield(commit)

@@ -21,6 +21,7 @@ from orchestrator.plan.planner import product_size, template_variables
 from orchestrator.run.input_checks import Source, file_findings
 from orchestrator.spec.job import JobSpec, TemplateSource
 from orchestrator.spec.model import ModelSpec
+from orchestrator.spec.stages import GenerateStage, JudgeStage, stage_reads
 from orchestrator.storage import open_store, split_uri
 from orchestrator.storage.reader import open_input
 from workers import sandbox, template_checks
@@ -55,6 +56,8 @@ def _template_problems(spec: JobSpec) -> list[Problem]:
     source = spec.prompts.template
     if source is None:
         return []
+    if spec.stages is not None:  # what stages read was checked as the spec was parsed (spec/stage_checks.py)
+        return reserved_name_problems(spec)
     read, problems = _analysed(source)
     known = ", ".join(sorted(source.seeds)) or "none"
     for path, names in read.items():
@@ -103,18 +106,29 @@ def _render_problems(source: TemplateSource) -> list[Problem]:
                           f"{json.dumps(template_variables(source, row), default=str)}); fix the template")]
 
 
+def _unused(source: TemplateSource, used: set[str], by: str) -> list[Problem]:
+    return [Problem(f"prompts.template.seeds.{name}",
+                    f"seed variable {name!r} is never used by {by}: its {len(values)} values only "
+                    f"repeat identical prompts ({len(values)}x the rows); use it in {by} or remove it")
+            for name, values in sorted(source.seeds.items()) if name not in used]
+
+
+def _stage_warnings(spec: JobSpec, source: TemplateSource) -> list[Problem]:
+    used = {r.name for s in spec.stages or [] for r in stage_reads(s)}
+    used |= {name for s in spec.stages or [] for name in s.links().values()}
+    return _unused(source, used, "any stage")
+
+
 def _template_warnings(spec: JobSpec) -> list[Problem]:
     source = spec.prompts.template
     if source is None:
         return []
+    if spec.stages is not None:
+        return _stage_warnings(spec, source)
     read, problems = _analysed(source)
     if problems:
         return []
-    used = set().union(*read.values())
-    warnings = [Problem(f"prompts.template.seeds.{name}",
-                        f"seed variable {name!r} is never used by the template: its {len(values)} values only "
-                        f"repeat identical prompts ({len(values)}x the rows); use it in the template or remove it")
-                for name, values in sorted(source.seeds.items()) if name not in used]
+    warnings = _unused(source, set().union(*read.values()), "the template")
     failures = _checked_renders(source)
     if failures and len(failures) < len(_first_rows(source)):
         row, failure = failures[0]
@@ -197,10 +211,23 @@ def _reference_problems(spec: JobSpec) -> list[Problem]:
                                        f"{', '.join(sorted(columns)) or 'none'}); {what}")]
 
 
-def _models(spec: JobSpec) -> list[tuple[str, ModelSpec]]:
-    models = [("model", spec.model)]
+def _models(spec: JobSpec) -> list[tuple[str, ModelSpec, int | None, str]]:
+    """(field, model, max_tokens asked of it, the max_tokens field) of each model the job runs."""
+    models: list[tuple[str, ModelSpec, int | None, str]] = []
+    if spec.stages is None:
+        models.append(("model", spec.model, spec.sampling.max_tokens, "sampling.max_tokens"))
+    else:
+        models.append(("model", spec.model, None, ""))
+        for i, s in enumerate(spec.stages):
+            model = s.model if isinstance(s, GenerateStage | JudgeStage) else "self"
+            field = f"stages.{i}.model" if isinstance(model, ModelSpec) else "model"
+            if isinstance(s, GenerateStage):
+                models.append((field, spec.model if model == "self" else model, s.sampling.over(spec.sampling).max_tokens,
+                               f"stages.{i}.sampling.max_tokens"))
+            elif field != "model":
+                models.append((field, model, None, ""))  # type: ignore[arg-type]
     if spec.judge is not None and not isinstance(spec.judge.model, str):
-        models.append(("judge.model", spec.judge.model))
+        models.append(("judge.model", spec.judge.model, None, ""))
     return models
 
 
@@ -233,7 +260,7 @@ def _folder_problems(field: str, model: ModelSpec) -> list[Problem]:
     return []
 
 
-def _length_problems(field: str, model: ModelSpec, max_tokens: int | None) -> list[Problem]:
+def _length_problems(field: str, model: ModelSpec, max_tokens: int | None, tokens_field: str) -> list[Problem]:
     """max_tokens <= max_model_len <= the model's own context, each saying which to lower."""
     config = _config(model) if model.path is not None and model.engine != "fake" else None
     context = _context(config) if config else None
@@ -246,18 +273,20 @@ def _length_problems(field: str, model: ModelSpec, max_tokens: int | None) -> li
              f"the model's context ({context[0]}={context[1]} in its config.json)" if context else None)
     limit = model.max_model_len if model.max_model_len is not None else (context[1] if context else None)
     if max_tokens is not None and limit is not None and max_tokens > limit:
-        problems.append(Problem("sampling.max_tokens", f"{max_tokens} exceeds {bound}: lower sampling.max_tokens"
+        problems.append(Problem(tokens_field, f"{max_tokens} exceeds {bound}: lower {tokens_field}"
                                 + (f" or raise {field}.max_model_len" if model.max_model_len is not None else "")))
     return problems
 
 
 def _model_problems(spec: JobSpec) -> list[Problem]:
-    problems = []
-    for field, model in _models(spec):
-        if model.path is not None and model.engine != "fake":
+    problems: list[Problem] = []
+    checked: set[str] = set()
+    for field, model, max_tokens, tokens_field in _models(spec):
+        if model.path is not None and model.engine != "fake" and field not in checked:
             problems += _folder_problems(field, model)
-        max_tokens = spec.sampling.max_tokens if field == "model" else None
-        problems += _length_problems(field, model, max_tokens)
+        problems += [p for p in _length_problems(field, model, max_tokens, tokens_field)
+                     if field not in checked or p.path == tokens_field]
+        checked.add(field)
     return problems
 
 

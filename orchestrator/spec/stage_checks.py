@@ -17,6 +17,7 @@ from orchestrator.spec.generation import Sampling
 from orchestrator.spec.model import Loc
 from orchestrator.spec.stages import (
     JUDGE_FIELDS,
+    RESERVED_COLUMNS,
     SELECT_FIELDS,
     GenerateStage,
     JudgeStage,
@@ -24,6 +25,7 @@ from orchestrator.spec.stages import (
     Stage,
     branches,
     final_stage,
+    stage_columns,
     template_reads,
 )
 
@@ -41,6 +43,7 @@ class _Walk:
     branch: dict[str, str | None] = field(default_factory=dict)  # stage name -> the fan-out it runs per branch of
     merged_by: dict[str, str] = field(default_factory=dict)  # fan-out -> the select stage that merged it
     open: str | None = None  # the fan-out whose branches the next stage runs on
+    columns: dict[str, str] = field(default_factory=dict)  # column -> the stage that writes it
 
     def stage(self, name: str) -> Stage:
         return self.stages[self.index[name]]
@@ -90,12 +93,33 @@ def stage_problems(stages: Sequence[Stage], seeds: Collection[str], job: Samplin
 
 
 def _name_problems(stage: Stage, walk: _Walk) -> Found:
+    found = _column_problems(stage, walk)
+    for column in stage_columns(stage):
+        walk.columns.setdefault(column, stage.name)
+    if found:
+        return found
     if stage.name in walk.index:
         return [(("name",), (f"{stage.name!r} is also the name of stage {walk.index[stage.name]}; stage names "
                             "must be unique (each names a column)"))]
     if stage.name in walk.seeds:
         return [(("name",), (f"{stage.name!r} is also a seed variable (prompts.template.seeds.{stage.name}); "
                             "rename the stage or the variable"))]
+    return []
+
+
+def _column_problems(stage: Stage, walk: _Walk) -> Found:
+    """A column of this stage that is a reserved column, a seed variable or a column of an earlier stage."""
+    for column in (c for c in stage_columns(stage) if c != stage.name):  # the name: checked_name, _name_problems
+        if column in RESERVED_COLUMNS:
+            return [(("name",), f"stage {stage.name!r} would write the column {column!r}, a column every row has; "
+                                "rename the stage")]
+        if column in walk.seeds:
+            return [(("name",), f"stage {stage.name!r} would write the column {column!r}, which is a seed "
+                                "variable; rename the stage or the variable")]
+    clash = next((c for c in stage_columns(stage) if c in walk.columns and walk.columns[c] != stage.name), None)
+    if clash is not None and not (clash == stage.name and clash in walk.index):  # a duplicate name: said below
+        return [(("name",), f"stage {stage.name!r} would write the column {clash!r}, which stage "
+                            f"{walk.columns[clash]!r} writes; rename one of them")]
     return []
 
 

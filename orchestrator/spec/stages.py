@@ -56,11 +56,20 @@ NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}")
 RESERVED_COLUMNS = frozenset({
     "row_id", "sample_index", "custom_id", "prompt", "messages", "completion", "finish_reason",
     "prompt_tokens", "completion_tokens", "judge_score", "judge_reason", "judge_cut", "error_code",
-    "error_message", "reject_reason", "reject_detail", "lineage", "chosen", "rejected", "seed"})
+    "error_message", "reject_reason", "reject_detail", "lineage", "chosen", "rejected", "chosen_score",
+    "rejected_score", "seed", "at_stage"})
 JUDGE_FIELDS = ("score", "reason")  # a judge stage's outputs: {{ name.score }}, {{ name.reason }}
 SELECT_FIELDS = ("chosen", "rejected", "chosen_score", "rejected_score")  # a select stage's outputs
+# The columns each kind of stage adds to a row, as suffixes of its name ("": the column named as the stage)
+COLUMN_SUFFIXES = {"generate": ("", "finish_reason", "prompt_tokens", "cached_tokens", "completion_tokens"),
+                   "judge": ("score", "reason", "cut"), "select": SELECT_FIELDS}
 KIND_KEYS = {"generate": ("text", "messages"), "judge": ("judge",), "select": ("select",)}
 KINDS = "a stage is one kind: generate (text or messages), judge (judge: <stage>) or select (select: {by, of})"
+
+
+def stage_columns(stage: Stage) -> list[str]:
+    """The columns a stage adds to each row: `name` and `name_<suffix>` (COLUMN_SUFFIXES)."""
+    return [f"{stage.name}_{suffix}" if suffix else stage.name for suffix in COLUMN_SUFFIXES[stage.kind]]
 
 
 def checked_name(name: str) -> str:

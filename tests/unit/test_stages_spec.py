@@ -469,3 +469,22 @@ def test_the_preference_recipe_fans_out_4_then_judges_and_selects() -> None:
     stages = spec.stages or []
     assert [s.kind for s in stages] == ["generate", "judge", "select"]
     assert branches(stages[0], spec.sampling) == 4
+
+
+@pytest.mark.parametrize(("stages", "path", "message"), [
+    ([generate("draft"), generate("draft_finish_reason")], "stages.1.name",
+     "would write the column 'draft_finish_reason', which stage 'draft' writes"),
+    ([generate("draft_finish_reason"), generate("draft")], "stages.1.name",
+     "would write the column 'draft_finish_reason', which stage 'draft_finish_reason' writes"),
+    ([generate("x"), judge_stage("judge", "x")], "stages.1.name",
+     "would write the column 'judge_score', a column every row has"),
+])
+def test_a_stage_column_that_another_column_has_is_refused(stages: list[dict[str, Any]], path: str,
+                                                           message: str) -> None:
+    assert message in problem(*stages, path=path)
+
+
+def test_a_stage_column_that_is_a_seed_variable_is_refused() -> None:
+    found = problem(generate("x", "{{ s_score }}"), judge_stage("s", "x"), path="stages.1.name",
+                    prompts={"template": {"seeds": {"s_score": [1, 2]}}})
+    assert "'s_score', which is a seed variable" in found
