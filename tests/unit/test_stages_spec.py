@@ -452,7 +452,7 @@ def test_a_relative_stage_model_path_resolves_against_the_spec_folder_and_hashes
 def test_each_recipe_loads_and_says_what_it_makes(recipe: str) -> None:
     path = EXAMPLES / f"{recipe}.yaml"
     header = path.read_text().split("\nname:")[0]
-    assert header.startswith("# Makes ") and "execution: in progress" in header  # until workers run stages
+    assert header.startswith("# Makes ")
     spec = load_spec(path)
     assert spec.stages and spec.model.path == str((EXAMPLES.parent / "models" / "tiny").resolve())
 
