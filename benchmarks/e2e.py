@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +119,30 @@ def synthfleet(args: argparse.Namespace, texts: list[str]) -> list[float]:
     return rates
 
 
-def side(args: argparse.Namespace, name: str) -> list[float]:
-    """Run one side in a child process; its tokens/s per run."""
-    cmd = [sys.executable, __file__, "--side", name, "--model", str(args.model), "--work", str(args.work),
-           "--runs", str(args.runs), "--prompts", str(args.prompts), "--max-tokens", str(args.max_tokens),
-           "--rows-per-shard", str(args.rows_per_shard), "--in-flight", str(args.in_flight),
-           "--output", args.output]
+def side_output(script: str, name: str, flags: list[str]) -> dict[str, Any]:
+    """Run one side of `script` in a child process: the JSON object it prints last."""
+    cmd = [sys.executable, script, "--side", name, *flags]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["rates"]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def paired(repeats: int, run: Callable[[str], float]) -> list[tuple[float, float]]:
+    """(direct, synthfleet) figures of `repeats` pairs of `run(side)`, alternating which side goes first,
+    against drift in the machine's load."""
+    pairs = []
+    for k in range(repeats):
+        order = ["direct", "synthfleet"] if k % 2 == 0 else ["synthfleet", "direct"]
+        runs = {name: run(name) for name in order}
+        pairs.append((runs["direct"], runs["synthfleet"]))
+    return pairs
+
+
+def side(args: argparse.Namespace, name: str) -> float:
+    """The median tokens/s of one side's runs, in a child process."""
+    flags = ["--model", str(args.model), "--work", str(args.work), "--runs", str(args.runs), "--prompts",
+             str(args.prompts), "--max-tokens", str(args.max_tokens), "--rows-per-shard", str(args.rows_per_shard),
+             "--in-flight", str(args.in_flight), "--output", args.output]
+    return statistics.median(side_output(__file__, name, flags)["rates"])
 
 
 def main() -> None:
@@ -153,11 +170,7 @@ def main() -> None:
             from workers.tiny_model import build_tiny_model
 
             args.model = build_tiny_model(args.work / "tiny")
-        pairs = []
-        for k in range(args.repeats):  # alternate which side goes first, against drift in the machine's load
-            order = ["direct", "synthfleet"] if k % 2 == 0 else ["synthfleet", "direct"]
-            runs = {name: statistics.median(side(args, name)) for name in order}
-            pairs.append((runs["direct"], runs["synthfleet"]))
+        pairs = paired(args.repeats, lambda name: side(args, name))
     ratios = [j / d for d, j in pairs]
     print(json.dumps({
         "benchmark": "e2e", "prompts": args.prompts, "max_tokens": args.max_tokens,

@@ -151,10 +151,15 @@ class Program:
         if self.spec.judge is not None and self.spec.judge.model == "self":
             self.needs_ids.add(last_generate(self.stages).name)
 
-    def count(self, prompt: int, completion: int) -> None:
-        if self.counts is not None:
-            self.counts["prompt_tokens"] = self.counts.get("prompt_tokens", 0) + prompt
-            self.counts["completion_tokens"] = self.counts.get("completion_tokens", 0) + completion
+    def count(self, stage: str, prompt: int, completion: int, *, generated: bool = True) -> None:
+        """Progress counts as a request finishes: per stage (`completion_tokens/<stage>`, the metrics' stage
+        label) and, for generate stages, the job's totals (judgements are counted apart, as without stages)."""
+        if self.counts is None:
+            return
+        for key, n in (("prompt_tokens", prompt), ("completion_tokens", completion)):
+            keys = [f"{key}/{stage}", key] if generated else [f"{key}/{stage}"]
+            for k in keys:
+                self.counts[k] = self.counts.get(k, 0) + n
 
 
 def last_generate(stages: Sequence[Stage]) -> GenerateStage:
@@ -265,7 +270,7 @@ async def _generate(program: Program, stage: GenerateStage, position: int, row: 
     tokens.prompt += result[0].prompt_tokens if result else 0
     tokens.cached += result[0].cached_tokens if result else 0
     tokens.completion += sum(c.completion_tokens for c in result)
-    program.count(result[0].prompt_tokens if result else 0, sum(c.completion_tokens for c in result))
+    program.count(stage.name, result[0].prompt_tokens if result else 0, sum(c.completion_tokens for c in result))
     fan_out = len(result) > 1
     return [_reply(stage, sampling, branch.fork(k) if fan_out else branch, Turn(stage.name, prompt, asked, c, None, engine),
                    tokens) for k, c in enumerate(result)]
@@ -321,7 +326,7 @@ async def _judge(program: Program, judge: Judge, name: str, turn: Turn, row: See
                                 judge_sampling(judge))
     if isinstance(verdict, RowFailure):
         return branch.end(Ending(name, verdict))
-    _count_judge(program, tokens, verdict)
+    _count_judge(program, name, tokens, verdict)
     branch.columns[name] = {"score": verdict.score, "reason": verdict.reason, "cut": verdict.cut}
     branch.values[name] = {"score": verdict.score, "reason": verdict.reason}
     if verdict.score < judge.min_score:
@@ -329,11 +334,11 @@ async def _judge(program: Program, judge: Judge, name: str, turn: Turn, row: See
     return [branch]
 
 
-def _count_judge(program: Program, tokens: Tokens, verdict: Verdict) -> None:
+def _count_judge(program: Program, name: str, tokens: Tokens, verdict: Verdict) -> None:
     tokens.judge_prompt += verdict.prompt_tokens
     tokens.judge_cached += verdict.cached_tokens
     tokens.judge_completion += verdict.completion_tokens
-    program.count(verdict.prompt_tokens, verdict.completion_tokens)
+    program.count(name, verdict.prompt_tokens, verdict.completion_tokens, generated=False)
 
 
 # --- select ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from orchestrator.finalize.mixing import write_mixed
 from orchestrator.finalize.passes import KeptRows, ShardResult, build_report, dedup_shards, measure_shards, mixed_drift
 from orchestrator.finalize.report import render_report
 from orchestrator.finalize.samples import Examples, original_texts, scan_rejected
+from orchestrator.finalize.stage_quality import StageMeasures
 from orchestrator.plan.planner import Plan
 from orchestrator.spec.job import JobSpec
 from orchestrator.storage import Store
@@ -74,7 +75,8 @@ def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStat
     staged, n = spec.dedup is not None, plan.num_shards
     shards = [known.get(i) or recover_shard(store, i, n, staged) for i in range(n)]
     variables = [f.name for f in schemas.variable_fields(spec)]
-    kept = KeptRows(diversity.BottomK(spec.quality.sample_rows), Examples(variables))
+    kept = KeptRows(diversity.BottomK(spec.quality.sample_rows), Examples(variables),
+                    stages=StageMeasures(spec) if spec.stages else None)
     results = dedup_shards(store, spec, plan, kept) if staged else {}
     if not staged:
         measure_shards(store, spec, plan, kept)

@@ -29,6 +29,7 @@ from orchestrator.finalize import diversity, drift
 from orchestrator.finalize.dedup import Deduper
 from orchestrator.finalize.quality_report import Rows
 from orchestrator.finalize.samples import Examples, sample_ids, sample_keys
+from orchestrator.finalize.stage_quality import StageMeasures
 from orchestrator.plan.planner import Plan, product_size, template_variables
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.quality import Quality, reference_text
@@ -58,11 +59,14 @@ class KeptRows:
     tokens: list[np.ndarray] = field(default_factory=list)
     keys: list[np.ndarray] = field(default_factory=list)  # each row's sample key, in shard order (mixing)
     seeds: dict[str, Counter[Any]] = field(default_factory=dict)
+    stages: StageMeasures | None = None  # with stages: the same per stage
 
     def add(self, table: pa.Table) -> None:
         texts = table.column("completion").to_pylist()
         keys = sample_keys(table)
         self.keys.append(keys)
+        if self.stages is not None:
+            self.stages.add(table, keys)
         for key, text in zip(keys.tolist(), texts, strict=True):
             self.sample.add(key, text or "")
         self.chars.append(np.array([len(t or "") for t in texts], dtype=np.int64))
@@ -87,7 +91,8 @@ def dedup_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> dic
     n = plan.num_shards
     deduper = Deduper(spec.dedup)
     for i in range(n):
-        texts = read_parquet(store, layout.commit_key(i, n, staged=True), ["completion"]).column("completion").to_pylist()
+        column = spec.dedup.column
+        texts = read_parquet(store, layout.commit_key(i, n, staged=True), [column]).column(column).to_pylist()
         for start in range(0, len(texts), READ_BATCH):
             deduper.scan([t or "" for t in texts[start:start + READ_BATCH]])
     deduper.close_scan()
@@ -96,7 +101,7 @@ def dedup_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> dic
         table = read_parquet(store, layout.commit_key(i, n, staged=True))
         table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items()
                                                if k != FOOTER_KEY})
-        texts, ids = table.column("completion").to_pylist(), sample_ids(table)
+        texts, ids = table.column(spec.dedup.column).to_pylist(), sample_ids(table)
         verdicts = []
         for start in range(0, len(texts), READ_BATCH):
             end = start + READ_BATCH
@@ -300,7 +305,8 @@ def build_report(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: d
     if reference_chars is not None:
         lengths["reference_chars"] = diversity.length_summary(reference_chars)
     examples = kept.examples.report(originals)
-    return {
+    per_stage = {} if kept.stages is None else {"stages": kept.stages.report()}  # absent without stages
+    return per_stage | {
         "job_id": plan.job_id,
         "about": _about(spec, plan, shards, started_at),
         "rows": {"input": plan.total_rows * spec.sampling.n, "generated": generated,

@@ -162,6 +162,19 @@ class Examples(Frozen):
     values: dict[str, list[dict[str, Any]]]
 
 
+class StageQuality(Frozen):
+    """One stage's part of the report: a generate stage's lengths, diversity and truncation, a judge stage's scores."""
+
+    kind: str
+    rows: int
+    chars: LengthSummary | None = None
+    tokens: LengthSummary | None = None
+    diversity: dict[str, Num] | None = None
+    truncated_share: Num | None = None
+    scores: dict[str, int] | None = None
+    mean: Num | None = None
+
+
 class QualityReport(Frozen):
     job_id: str
     about: About
@@ -177,3 +190,4 @@ class QualityReport(Frozen):
     examples: Examples
     drift: Drift
     mixed_drift: Drift | None = None  # only with `mix:`: the mixed split's seed mix against all kept rows
+    stages: dict[str, StageQuality] | None = None  # only with stages, in stage order

@@ -40,6 +40,7 @@ from orchestrator.finalize.report_tables import (
     note,
     outcomes_section,
     pct,
+    stages_section,
     values_section,
 )
 
@@ -392,7 +393,8 @@ def render_report(report: QualityReport) -> str:
     """The quality report built by the finalize pass as one HTML page."""
     with matplotlib.rc_context(RC):
         body = _header(report) + _flags(report) + examples_section(report) + values_section(report)
-        body += _diversity_section(report) + _rows_section(report) + outcomes_section(report) + _drift_section(report)
+        body += _diversity_section(report) + _rows_section(report) + stages_section(report) + outcomes_section(report)
+        body += _drift_section(report)
     title = escape(f"Quality report · {report.job_id}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")

@@ -137,3 +137,22 @@ def outcomes_section(report: QualityReport) -> str:
                          [[escape(e.code), f"{e.rows:,}", escape(e.sample)] for e in errors], {1})
     return (f'<h2>Outcomes</h2><div class="grid">{card("Finish reasons", finish if reasons else note("No rows."))}'
             f'{card("Errors by code", error_table if errors else note("No row failed."))}</div>')
+
+
+def stages_section(report: QualityReport) -> str:
+    """One row per stage of a job with stages: its kept rows, lengths, distinct-2 and truncation, or its scores."""
+    if not report.stages:
+        return ""
+    rows = []
+    for name, s in report.stages.items():
+        chars, tokens = (s.chars.mean if s.chars else None), (s.tokens.mean if s.tokens else None)
+        scores = ", ".join(f"{k}: {v:,}" for k, v in (s.scores or {}).items()) or "–"
+        rows.append([escape(name), s.kind, f"{s.rows:,}", fmt(chars, 4), fmt(tokens, 4),
+                     fmt((s.diversity or {}).get("distinct_2")), pct(s.truncated_share), fmt(s.mean), escape(scores)])
+    head = ["stage", "kind", "kept rows", "mean chars", "mean tokens", "distinct-2", "cut at max_tokens",
+            "mean score", "scores"]
+    return f'<h2>Per stage</h2>{note(STAGES_NOTE)}{_table(head, rows, {2, 3, 4, 5, 6, 7})}'
+
+
+STAGES_NOTE = ("Each stage over the kept rows (a stage a row skipped is left out): a generate stage's text, "
+               "a judge stage's scores.")

@@ -29,9 +29,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.retention_s = retention_s
         r, ns = self.registry, NAMESPACE
-        self.generated_tokens = Counter("generated_tokens", "Completion tokens generated.", ["job", "model"],
+        # stage: a stage of a job with stages (names from its spec, so bounded); empty (no label) without stages
+        self.generated_tokens = Counter("generated_tokens", "Completion tokens generated.", ["job", "model", "stage"],
                                         namespace=ns, registry=r)
-        self.prompt_tokens = Counter("prompt_tokens", "Prompt tokens processed.", ["job", "model"],
+        self.prompt_tokens = Counter("prompt_tokens", "Prompt tokens processed.", ["job", "model", "stage"],
                                      namespace=ns, registry=r)
         self.rows = Counter("rows", "Output rows committed, by outcome (ok, failed).", ["job", "outcome"],
                             namespace=ns, registry=r)

@@ -89,8 +89,11 @@ class RecordKeeper:
         for job_id, c in counts.jobs.items():
             record = jobs.get(job_id)
             model = record.spec.model.name if record else "unknown"
-            self.metrics.generated_tokens.labels(job_id, model).inc(c.get("completion_tokens", 0))
-            self.metrics.prompt_tokens.labels(job_id, model).inc(c.get("prompt_tokens", 0))
+            for key, n in c.items():  # "completion_tokens", or with stages "completion_tokens/<stage>"
+                kind, _, stage = key.partition("/")
+                if stage or not any(k.startswith(f"{kind}/") for k in c):  # a job's stages, or its total
+                    metric = self.metrics.generated_tokens if kind == "completion_tokens" else self.metrics.prompt_tokens
+                    metric.labels(job_id, model, stage).inc(n)
         self.count_storage(counts.storage)
 
     def count_storage(self, stats: dict[str, int]) -> None:

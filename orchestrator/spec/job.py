@@ -24,7 +24,7 @@ from orchestrator.spec.generation import Message, Sampling
 from orchestrator.spec.model import Loc, ModelSpec, Strict, invalid
 from orchestrator.spec.quality import Dedup, Filters, Judge, Mix, Quality, checked_uri
 from orchestrator.spec.stage_checks import stage_problems
-from orchestrator.spec.stages import Stage, stage_identity
+from orchestrator.spec.stages import GenerateStage, Stage, stage_identity
 
 # The fields naming what a job reads; a relative local path in them resolves against the spec's folder.
 # output.uri, where the job writes, is relative to the working directory, as `--output` is.
@@ -159,8 +159,11 @@ class JobSpec(Strict):
         if self.stages is None:
             if template is not None and template.text is None and template.messages is None:
                 raise invalid("JobSpec", [(("prompts", "template"), "give exactly one of text or messages")])
+            if self.dedup is not None and self.dedup.column != "completion":
+                raise invalid("JobSpec", [(("dedup", "column"), (
+                    f"{self.dedup.column!r}: without stages, dedup compares the completion; remove dedup.column"))])
             return self
-        problems = _staged_source_problems(self)
+        problems = _staged_source_problems(self) + _dedup_column_problems(self)
         if template is not None and template.seeds:
             problems += stage_problems(self.stages, template.seeds, self.sampling, top_judge=self.judge is not None)
         if problems:
@@ -189,6 +192,8 @@ class JobSpec(Strict):
         for gate in ("judge", "filters", "dedup", "mix"):  # absent gates keep earlier job ids
             if getattr(self, gate) is not None:
                 content[gate] = getattr(self, gate).model_dump(mode="json")
+        if self.dedup is not None and self.dedup.column == "completion":  # the default keeps earlier job ids
+            del content["dedup"]["column"]
         if self.stages is not None:  # so do absent stages
             content["stages"] = stage_identity(self.stages)
         for field, text in (self.relative_to.written.items() if self.relative_to else ()):
@@ -224,6 +229,15 @@ def _staged_source_problems(spec: JobSpec) -> list[tuple[Loc, str]]:
         found.append((("sampling", "n"), ("with stages, fan out per stage: set sampling.n on the stage to branch "
                                          "(a select stage merges the branches) and keep the job's sampling.n at 1")))
     return found
+
+
+def _dedup_column_problems(spec: JobSpec) -> list[tuple[Loc, str]]:
+    column = spec.dedup.column if spec.dedup is not None else "completion"
+    names = [s.name for s in spec.stages or [] if isinstance(s, GenerateStage)]
+    if column == "completion" or column in names:
+        return []
+    return [(("dedup", "column"), f"{column!r} is not a generate stage ({', '.join(names)}); give one of them, "
+                                  "or completion (the last stage's text)")]
 
 
 def path_fields(spec: JobSpec) -> list[str]:

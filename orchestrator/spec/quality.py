@@ -151,6 +151,9 @@ class Dedup(Strict):
     ngram: StrictInt = Field(defaults.SHINGLE_WORDS, ge=1, le=10, description=(
         "Words per shingle. A row with fewer words is one shingle of all its words (two different short "
         "answers share nothing); a row without words is never a near duplicate."))
+    column: str = Field("completion", min_length=1, description=(
+        "The text compared: completion (the last stage's text), or with stages a generate stage's name "
+        "(dedup the questions of a question/answer pipeline: `question`)."))
 
 
 class Quality(Strict):

@@ -133,7 +133,7 @@ def test_evol_instruct_answers_the_evolved_instruction(pool: Any, tiny_model: Pa
     assert {r["at_stage"] for r in out["rejected"]} <= {"evolved"}
 
 
-def staged_fake(out: Path) -> JobSpec:
+def staged_fake(out: Path, **sections: Any) -> JobSpec:
     return parse_spec({
         "name": "staged-fake",
         "model": {"path": "fake-model", "engine": "fake", "engine_args": {"tokens_per_s": 400, "echo": True}},
@@ -143,6 +143,7 @@ def staged_fake(out: Path) -> JobSpec:
                    {"name": "polish", "text": "polish {{ draft }}"}],
         "output": {"uri": str(out), "rows_per_shard": 4},
         "resources": {"workers": 2, "gpus_per_worker": 0, "cpus_per_worker": 0, "max_attempts": 3},
+        **sections,
     })
 
 
@@ -159,3 +160,16 @@ def test_a_worker_killed_mid_pipeline_and_a_rerun_give_every_branch_once(ray_run
         assert again.shards_generated == 0 and again.rows_ok == 80 and every_row_once(spec, Path(again.uri), per_row=2)["data"] == out["data"]
     finally:
         pool.close()
+
+
+def test_dedup_compares_the_stage_it_is_given(ray_runtime: None, tmp_path: Path) -> None:
+    """Drafts repeat every 4 rows, polished texts never do: dedup by `draft` keeps one row per distinct draft."""
+    stages = [{"name": "draft", "text": "row {{ i % 4 }}"}, {"name": "polish", "text": "polish {{ i }}"}]
+    for column, kept in (("draft", 4), ("completion", 40)):
+        spec = staged_fake(tmp_path / column, stages=stages, dedup={"column": column, "near_threshold": None})
+        result = run_job(spec)
+        out = every_row_once(spec, Path(result.uri))
+        assert len(out["data"]) == kept
+        assert {r["reject_reason"] for r in out["rejected"]} <= {"exact_duplicate"} and len(out["rejected"]) == 40 - kept
+        if column == "draft":
+            assert sorted(int(r["draft"].split()[1]) for r in out["data"]) == [0, 1, 2, 3]

@@ -234,3 +234,37 @@ def test_a_committed_shard_is_not_generated_again() -> None:
     assert first is not None and engine.requests == 2
     assert asyncio.run(run_staged_shard(lambda m: engine, store, spec, plan, plan.shard(0), attempt=2)) is None
     assert engine.requests == 2
+
+
+def test_the_quality_report_measures_each_stage_on_the_kept_rows() -> None:
+    """Planted texts: drafts of 4 characters, polished texts of 2 + topic length, scored 2 when that is odd, else 4."""
+    from orchestrator.finalize.finish import finalize
+    from orchestrator.finalize.report import render_report
+
+    spec = one_shard(generate("draft"), generate("polish", "{{ topic }}"),
+                     judge_stage("s", "polish", min_score=1), seeds={"topic": ["tides", "rust", "sea", "moons"]})
+    engine = Scripted({"draft": lambda r, s: "abcd", "polish": lambda r, s: f"p:{r.prompt}"},
+                      scores=lambda t: 2 if len(t) % 2 else 4)
+    store, plan = MemoryStore(), make_plan(spec)
+    outcome = asyncio.run(run_staged_shard(lambda m: FakeEngine(engine), store, spec, plan, plan.shard(0), attempt=1))
+    assert outcome is not None
+    report = finalize(store, spec, plan, {0: outcome.stats}, started_at=0.0).quality
+    assert report.stages is not None and list(report.stages) == ["draft", "polish", "s"]
+    draft, polish, score = report.stages["draft"], report.stages["polish"], report.stages["s"]
+    assert draft.chars is not None and (draft.rows, draft.chars.mean, draft.chars.max) == (4, 4, 4)
+    assert polish.chars is not None and sorted([polish.chars.min, polish.chars.max]) == [5, 7]
+    assert polish.chars.mean == sum(2 + len(t) for t in ("tides", "rust", "sea", "moons")) / 4
+    assert draft.diversity is not None and draft.diversity["distinct_1"] == 1 / 4  # one word, four times
+    assert (score.kind, score.rows, score.scores, score.mean) == ("judge", 4, {"1": 0, "2": 3, "3": 0, "4": 1, "5": 0}, 2.5)
+    assert "Per stage" in render_report(report)
+    assert report.json_dict().keys() >= {"stages"}
+
+
+def test_progress_counts_carry_each_stage() -> None:
+    spec = one_shard(generate("draft"), judge_stage("s", "draft"))
+    counts: dict[str, int] = {}
+    store, plan = MemoryStore(), make_plan(spec)
+    engine = FakeEngine(Scripted({"draft": fixed("d")}))
+    asyncio.run(run_staged_shard(lambda m: engine, store, spec, plan, plan.shard(0), attempt=1, counts=counts))
+    assert counts == {"prompt_tokens/draft": 20, "prompt_tokens": 20, "completion_tokens/draft": 6,
+                      "completion_tokens": 6, "prompt_tokens/s": 80, "completion_tokens/s": 18}

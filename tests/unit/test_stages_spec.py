@@ -488,3 +488,17 @@ def test_a_stage_column_that_is_a_seed_variable_is_refused() -> None:
     found = problem(generate("x", "{{ s_score }}"), judge_stage("s", "x"), path="stages.1.name",
                     prompts={"template": {"seeds": {"s_score": [1, 2]}}})
     assert "'s_score', which is a seed variable" in found
+
+
+def test_dedup_compares_a_named_generate_stage_or_the_completion() -> None:
+    spec = make_staged(generate("question"), generate("answer", "{{ question }}"), dedup={"column": "question"})
+    assert spec.dedup is not None and spec.dedup.column == "question"
+    found = problem(generate("question"), judge_stage("s", "question"), path="dedup.column", dedup={"column": "s"})
+    assert "'s' is not a generate stage (question)" in found
+    with pytest.raises(SpecError, match="without stages, dedup compares the completion"):
+        make_spec(dedup={"column": "question"})
+
+
+def test_dedup_column_left_at_its_default_keeps_the_job_id() -> None:
+    assert make_spec(dedup={}).job_id == make_spec(dedup={"column": "completion"}).job_id
+    assert make_spec(dedup={}).job_id != make_spec().job_id
