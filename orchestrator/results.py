@@ -10,7 +10,7 @@ import pyarrow as pa
 from orchestrator.commit import layout, schemas
 from orchestrator.commit.shards import read_parquet
 from orchestrator.errors import StorageError
-from orchestrator.finalize.manifest import Manifest, read_manifest
+from orchestrator.finalize.manifest import read_manifest
 from orchestrator.spec.load import parse_spec
 from orchestrator.storage import Store, open_store
 
@@ -23,9 +23,7 @@ def open_job(uri: str) -> Store:
     return store
 
 
-def manifest(store: Store) -> Manifest:
-    """The job's manifest, typed; a damaged one is a `ManifestError` naming the field."""
-    return read_manifest(store)
+manifest = read_manifest  # the public name: the typed manifest; a damaged one is a `ManifestError`
 
 
 def iter_tables(store: Store, *, errors: bool = False, rejected: bool = False) -> Iterator[pa.Table]:

@@ -8,7 +8,6 @@ Run as a script to rewrite the golden files in `fixtures/` (only when the format
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from pathlib import Path
@@ -20,8 +19,7 @@ from orchestrator.plan.planner import make_plan
 from orchestrator.spec.job import JobSpec
 from orchestrator.storage import LocalStore
 from tests.unit.specs import make_spec
-from tests.unit.test_samples import PERSONAS, planted
-from workers.shard import run_shard
+from tests.unit.test_samples import PERSONAS, run_planted
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VOLATILE = {"started_at", "finished_at", "wall_seconds", "completion_tokens_per_s", "generation_seconds",
@@ -52,13 +50,7 @@ def run(kind: str, folder: Path) -> bytes:
 def _run(spec: JobSpec, folder: Path) -> bytes:
     plan = make_plan(spec)
     store = LocalStore(folder / plan.job_id)
-    engine = planted(spec)
-    known = {}
-    for shard in plan.shards():
-        outcome = asyncio.run(run_shard(engine, store, spec, plan, shard, attempt=1))
-        assert outcome is not None
-        known[shard.index] = outcome.stats
-    finalize(store, spec, plan, known, started_at=0.0)
+    finalize(store, spec, plan, run_planted(store, spec, plan), started_at=0.0)
     return store.get(layout.MANIFEST)
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from orchestrator.commit.shards import ShardStats
 from orchestrator.finalize.finish import finalize
 from orchestrator.finalize.quality_report import QualityReport
 from orchestrator.plan.planner import Plan, make_plan, template_variables
 from orchestrator.spec.job import JobSpec
-from orchestrator.storage import MemoryStore
+from orchestrator.storage import MemoryStore, Store
 from tests.unit.specs import make_spec
 from workers.engine import Completion, EngineInfo
 from workers.fake_engine import FakeEngine
@@ -53,6 +54,17 @@ def planted(spec: JobSpec) -> FakeEngine:
     return FakeEngine(reply, EngineInfo(model="scripted", revision="r", load_seconds=0.0, max_model_len=4096))
 
 
+def run_planted(store: Store, spec: JobSpec, plan: Plan) -> dict[int, ShardStats]:
+    """Every shard of the job through the real shard path on the planted engine; each shard's stats."""
+    engine = planted(spec)
+    known = {}
+    for shard in plan.shards():
+        outcome = asyncio.run(run_shard(engine, store, spec, plan, shard, attempt=1))
+        assert outcome is not None
+        known[shard.index] = outcome.stats
+    return known
+
+
 SPEC = make_spec(prompts={"template": {"text": "{{ persona }} {{ i }}", "seeds": {"persona": PERSONAS, "i": NUMBERS}}},
                  output={"uri": "out", "rows_per_shard": 8}, judge={"min_score": 5, "levels": {s: f"level {s}" for s in range(1, 11)}},
                  filters={"deny": ["forbidden"]}, dedup={"exact": True, "near_threshold": None})
@@ -62,13 +74,7 @@ SPEC = make_spec(prompts={"template": {"text": "{{ persona }} {{ i }}", "seeds":
 def job() -> tuple[QualityReport, Plan]:
     spec = SPEC
     store, plan = MemoryStore(), make_plan(spec)
-    engine = planted(spec)
-    known = {}
-    for shard in plan.shards():
-        outcome = asyncio.run(run_shard(engine, store, spec, plan, shard, attempt=1))
-        assert outcome is not None
-        known[shard.index] = outcome.stats
-    return finalize(store, spec, plan, known, started_at=0.0).quality, plan
+    return finalize(store, spec, plan, run_planted(store, spec, plan), started_at=0.0).quality, plan
 
 
 def _who(example: dict[str, Any], plan: Plan) -> tuple[str, int]:
