@@ -372,7 +372,8 @@ def select(stage: SelectStage, live: list[Branch], program: Program) -> list[Bra
     fan_out = best.turns[stage.select.of]
     asked = fan_out.asked or []
     base.dpo = {"prompt": fan_out.prompt if fan_out.prompt is not None else asked[-1]["content"],
-                "messages": fan_out.asked, **outputs}
+                "messages": fan_out.asked, **outputs, "finish_reason": chosen.reply.finish_reason,
+                "prompt_tokens": chosen.reply.prompt_tokens, "completion_tokens": chosen.reply.completion_tokens}
     return [base]
 
 

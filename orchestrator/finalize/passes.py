@@ -113,6 +113,8 @@ def dedup_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> dic
             dups = table.take([j for j, _ in dropped]).append_column(
                 "reject_reason", pa.array([v.reason for _, v in dropped])).append_column(
                 "reject_detail", pa.array([f"duplicate of {v.of}" for _, v in dropped]))
+            if spec.stages is not None:  # the job's duplicates: dropped after every stage
+                dups = dups.append_column("at_stage", pa.nulls(dups.num_rows, pa.string()))
             _write_once(store, layout.rejected_key(i, n, "duplicates"),
                         parquet_bytes(dups.cast(schemas.rejected_schema(spec))))
         size, sha = _write_once(store, layout.data_key(i, n), parquet_bytes(data))
