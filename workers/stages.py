@@ -192,37 +192,42 @@ def _skipped(branch: Branch, stage: Stage) -> list[Branch]:
     return [branch]
 
 
+def _split(branches: list[Branch], ended: list[Branch]) -> tuple[list[Branch], list[Branch]]:
+    """(the branches still live, every branch ended so far)."""
+    return [b for b in branches if b.ending is None], ended + [b for b in branches if b.ending]
+
+
 async def run_row(program: Program, row: SeedRow, tokens: Tokens) -> list[Branch]:
     """Every branch the row ends as: live ones reached the end, the others carry their `ending`."""
     live, ended = [Branch(0, dict(row.variables))], []
     for position, stage in enumerate(program.stages):
         if isinstance(stage, SelectStage):
-            merged = select(stage, live, program)
-            live, ended = [b for b in merged if b.ending is None], ended + [b for b in merged if b.ending]
+            live, ended = _split(select(stage, live, program), ended)
             continue
         step = (_generate(program, stage, position, row, b, tokens) if isinstance(stage, GenerateStage)
                 else _judge_stage(program, stage, row, b, tokens) for b in live)
-        after = [b for out in await asyncio.gather(*step) for b in out]
-        live, ended = [b for b in after if b.ending is None], ended + [b for b in after if b.ending]
-    if program.spec.judge is not None:
-        after = [b for out in await asyncio.gather(*(
-            _judge(program, program.spec.judge, "judge", b.last, row, b, tokens) for b in live if b.last)) for b in out]
-        live, ended = [b for b in after if b.ending is None], ended + [b for b in after if b.ending]
+        live, ended = _split([b for out in await asyncio.gather(*step) for b in out], ended)
+    judge = program.spec.judge
+    if judge is not None:  # a branch whose every generate stage was skipped has nothing to judge: kept as it is
+        step = (_judge(program, judge, "judge", b.last, row, b, tokens) if b.last else _kept(b) for b in live)
+        live, ended = _split([b for out in await asyncio.gather(*step) for b in out], ended)
     return ended + live
+
+
+async def _kept(branch: Branch) -> list[Branch]:
+    return [branch]
 
 
 # --- generate -------------------------------------------------------------------------------------
 
 def _asked(stage: GenerateStage, branch: Branch, rendered: list[str]) -> tuple[str | None, list[Message] | None]:
     """The prompt of a generate stage: its text, or its conversation (a continued one's turns, then these)."""
-    if stage.continue_ is not None:
-        before = branch.turns[stage.continue_].conversation or []
-        turns = [{"role": "user", "content": rendered[0]}] if stage.text is not None else [
-            {"role": m.role, "content": t} for m, t in zip(stage.messages or [], rendered, strict=True)]
-        return None, [*before, *turns]
-    if stage.text is not None:
+    if stage.continue_ is None and stage.text is not None:
         return rendered[0], None
-    return None, [{"role": m.role, "content": t} for m, t in zip(stage.messages or [], rendered, strict=True)]
+    turns = [{"role": "user", "content": rendered[0]}] if stage.text is not None else [
+        {"role": m.role, "content": t} for m, t in zip(stage.messages or [], rendered, strict=True)]
+    before = branch.turns[stage.continue_].conversation or [] if stage.continue_ is not None else []
+    return None, [*before, *turns]
 
 
 def _request(stage: GenerateStage, position: int, row: SeedRow, branch: Branch, sampling: Sampling,

@@ -268,3 +268,10 @@ def test_progress_counts_carry_each_stage() -> None:
     asyncio.run(run_staged_shard(lambda m: engine, store, spec, plan, plan.shard(0), attempt=1, counts=counts))
     assert counts == {"prompt_tokens/draft": 20, "prompt_tokens": 20, "completion_tokens/draft": 6,
                       "completion_tokens": 6, "prompt_tokens/s": 80, "completion_tokens/s": 18}
+
+
+def test_a_row_whose_every_stage_was_skipped_is_kept_unjudged_by_the_top_level_judge() -> None:
+    spec = one_shard(generate("draft", when="topic == 'rust'"), judge={"rubric": "good", "min_score": 1})
+    rows, _ = run(spec, FakeEngine(Scripted({"draft": fixed("d")}, scores=lambda t: 4)))
+    assert sorted((r["topic"], r["draft"], r["judge_score"]) for r in rows["data"]) == [
+        ("rust", "d", 4), ("tides", None, None)]
