@@ -29,6 +29,7 @@ test: $(STAMP)
 
 bench: $(STAMP) $(MODEL)/config.json
 	$(BIN)/python benchmarks/e2e.py
+	$(BIN)/python benchmarks/pipeline.py --model $(MODEL)
 	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/quality.py --model $(MODEL)
 	$(BIN)/python benchmarks/quality_accuracy.py

@@ -31,7 +31,8 @@ from benchmarks.e2e import paired, side_output  # noqa: E402
 
 TOPICS = ["rivers", "proofs", "markets", "cells", "orbits", "poems", "bridges", "storms"]
 SEED, MAX_MODEL_LEN, WARM_ROWS = 0, 512, 64
-ASK = "Write a question number {{ i }} about {{ topic }}."
+BLOCK = 32  # KV block tokens: the CPU default (128) would hold no whole block of a short conversation
+ASK = "Job {job}: write a question number {{{{ i }}}} about {{{{ topic }}}}."  # a new prefix per job: cold cache
 ANSWER = "Now answer your question."
 
 
@@ -40,15 +41,16 @@ def seeds(n: int) -> dict[str, list[Any]]:
     return {"i": list(range(n // len(TOPICS))), "topic": TOPICS}
 
 
-def job_spec(args: argparse.Namespace, name: str, rows: int) -> Any:
+def job_spec(args: argparse.Namespace, name: str, rows: int, job: str) -> Any:
     from orchestrator.spec.load import parse_spec
 
     return parse_spec({
         "name": name,
-        "model": {"path": str(args.model), "dtype": "float32", "max_model_len": MAX_MODEL_LEN},
+        "model": {"path": str(args.model), "dtype": "float32", "max_model_len": MAX_MODEL_LEN,
+                  "engine_args": {"block_size": BLOCK}},
         "prompts": {"template": {"seeds": seeds(rows)}},
         "sampling": {"max_tokens": args.max_tokens, "ignore_eos": True, "temperature": 1.0, "seed": SEED},
-        "stages": [{"name": "question", "messages": [{"role": "user", "content": ASK}]},
+        "stages": [{"name": "question", "messages": [{"role": "user", "content": ASK.format(job=job)}]},
                    {"name": "answer", "continue": "question", "text": ANSWER}],
         "output": {"uri": str(args.work / "out"), "rows_per_shard": args.rows_per_shard},
         "resources": {"workers": 1, "gpus_per_worker": 0, "cpus_per_worker": os.cpu_count() or 1,
@@ -66,15 +68,15 @@ def direct(args: argparse.Namespace) -> dict[str, Any]:
     from workers.engine import FollowUps, memory_args
     from workers.stages import stage_seed
 
-    spec = job_spec(args, "direct", args.prompts)
+    spec = job_spec(args, "direct", args.prompts, "0")
     source, plan = spec.prompts.template, make_plan(spec)
     memory = memory_args(ModelSpec(path=str(args.model)), on_gpu=False)
     llm = LLM(model=str(args.model), dtype="float32", max_model_len=MAX_MODEL_LEN, enable_chunked_prefill=False,
-              **memory)
+              block_size=BLOCK, **memory)
     tokenizer = llm.get_tokenizer()
     turn = FollowUps(tokenizer).turn(ANSWER)
     asked = [tokenizer.apply_chat_template([{"role": "user", "content": sandbox.render_all(
-        [ASK], template_variables(source, i))[0]}], tokenize=True, add_generation_prompt=True)
+        [ASK.format(job="0")], template_variables(source, i))[0]}], tokenize=False, add_generation_prompt=True)
         for i in range(plan.total_rows)]
 
     def params(stage: int) -> list[Any]:
@@ -82,8 +84,8 @@ def direct(args: argparse.Namespace) -> dict[str, Any]:
                                seed=stage_seed(row_seed(SEED, i), stage, 0)) for i in range(plan.total_rows)]
 
     def two_passes(rows: int) -> tuple[int, int]:
-        first = llm.generate([{"prompt_token_ids": p} for p in asked[:rows]], params(0)[:rows], use_tqdm=False)
-        conversations = [[*p, *o.outputs[0].token_ids, *turn] for p, o in zip(asked, first, strict=False)]
+        first = llm.generate([{"prompt": p} for p in asked[:rows]], params(0)[:rows], use_tqdm=False)
+        conversations = [[*o.prompt_token_ids, *o.outputs[0].token_ids, *turn] for o in first]
         second = llm.generate([{"prompt_token_ids": c} for c in conversations], params(1)[:rows], use_tqdm=False)
         return (sum(len(o.outputs[0].token_ids) for o in first + second),
                 sum(o.num_cached_tokens or 0 for o in second))
@@ -110,13 +112,13 @@ def synthfleet(args: argparse.Namespace) -> dict[str, Any]:
     from orchestrator.run.ray_runtime import ensure_ray
 
     ensure_ray(worker_logs=False)
-    warm = job_spec(args, f"warm-{os.getpid()}", WARM_ROWS)
+    warm = job_spec(args, f"warm-{os.getpid()}", WARM_ROWS, "warm")
     pool = WorkerPool(warm.model, warm.resources)
     asyncio.run(pool.grow(1))
     run_job(warm, pool=pool)
     rates, cached, prompt = [], 0, 0
     for k in range(args.runs):
-        result = run_job(job_spec(args, f"pipeline-{os.getpid()}-{k}", args.prompts), pool=pool)
+        result = run_job(job_spec(args, f"pipeline-{os.getpid()}-{k}", args.prompts, str(k)), pool=pool)
         assert result.rows_ok == args.prompts, result
         rates.append(result.tokens_per_s)
         table = ds.dataset(Path(result.uri) / "data", format="parquet").to_table(

@@ -12,6 +12,7 @@ from typing import Any
 from orchestrator import defaults
 from orchestrator.commit import schemas
 from orchestrator.commit.shards import CommitOutcome
+from orchestrator.plan.draws import row_sampling
 from orchestrator.plan.planner import Plan, Shard, row_id, row_seed, template_variables
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.stages import COLUMN_SUFFIXES, GenerateStage, Stage, stage_columns
@@ -25,8 +26,8 @@ def seed_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[SeedRow]:
     """The shard's rows as the first stage gets them: id, seed and seed values."""
     source = spec.prompts.template
     assert source is not None
-    return [SeedRow(i, row_id(plan.spec_hash, i), row_seed(spec.sampling.seed, i), template_variables(source, i))
-            for i in range(shard.start, shard.end)]
+    return [SeedRow(i, row_id(plan.spec_hash, i), row_seed(spec.sampling.seed, i), template_variables(source, i),
+                    row_sampling(spec.sampling, i)) for i in range(shard.start, shard.end)]
 
 
 def _template_hash(stage: Stage) -> str | None:
@@ -62,6 +63,8 @@ class Rows:
     def row(self, seed: SeedRow, b: Branch) -> dict[str, Any]:
         out: dict[str, Any] = {"row_id": seed.row_id, "sample_index": b.sample, "custom_id": None,
                                "lineage": {**self.lineage, "seed": seed.seed}}
+        if seed.sampling is not self.spec.sampling:  # a parameter drawn per row: the row's draw
+            out["lineage"]["sampling"] = sampling_key(seed.sampling)
         out |= {f.name: schemas.column_value(f, seed.variables.get(f.name)) for f in self.fields}
         for stage in self.spec.stages or []:
             columns = b.columns.get(stage.name, {})

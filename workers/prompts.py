@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.errors import RowErrorCode
+from orchestrator.plan.draws import row_sampling
 from orchestrator.plan.planner import Plan, Shard, row_id, row_seed, template_variables
 from orchestrator.spec.job import JobSpec, Sampling, TemplateSource
 from orchestrator.storage.reader import open_input
@@ -69,7 +70,7 @@ def _render_template(spec: JobSpec, plan: Plan, index: int) -> PromptRow:
     assert source is not None
     values = template_variables(source, index)
     base = dict(index=index, row_id=row_id(plan.spec_hash, index), seed=row_seed(spec.sampling.seed, index),
-                sampling=spec.sampling, variables=values, template_hash=template_hash(source))
+                sampling=row_sampling(spec.sampling, index), variables=values, template_hash=template_hash(source))
     try:  # within the sandbox's bounds: MAX_PROMPT_CHARS for all the row's texts, TEMPLATE_MAX_STEPS, ...
         rendered = sandbox.render_all(template_texts(source), values)
     except sandbox.RenderError as e:  # TemplateError, a bound, or anything a filter or operator raises
@@ -210,7 +211,8 @@ def shard_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[PromptRow]:
     rows = []
     for index, (number, source) in enumerate(_records(uri, shard), start=shard.start):
         base: dict[str, Any] = dict(index=index, row_id=row_id(plan.spec_hash, index),
-                                    seed=row_seed(spec.sampling.seed, index), sampling=spec.sampling)
+                                    seed=row_seed(spec.sampling.seed, index),
+                                    sampling=row_sampling(spec.sampling, index))
         rows.append(_input_row(make, number, source, base))
     return rows
 

@@ -129,6 +129,7 @@ class SeedRow:
     row_id: str
     seed: int
     variables: dict[str, Any]
+    sampling: Sampling  # the job's sampling with this row's draws (orchestrator/plan/draws.py)
 
 
 @dataclass
@@ -265,7 +266,7 @@ async def _generate(program: Program, stage: GenerateStage, position: int, row: 
         rendered = sandbox.render_all(sources, branch.values)
     except sandbox.RenderError as e:
         return branch.end(Ending(stage.name, _failure(RowErrorCode.TEMPLATE_ERROR, str(e))))
-    sampling = stage.sampling.over(program.spec.sampling)
+    sampling = stage.sampling.over(row.sampling)
     engine = program.engines(stage.model)
     prompt, asked = _asked(stage, branch, rendered)
     request = _request(stage, position, row, branch, sampling, prompt, asked, engine)

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from orchestrator.errors import Problem
 from orchestrator.spec.job import JobSpec
+from orchestrator.spec.samplers import Sampler
 from orchestrator.spec.stages import COLUMN_SUFFIXES, stage_columns
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -77,9 +78,18 @@ def variable_fields(spec: JobSpec) -> list[pa.Field]:
         return []
     fields = []
     for n in sorted(source.seeds):
-        t, values = _value_type(source.seeds[n]), source.seeds[n]
+        seed = source.seeds[n]
+        values = seed if isinstance(seed, list) else seed.output_values()
+        if values is None:  # uniform, normal
+            fields.append(pa.field(n, pa.float64()))
+            continue
+        t = _value_type(values)
         json_text = pa.types.is_string(t) and not all(isinstance(v, str) or v is None for v in values)
-        fields.append(pa.field(n, t, metadata=JSON_TEXT if json_text else None))
+        if isinstance(seed, Sampler) and seed.choice is not None:  # k of the values, a list per row
+            t = pa.string() if json_text else t
+            fields.append(pa.field(n, pa.list_(t), metadata=JSON_TEXT if json_text else None))
+        else:
+            fields.append(pa.field(n, t, metadata=JSON_TEXT if json_text else None))
     return fields
 
 
@@ -87,8 +97,11 @@ JSON_TEXT = {b"synthfleet.json_text": b"1"}
 
 
 def column_value(field: pa.Field, value: Any) -> Any:
-    """Mixed-type seed values are stored as JSON text, so `1` and `"1"` stay distinct."""
+    """Mixed-type seed values are stored as JSON text, so `1` and `"1"` stay distinct (each item of a
+    `choice` list)."""
     if field.metadata and field.metadata.get(b"synthfleet.json_text"):
+        if pa.types.is_list(field.type):
+            return [json.dumps(v, sort_keys=True) for v in value]
         return json.dumps(value, sort_keys=True)
     return value
 

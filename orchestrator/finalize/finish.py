@@ -9,12 +9,20 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.commit import layout, schemas
+from orchestrator.commit import layout
 from orchestrator.commit.shards import ShardStats, recover_shard
 from orchestrator.finalize import diversity
 from orchestrator.finalize.manifest import Manifest, manifest_bytes, read_manifest
 from orchestrator.finalize.mixing import write_mixed
-from orchestrator.finalize.passes import KeptRows, ShardResult, build_report, dedup_shards, measure_shards, mixed_drift
+from orchestrator.finalize.passes import (
+    KeptRows,
+    ShardResult,
+    build_report,
+    dedup_shards,
+    measure_shards,
+    mixed_drift,
+    stratified_variables,
+)
 from orchestrator.finalize.report import render_report
 from orchestrator.finalize.samples import Examples, original_texts, scan_rejected
 from orchestrator.finalize.stage_quality import StageMeasures
@@ -74,9 +82,9 @@ def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStat
         return read_manifest(store)
     staged, n = spec.dedup is not None, plan.num_shards
     shards = [known.get(i) or recover_shard(store, i, n, staged) for i in range(n)]
-    variables = [f.name for f in schemas.variable_fields(spec)]
+    variables = stratified_variables(spec)  # what the per-value tables and the drift check count
     kept = KeptRows(diversity.BottomK(spec.quality.sample_rows), Examples(variables),
-                    stages=StageMeasures(spec) if spec.stages else None)
+                    stages=StageMeasures(spec) if spec.stages else None, column=spec.quality.column)
     results = dedup_shards(store, spec, plan, kept) if staged else {}
     if not staged:
         measure_shards(store, spec, plan, kept)

@@ -30,6 +30,7 @@ from orchestrator.finalize.dedup import Deduper
 from orchestrator.finalize.quality_report import Rows
 from orchestrator.finalize.samples import Examples, sample_ids, sample_keys
 from orchestrator.finalize.stage_quality import StageMeasures
+from orchestrator.plan import draws
 from orchestrator.plan.planner import Plan, product_size, template_variables
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.quality import Quality, reference_text
@@ -60,6 +61,7 @@ class KeptRows:
     keys: list[np.ndarray] = field(default_factory=list)  # each row's sample key, in shard order (mixing)
     seeds: dict[str, Counter[Any]] = field(default_factory=dict)
     stages: StageMeasures | None = None  # with stages: the same per stage
+    column: str = "completion"  # the text the diversity sample reads (quality.column)
 
     def add(self, table: pa.Table) -> None:
         texts = table.column("completion").to_pylist()
@@ -67,7 +69,8 @@ class KeptRows:
         self.keys.append(keys)
         if self.stages is not None:
             self.stages.add(table, keys)
-        for key, text in zip(keys.tolist(), texts, strict=True):
+        sampled = texts if self.column == "completion" else table.column(self.column).to_pylist()
+        for key, text in zip(keys.tolist(), sampled, strict=True):
             self.sample.add(key, text or "")
         self.chars.append(np.array([len(t or "") for t in texts], dtype=np.int64))
         self.tokens.append(table.column("completion_tokens").to_numpy(zero_copy_only=False).astype(np.int64))
@@ -129,6 +132,15 @@ def measure_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> N
         kept.add(read_parquet(store, layout.data_key(i, plan.num_shards)))
 
 
+def stratified_variables(spec: JobSpec) -> list[str]:
+    """The seed variables whose values the drift check compares: listed and categorical sampled ones
+    (not continuous draws, large integer ranges or `choice` lists)."""
+    source = spec.prompts.template
+    if source is None:
+        return []
+    return sorted([*source.listed(), *(n for n, s in source.sampled().items() if s.categories() is not None)])
+
+
 def planned_seed_counts(spec: JobSpec, plan: Plan) -> dict[str, Counter[Any]]:
     """How often each seed value was planned (times sampling.n), as stored in the seed columns."""
     source = spec.prompts.template
@@ -136,7 +148,13 @@ def planned_seed_counts(spec: JobSpec, plan: Plan) -> dict[str, Counter[Any]]:
         return {}
     fields = {f.name: f for f in schemas.variable_fields(spec)}
     n = spec.sampling.n
-    counts: dict[str, Counter[Any]] = {name: Counter() for name in fields}
+    counts: dict[str, Counter[Any]] = {name: Counter() for name in stratified_variables(spec)}
+    if source.sampled():  # the rows' draws, counted in bounded chunks
+        for chunk in draws.chunks(source, plan.total_rows):
+            for name in counts:
+                for v, c in chunk[name].counts().items():
+                    counts[name][schemas.column_value(fields[name], v)] += c * n
+        return counts
     if source.sample is None:  # the full product: each listed value appears product/len times
         size = product_size(source)
         for name, values in source.seeds.items():
@@ -307,7 +325,8 @@ def build_report(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: d
     if reference_chars is not None:
         lengths["reference_chars"] = diversity.length_summary(reference_chars)
     examples = kept.examples.report(originals)
-    per_stage = {} if kept.stages is None else {"stages": kept.stages.report()}  # absent without stages
+    per_stage = {} if kept.stages is None else {  # absent without stages
+        "stages": kept.stages.report(), "diversity_column": q.column}
     return per_stage | {
         "job_id": plan.job_id,
         "about": _about(spec, plan, shards, started_at),

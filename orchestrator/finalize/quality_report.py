@@ -191,3 +191,4 @@ class QualityReport(Frozen):
     drift: Drift
     mixed_drift: Drift | None = None  # only with `mix:`: the mixed split's seed mix against all kept rows
     stages: dict[str, StageQuality] | None = None  # only with stages, in stage order
+    diversity_column: str | None = None  # only with stages: the text `diversity` measures (quality.column)

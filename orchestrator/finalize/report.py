@@ -338,9 +338,9 @@ def _header(report: QualityReport) -> str:
 
 
 def _diversity_note(report: QualityReport) -> str:
-    reference = report.reference
-    parts = [f"on a sample of {report.sample_rows:,} kept rows"]
-    if reference:
+    parts = [f"{'' if report.diversity_column is None else f'of {report.diversity_column} '}on a sample of "
+             f"{report.sample_rows:,} kept rows"]
+    if reference := report.reference:
         parts += [f"reference: {reference.uri}", "both compared on samples of the same size",
                   "diversity ratio: < 1 means less diverse than the reference, red when below "
                   f"{fmt(reference.min_ratio)} and below the noise floor (3 standard errors of sampling)"]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from orchestrator.errors import Problem, SpecError, StorageError
+from orchestrator.plan import draws
 from orchestrator.spec.job import JobSpec, TemplateSource
 from orchestrator.storage import split_uri
 
@@ -79,12 +80,9 @@ def row_seed(base_seed: int, index: int) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def seed_names(source: TemplateSource) -> list[str]:
-    return sorted(source.seeds)
-
-
 def product_size(source: TemplateSource) -> int:
-    return math.prod(len(v) for v in source.seeds.values()) if source.seeds else 1
+    """The product of the listed variables' lengths."""
+    return math.prod(len(v) for v in source.listed().values())
 
 
 def _sample_map(source: TemplateSource) -> tuple[int, int, int]:
@@ -99,14 +97,18 @@ def _sample_map(source: TemplateSource) -> tuple[int, int, int]:
 
 
 def template_variables(source: TemplateSource, index: int) -> dict[str, object]:
-    """The seed values of row `index`: a mixed-radix digit of the (possibly sampled) product."""
+    """The seed values of row `index`: a mixed-radix digit of the (possibly sampled) product, or, with
+    samplers, the row's draws (see draws.py)."""
+    if source.sampled():
+        return draws.row_values(source, index)
     combo = index
     if source.sample is not None:
         a, b, size = _sample_map(source)
         combo = (a * index + b) % size
     values: dict[str, object] = {}
-    for name in reversed(seed_names(source)):
-        options = source.seeds[name]
+    listed = source.listed()
+    for name in sorted(listed, reverse=True):
+        options = listed[name]
         combo, digit = divmod(combo, len(options))
         values[name] = options[digit]
     return values
@@ -163,8 +165,7 @@ def make_plan(spec: JobSpec) -> Plan:
     spec_hash, per_shard = spec.content_hash(), spec.output.rows_per_shard
     p = spec.prompts
     if p.template is not None:
-        total = p.template.sample.n if p.template.sample else product_size(p.template)
-        return Plan(spec.job_id, spec_hash, total, per_shard)
+        return Plan(spec.job_id, spec_hash, p.template.total_rows, per_shard)
     uri = str(p.file_uri)
     try:
         if uri.lower().endswith(".parquet"):

@@ -17,7 +17,7 @@ from jinja2 import TemplateSyntaxError
 from orchestrator import defaults
 from orchestrator.commit.schemas import reserved_name_problems
 from orchestrator.errors import Problem, SpecError, StorageError
-from orchestrator.plan.planner import product_size, template_variables
+from orchestrator.plan.planner import template_variables
 from orchestrator.run.input_checks import Source, file_findings
 from orchestrator.spec.job import JobSpec, TemplateSource
 from orchestrator.spec.model import ModelSpec
@@ -70,8 +70,7 @@ def _template_problems(spec: JobSpec) -> list[Problem]:
 
 
 def _first_rows(source: TemplateSource) -> list[int]:
-    total = source.sample.n if source.sample else product_size(source)
-    return list(range(min(defaults.TEMPLATE_CHECK_ROWS, total)))
+    return list(range(min(defaults.TEMPLATE_CHECK_ROWS, source.total_rows)))
 
 
 def _render_failures(source: TemplateSource) -> list[tuple[int, sandbox.RenderError]]:
@@ -107,10 +106,12 @@ def _render_problems(source: TemplateSource) -> list[Problem]:
 
 
 def _unused(source: TemplateSource, used: set[str], by: str) -> list[Problem]:
-    return [Problem(f"prompts.template.seeds.{name}",
-                    f"seed variable {name!r} is never used by {by}: its {len(values)} values only "
-                    f"repeat identical prompts ({len(values)}x the rows); use it in {by} or remove it")
-            for name, values in sorted(source.seeds.items()) if name not in used]
+    parents = {s.conditional.on for s in source.sampled().values() if s.conditional is not None}
+    unused = sorted(name for name in source.seeds if name not in used | parents)
+    return [Problem(f"prompts.template.seeds.{name}", f"seed variable {name!r} is never used by {by}: " + (
+        f"its {len(values)} values only repeat identical prompts ({len(values)}x the rows)"
+        if isinstance(values := source.seeds[name], list) else f"its {values.kind} draws change no prompt")
+        + f"; use it in {by} or remove it") for name in unused]
 
 
 def _stage_warnings(spec: JobSpec, source: TemplateSource) -> list[Problem]:

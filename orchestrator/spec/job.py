@@ -23,6 +23,8 @@ from orchestrator import defaults
 from orchestrator.spec.generation import Message, Sampling
 from orchestrator.spec.model import Loc, ModelSpec, Strict, invalid
 from orchestrator.spec.quality import Dedup, Filters, Judge, Mix, Quality, checked_uri
+from orchestrator.spec.sampler_checks import sampler_problems
+from orchestrator.spec.samplers import Sampler, Seed
 from orchestrator.spec.stage_checks import stage_problems
 from orchestrator.spec.stages import GenerateStage, Stage, stage_identity
 
@@ -38,16 +40,24 @@ class Sample(Strict):
 
 
 class TemplateSource(Strict):
-    """Prompts from a template over seed values: exactly one of text or messages, or, with stages, neither."""
+    """Prompts from a template over seed values: exactly one of text or messages, or, with stages, neither.
+
+    A seed variable is a list of values (the rows are the product of the lists) or a sampler drawn per
+    row (orchestrator/spec/samplers.py); with any sampler, `rows` says how many rows to draw.
+    """
 
     text: str | None = Field(None, description="A Jinja template rendered to a plain prompt.")
     messages: list[Message] | None = Field(
         None, description="Chat messages whose contents are Jinja templates."
     )
-    seeds: dict[str, list[Any]] = Field(
-        default_factory=dict, description="Variable name -> values; rows are their product."
+    seeds: dict[str, Seed] = Field(
+        default_factory=dict, description="Variable name -> values (a factor of the product) or a sampler."
     )
-    sample: Sample | None = Field(None, description="Draw N distinct rows instead of all.")
+    sample: Sample | None = Field(None, description="Draw N distinct rows of the product instead of all.")
+    rows: StrictInt | None = Field(None, ge=1, description=(
+        "With samplers: the rows to draw. Row i takes the listed variables' product combination i mod "
+        "their product, and a fresh draw of every sampler."))
+    seed: StrictInt | None = Field(None, description="With samplers: which values they draw (default 0).")
 
     @model_validator(mode="after")
     def _one_form(self) -> TemplateSource:
@@ -57,21 +67,41 @@ class TemplateSource(Strict):
 
     @model_validator(mode="after")
     def _sample_fits(self) -> TemplateSource:
-        size = math.prod(len(v) for v in self.seeds.values()) if self.seeds else 1
+        size = math.prod(len(v) for v in self.listed().values())
         if self.sample is not None and self.sample.n > size:
             raise ValueError(f"sample.n={self.sample.n} exceeds the {size} distinct seed combinations; "
                              "add seed values, lower sample.n, or use sampling.n for several completions per prompt")
         return self
 
+    @model_validator(mode="after")
+    def _samplers_hold(self) -> TemplateSource:
+        if problems := sampler_problems(self.listed(), self.sampled(), rows=self.rows, sample=self.sample is not None,
+                                        seed=self.seed):
+            raise invalid("TemplateSource", problems)
+        return self
+
     @field_validator("seeds")
     @classmethod
-    def _non_empty(cls, seeds: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def _non_empty(cls, seeds: dict[str, Seed]) -> dict[str, Seed]:
         for name, values in seeds.items():
-            if not values:
+            if isinstance(values, list) and not values:
                 raise ValueError(f"seed variable {name!r} has no values")
             if not name.isidentifier():
                 raise ValueError(f"seed variable {name!r} is not a valid identifier")
         return seeds
+
+    def listed(self) -> dict[str, list[Any]]:
+        """The listed variables: the factors of the product."""
+        return {k: v for k, v in self.seeds.items() if isinstance(v, list)}
+
+    def sampled(self) -> dict[str, Sampler]:
+        return {k: v for k, v in self.seeds.items() if isinstance(v, Sampler)}
+
+    @property
+    def total_rows(self) -> int:
+        if self.rows is not None:
+            return self.rows
+        return self.sample.n if self.sample else math.prod(len(v) for v in self.listed().values())
 
 
 class FileSource(Strict):
@@ -159,11 +189,10 @@ class JobSpec(Strict):
         if self.stages is None:
             if template is not None and template.text is None and template.messages is None:
                 raise invalid("JobSpec", [(("prompts", "template"), "give exactly one of text or messages")])
-            if self.dedup is not None and self.dedup.column != "completion":
-                raise invalid("JobSpec", [(("dedup", "column"), (
-                    f"{self.dedup.column!r}: without stages, dedup compares the completion; remove dedup.column"))])
+            if problems := _text_column_problems(self):
+                raise invalid("JobSpec", problems)
             return self
-        problems = _staged_source_problems(self) + _dedup_column_problems(self)
+        problems = _staged_source_problems(self) + _text_column_problems(self)
         if template is not None and template.seeds:
             problems += stage_problems(self.stages, template.seeds, self.sampling, top_judge=self.judge is not None)
         if problems:
@@ -196,6 +225,12 @@ class JobSpec(Strict):
             del content["dedup"]["column"]
         if self.stages is not None:  # so do absent stages
             content["stages"] = stage_identity(self.stages)
+        if (template := content["prompts"].get("template")) is not None:  # and absent samplers
+            template["seeds"].update({name: s.model_dump(mode="json", exclude_none=True)
+                             for name, s in self.prompts.template.sampled().items()})  # type: ignore[union-attr]
+            for key in ("rows", "seed"):
+                if template[key] is None:
+                    del template[key]
         for field, text in (self.relative_to.written.items() if self.relative_to else ()):
             replace_at(content, field.split("."), text)  # as written: the same wherever the spec lives
         blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
@@ -231,13 +266,16 @@ def _staged_source_problems(spec: JobSpec) -> list[tuple[Loc, str]]:
     return found
 
 
-def _dedup_column_problems(spec: JobSpec) -> list[tuple[Loc, str]]:
-    column = spec.dedup.column if spec.dedup is not None else "completion"
+def _text_column_problems(spec: JobSpec) -> list[tuple[Loc, str]]:
+    """dedup.column and quality.column name the completion or, with stages, a generate stage."""
+    columns = {"quality": spec.quality.column, "dedup": spec.dedup.column if spec.dedup is not None else "completion"}
     names = [s.name for s in spec.stages or [] if isinstance(s, GenerateStage)]
-    if column == "completion" or column in names:
-        return []
-    return [(("dedup", "column"), f"{column!r} is not a generate stage ({', '.join(names)}); give one of them, "
-                                  "or completion (the last stage's text)")]
+    if spec.stages is None:
+        return [((section, "column"), f"{column!r}: without stages, {section} reads the completion; remove "
+                                      f"{section}.column") for section, column in columns.items() if column != "completion"]
+    return [((section, "column"), f"{column!r} is not a generate stage ({', '.join(names)}); give one of them, "
+                                  "or completion (the last stage's text)")
+            for section, column in columns.items() if column != "completion" and column not in names]
 
 
 def path_fields(spec: JobSpec) -> list[str]:

@@ -182,6 +182,9 @@ class Quality(Strict):
     )
     sample_rows: StrictInt = Field(defaults.QUALITY_SAMPLE_ROWS, ge=10, le=100_000,
                              description="Rows sampled for diversity and similarity metrics.")
+    column: str = Field("completion", min_length=1, description=(
+        "The text the diversity metrics and the reference comparison read: completion (the last stage's "
+        "text), or with stages a generate stage's name. The report measures every stage too (Per stage)."))
     _uri = field_validator("reference")(lambda v: v if v is None else checked_uri(v))
 
     @model_validator(mode="before")

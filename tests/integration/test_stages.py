@@ -177,3 +177,15 @@ def test_dedup_compares_the_stage_it_is_given(ray_runtime: None, tmp_path: Path)
         assert {r["reject_reason"] for r in out["rejected"]} <= {"exact_duplicate"} and len(out["rejected"]) == 40 - kept
         if column == "draft":
             assert sorted(int(r["draft"].split()[1]) for r in out["data"]) == [0, 1, 2, 3]
+
+
+def test_diversity_reads_the_column_it_is_given(ray_runtime: None, tmp_path: Path) -> None:
+    """Echoed drafts are `row <i % 4>` + 8 `tok`s (6 distinct of 400 words); polished texts add `polish` and
+    8 more `tok`s (7 distinct of 760): the diversity measured is the named stage's, exactly."""
+    stages = [{"name": "draft", "text": "row {{ i % 4 }}"}, {"name": "polish", "text": "polish {{ draft }}"}]
+    for column, distinct_1 in (("draft", 6 / 400), ("completion", 7 / 760)):
+        spec = staged_fake(tmp_path / column, stages=stages, quality={"column": column})
+        manifest = json.loads((Path(run_job(spec).uri) / layout.MANIFEST).read_text())
+        assert manifest["quality"]["sample_rows"] == 40
+        assert manifest["quality"]["diversity"]["distinct_1"] == distinct_1
+        assert manifest["quality"]["diversity_column"] == column

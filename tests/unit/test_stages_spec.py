@@ -495,8 +495,18 @@ def test_dedup_compares_a_named_generate_stage_or_the_completion() -> None:
     assert spec.dedup is not None and spec.dedup.column == "question"
     found = problem(generate("question"), judge_stage("s", "question"), path="dedup.column", dedup={"column": "s"})
     assert "'s' is not a generate stage (question)" in found
-    with pytest.raises(SpecError, match="without stages, dedup compares the completion"):
+    with pytest.raises(SpecError, match="without stages, dedup reads the completion"):
         make_spec(dedup={"column": "question"})
+
+
+def test_diversity_reads_a_named_generate_stage_or_the_completion() -> None:
+    spec = make_staged(generate("question"), generate("answer", "{{ question }}"), quality={"column": "question"})
+    assert spec.quality.column == "question"
+    found = problem(generate("question"), judge_stage("s", "question"), path="quality.column", quality={"column": "s"})
+    assert "'s' is not a generate stage (question)" in found
+    with pytest.raises(SpecError, match="without stages, quality reads the completion; remove quality.column"):
+        make_spec(quality={"column": "question"})
+    assert spec.job_id == make_staged(generate("question"), generate("answer", "{{ question }}")).job_id  # measuring only
 
 
 def test_dedup_column_left_at_its_default_keeps_the_job_id() -> None:
