@@ -33,6 +33,7 @@ bench: $(STAMP) $(MODEL)/config.json
 	$(BIN)/python benchmarks/dispatch.py
 	$(BIN)/python benchmarks/quality.py --model $(MODEL)
 	$(BIN)/python benchmarks/quality_accuracy.py
+	$(BIN)/python benchmarks/samplers.py
 
 clean:
 	rm -rf outputs models test-artifacts

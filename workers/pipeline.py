@@ -12,8 +12,8 @@ from typing import Any
 from orchestrator import defaults
 from orchestrator.commit import schemas
 from orchestrator.commit.shards import CommitOutcome
-from orchestrator.plan.draws import row_sampling
-from orchestrator.plan.planner import Plan, Shard, row_id, row_seed, template_variables
+from orchestrator.plan.draws import range_sampling
+from orchestrator.plan.planner import Plan, Shard, range_variables, row_id, row_seed
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.stages import COLUMN_SUFFIXES, GenerateStage, Stage, stage_columns
 from orchestrator.storage import Store
@@ -26,8 +26,10 @@ def seed_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[SeedRow]:
     """The shard's rows as the first stage gets them: id, seed and seed values."""
     source = spec.prompts.template
     assert source is not None
-    return [SeedRow(i, row_id(plan.spec_hash, i), row_seed(spec.sampling.seed, i), template_variables(source, i),
-                    row_sampling(spec.sampling, i)) for i in range(shard.start, shard.end)]
+    values, samplings = range_variables(source, shard.start, shard.end), range_sampling(spec.sampling, shard.start,
+                                                                                         shard.end)
+    return [SeedRow(i, row_id(plan.spec_hash, i), row_seed(spec.sampling.seed, i), v, s)
+            for i, v, s in zip(range(shard.start, shard.end), values, samplings, strict=True)]
 
 
 def _template_hash(stage: Stage) -> str | None:

@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.errors import RowErrorCode
-from orchestrator.plan.draws import row_sampling
-from orchestrator.plan.planner import Plan, Shard, row_id, row_seed, template_variables
+from orchestrator.plan.draws import range_sampling
+from orchestrator.plan.planner import Plan, Shard, range_variables, row_id, row_seed
 from orchestrator.spec.job import JobSpec, Sampling, TemplateSource
 from orchestrator.storage.reader import open_input
 from workers import sandbox, template_checks
@@ -65,12 +65,11 @@ def undeclared_variables(text: str) -> set[str]:
     return template_checks.undeclared_variables(text)
 
 
-def _render_template(spec: JobSpec, plan: Plan, index: int) -> PromptRow:
+def _render_template(spec: JobSpec, plan: Plan, index: int, values: dict[str, Any], sampling: Sampling) -> PromptRow:
     source = spec.prompts.template
     assert source is not None
-    values = template_variables(source, index)
     base = dict(index=index, row_id=row_id(plan.spec_hash, index), seed=row_seed(spec.sampling.seed, index),
-                sampling=row_sampling(spec.sampling, index), variables=values, template_hash=template_hash(source))
+                sampling=sampling, variables=values, template_hash=template_hash(source))
     try:  # within the sandbox's bounds: MAX_PROMPT_CHARS for all the row's texts, TEMPLATE_MAX_STEPS, ...
         rendered = sandbox.render_all(template_texts(source), values)
     except sandbox.RenderError as e:  # TemplateError, a bound, or anything a filter or operator raises
@@ -203,16 +202,17 @@ def _batch_row(record: dict[str, Any], base: dict[str, Any]) -> PromptRow:
 
 def shard_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[PromptRow]:
     """Every row of `shard`, in order, each with a prompt or a failure."""
-    p = spec.prompts
+    p, samplings = spec.prompts, range_sampling(spec.sampling, shard.start, shard.end)
     if p.template is not None:
-        return [_render_template(spec, plan, i) for i in range(shard.start, shard.end)]
+        values = range_variables(p.template, shard.start, shard.end)
+        return [_render_template(spec, plan, i, v, s)
+                for i, v, s in zip(range(shard.start, shard.end), values, samplings, strict=True)]
     uri = str(p.file_uri)
     make = _file_row if p.file is not None else _batch_row
     rows = []
     for index, (number, source) in enumerate(_records(uri, shard), start=shard.start):
         base: dict[str, Any] = dict(index=index, row_id=row_id(plan.spec_hash, index),
-                                    seed=row_seed(spec.sampling.seed, index),
-                                    sampling=row_sampling(spec.sampling, index))
+                                    seed=row_seed(spec.sampling.seed, index), sampling=samplings[index - shard.start])
         rows.append(_input_row(make, number, source, base))
     return rows
 

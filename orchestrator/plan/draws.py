@@ -29,7 +29,7 @@ from orchestrator.spec.samplers import Sampler, category_key
 
 GOLDEN, MIX_1, MIX_2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 CELL = 2.0 ** -53
-CHUNK_CELLS = 1 << 22  # rows x values drawn at once (choice draws one uniform per value and row)
+CHUNK_CELLS = 1 << 20  # rows x values drawn at once (choice draws one uniform per value and row): ~50 MB
 DRAWN_PARAMETERS = ("temperature", "top_p")
 
 
@@ -175,14 +175,29 @@ def chunks(source: TemplateSource, total: int) -> Iterator[dict[str, Column]]:
         yield columns(source, np.arange(start, min(total, start + step), dtype=np.int64))
 
 
+def range_values(source: TemplateSource, start: int, end: int) -> list[dict[str, Any]]:
+    """Rows [start, end)'s variables as Python values, one mapping a row (a shard drawn at once)."""
+    drawn = {name: column.values() for name, column in columns(source, np.arange(start, end, dtype=np.int64)).items()}
+    return [dict(zip(drawn, row, strict=True)) for row in zip(*drawn.values(), strict=True)] if drawn else \
+        [{} for _ in range(start, end)]
+
+
 def row_values(source: TemplateSource, index: int) -> dict[str, Any]:
     """Row `index`'s variables as Python values."""
-    return {name: column.values()[0] for name, column in columns(source, np.array([index], dtype=np.int64)).items()}
+    return range_values(source, index, index + 1)[0]
+
+
+def range_sampling(sampling: Sampling, start: int, end: int) -> list[Sampling]:
+    """Rows [start, end)'s sampling: each drawn parameter replaced by the row's draw (the same on any
+    worker); the job's own `sampling` object for every row when nothing is drawn."""
+    indexes = np.arange(start, end, dtype=np.int64)
+    drawn = {name: _draw(getattr(sampling, name), stream_key(sampling.seed, f"sampling.{name}"), indexes, {}).values()
+             for name in DRAWN_PARAMETERS if isinstance(getattr(sampling, name), Sampler)}
+    if not drawn:
+        return [sampling] * (end - start)
+    return [sampling.model_copy(update=dict(zip(drawn, row, strict=True))) for row in zip(*drawn.values(), strict=True)]
 
 
 def row_sampling(sampling: Sampling, index: int) -> Sampling:
-    """The row's sampling: each drawn parameter replaced by the row's draw (the same on any worker)."""
-    drawn = {name: _draw(getattr(sampling, name), stream_key(sampling.seed, f"sampling.{name}"),
-                         np.array([index], dtype=np.int64), {}).data.item()
-             for name in DRAWN_PARAMETERS if isinstance(getattr(sampling, name), Sampler)}
-    return sampling.model_copy(update=drawn) if drawn else sampling
+    """Row `index`'s sampling (see `range_sampling`)."""
+    return range_sampling(sampling, index, index + 1)[0]

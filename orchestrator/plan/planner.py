@@ -114,6 +114,13 @@ def template_variables(source: TemplateSource, index: int) -> dict[str, object]:
     return values
 
 
+def range_variables(source: TemplateSource, start: int, end: int) -> list[dict[str, object]]:
+    """`template_variables` of rows [start, end): a shard's samplers drawn at once."""
+    if source.sampled():
+        return draws.range_values(source, start, end)
+    return [template_variables(source, i) for i in range(start, end)]
+
+
 @dataclass(frozen=True)
 class _JsonlScan:
     """What one pass over a JSONL file finds: its rows, where shards begin (bytes and file lines)."""

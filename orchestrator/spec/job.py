@@ -272,7 +272,8 @@ def _text_column_problems(spec: JobSpec) -> list[tuple[Loc, str]]:
     names = [s.name for s in spec.stages or [] if isinstance(s, GenerateStage)]
     if spec.stages is None:
         return [((section, "column"), f"{column!r}: without stages, {section} reads the completion; remove "
-                                      f"{section}.column") for section, column in columns.items() if column != "completion"]
+                                      f"{section}.column")
+                for section, column in columns.items() if column != "completion"]
     return [((section, "column"), f"{column!r} is not a generate stage ({', '.join(names)}); give one of them, "
                                   "or completion (the last stage's text)")
             for section, column in columns.items() if column != "completion" and column not in names]

@@ -31,7 +31,8 @@ def _conditional_problems(name: str, sampler: Sampler, listed: dict[str, list[An
     found: list[tuple[Loc, str]] = []
     if missing:
         found.append(((*at, "values"), f"no values for {parent} = {', '.join(map(repr, missing[:5]))}"
-                                       f"{' ...' if len(missing) > 5 else ''}; give an entry for every value of {parent}"))
+                                       f"{' ...' if len(missing) > 5 else ''}; give an entry for every value of "
+                                       f"{parent}"))
     found += [((*at, "values", k), f"{k!r} is not a value of {parent} ({', '.join(map(repr, keys[:8]))}"
                                    f"{' ...' if len(keys) > 8 else ''}); fix or remove it") for k in unknown]
     return found

@@ -48,7 +48,8 @@ def test_the_same_sampled_spec_writes_the_same_rows_on_any_shards_and_workers(ra
     assert a.job_id == b.job_id and a.rows_ok == b.rows_ok == 400
     ta, tb = table(Path(a.uri)), table(Path(b.uri))
     types = {name: str(ta.schema.field(name).type) for name in ("topic", "age", "x", "tags", "lang")}
-    assert types == {"topic": "string", "age": "int64", "x": "double", "tags": "list<element: string>", "lang": "string"}
+    assert types == {"topic": "string", "age": "int64", "x": "double", "tags": "list<element: string>",
+                     "lang": "string"}
     columns = ["row_id", "topic", "age", "x", "tags", "lang", "completion", "lineage"]
     assert sorted(ta.select(columns).to_pylist(), key=str) == sorted(tb.select(columns).to_pylist(), key=str)
     for r in ta.to_pylist():
