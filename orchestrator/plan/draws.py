@@ -196,8 +196,3 @@ def range_sampling(sampling: Sampling, start: int, end: int) -> list[Sampling]:
     if not drawn:
         return [sampling] * (end - start)
     return [sampling.model_copy(update=dict(zip(drawn, row, strict=True))) for row in zip(*drawn.values(), strict=True)]
-
-
-def row_sampling(sampling: Sampling, index: int) -> Sampling:
-    """Row `index`'s sampling (see `range_sampling`)."""
-    return range_sampling(sampling, index, index + 1)[0]

@@ -26,6 +26,10 @@ def _conditional_problems(name: str, sampler: Sampler, listed: dict[str, list[An
         return [((*at, "on"), f"{parent!r} is drawn by {sampled[parent].kind}, which has no fixed values to "
                               "condition on; depend on a listed, weighted, conditional or small uniform_int variable")]
     keys = [category_key(v) for v in values]
+    if len(set(keys)) < len(keys):
+        return [((*at, "on"), f"{parent}'s values include both a text and a non-text value written alike (such as "
+                              f"1 and \"1\"), which one entry of conditional.values cannot tell apart; make them "
+                              "one type")]
     missing = [k for k in keys if k not in sampler.conditional.values]
     unknown = [k for k in sampler.conditional.values if k not in keys]
     found: list[tuple[Loc, str]] = []

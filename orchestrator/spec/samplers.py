@@ -5,7 +5,7 @@ A seed variable is either a list (a factor of the product, as always) or one sam
     weighted:     {value: weight, ...}                   a categorical draw, weights need not sum to 1
     conditional:  {on: parent, values: {p: [...] | {value: weight}}}   drawn given the parent's value
     uniform_int:  [low, high]                            an integer, both ends included
-    uniform:      [low, high]                            a float in [low, high)
+    uniform:      [low, high]                            a float strictly between low and high
     normal:       {mean, std, min, max}                  a float; min/max truncate (never clip)
     choice:       {values: [...], k: K}                  K distinct values (a list, in the values' order)
 
@@ -36,10 +36,15 @@ def category_key(value: Any) -> str:
 class Conditional(Strict):
     @model_validator(mode="before")
     @classmethod
-    def _yaml_on(cls, data: Any) -> Any:
-        """YAML 1.1 reads a bare `on:` key as true: take it as the `on` it was written as."""
-        if isinstance(data, dict) and True in data and "on" not in data:
+    def _yaml_keys(cls, data: Any) -> Any:
+        """YAML 1.1 reads a bare `on:` key as true: take it as the `on` it was written as. A parent value
+        written as a YAML number or boolean (`1: [easy]`) is keyed by its JSON text, as `category_key` does."""
+        if not isinstance(data, dict):
+            return data
+        if True in data and "on" not in data:
             data = {("on" if k is True else k): v for k, v in data.items()}
+        if isinstance(values := data.get("values"), dict):
+            data = {**data, "values": {category_key(k): v for k, v in values.items()}}
         return data
 
     on: str = Field(..., description="The variable (listed or sampled) this one depends on.")

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
 from orchestrator.errors import SpecError
-from orchestrator.plan.draws import columns, row_sampling, row_values
+from orchestrator.plan.draws import columns, range_sampling, row_values
 from orchestrator.plan.planner import make_plan, template_variables
 from orchestrator.spec.job import JobSpec
 from tests.unit.specs import make_spec
@@ -62,10 +63,17 @@ def test_conditional_draws_only_the_parents_values_with_their_weights() -> None:
 
 
 def test_a_conditional_on_a_listed_variable_keys_non_text_values_by_their_json() -> None:
-    seeds = {"level": [1, 2], "word": {"conditional": {"on": "level", "values": {"1": ["easy"], "2": ["hard"]}}}}
+    seeds = {"level": [1, 2], "word": {"conditional": {"on": "level", "values": {"1": ["easy"], 2: ["hard"]}}}}
     rows = drawn(sampled(seeds, rows=10), rows=10)
     assert rows["level"] == [1, 2] * 5
     assert rows["word"] == ["easy", "hard"] * 5
+
+
+def test_a_bare_yaml_on_key_is_taken_as_on() -> None:
+    """YAML 1.1 reads `on:` as true; the sampler says `on` all the same."""
+    seeds = yaml.safe_load("t: [a, b]\ns: {conditional: {on: t, values: {a: [x], b: [y]}}}")
+    assert True in seeds["s"]["conditional"]
+    assert drawn(sampled(seeds, rows=4), rows=4)["s"] == ["x", "y", "x", "y"]
 
 
 def test_uniform_int_covers_both_ends_evenly() -> None:
@@ -143,15 +151,15 @@ def test_the_template_seed_changes_the_draws_and_the_job() -> None:
 def test_a_drawn_temperature_is_the_rows_own_and_in_range() -> None:
     spec = make_spec(sampling={"max_tokens": 8, "seed": 1, "temperature": {"uniform": [0.6, 1.1]},
                                "top_p": {"normal": {"mean": 0.9, "std": 0.05, "min": 0.5, "max": 1.0}}})
-    rows = [row_sampling(spec.sampling, i) for i in range(2000)]
+    rows = range_sampling(spec.sampling, 0, 2000)
     temperatures = np.array([r.temperature for r in rows])
     assert stats.kstest(temperatures, "uniform", args=(0.6, 0.5)).pvalue > ALPHA
     assert all(0.5 <= r.top_p <= 1.0 for r in rows)  # type: ignore[operator]
-    assert row_sampling(spec.sampling, 3) == rows[3] and rows[3] != rows[4]
+    assert range_sampling(spec.sampling, 3, 4) == [rows[3]] and rows[3] != rows[4]
     other_seed = spec.sampling.model_copy(update={"seed": 2})
-    assert row_sampling(other_seed, 3).temperature != rows[3].temperature
+    assert range_sampling(other_seed, 3, 4)[0].temperature != rows[3].temperature
     fixed = make_spec().sampling
-    assert row_sampling(fixed, 3) is fixed
+    assert all(s is fixed for s in range_sampling(fixed, 3, 9))
 
 
 @pytest.mark.parametrize(("sampling", "path", "words"), [
@@ -189,6 +197,8 @@ def test_samplers_need_rows_and_rows_need_samplers() -> None:
     ({"a": {"conditional": {"on": "b", "values": {"1": ["1"]}}},
       "b": {"conditional": {"on": "a", "values": {"1": ["1"]}}}},
      "prompts.template.seeds.a.conditional.on", "cycle (a -> b -> a)"),
+    ({"t": [1, "1"], "s": {"conditional": {"on": "t", "values": {"1": [1]}}}},
+     "prompts.template.seeds.s.conditional.on", "cannot tell apart"),
     ({"t": {"weighted": {"a": 0}}}, "prompts.template.seeds.t.weighted.a", "greater than 0"),
     ({"t": {"choice": {"values": [1, 2], "k": 3}}}, "prompts.template.seeds.t.choice", "k=3 exceeds its 2 values"),
     ({"t": {"normal": {"mean": 0, "std": 1, "min": 2, "max": 1}}}, "prompts.template.seeds.t.normal",
