@@ -31,7 +31,7 @@ from orchestrator.finalize.quality_report import Rows
 from orchestrator.finalize.samples import Examples, sample_ids, sample_keys
 from orchestrator.finalize.stage_quality import StageMeasures
 from orchestrator.plan import draws
-from orchestrator.plan.planner import Plan, product_size, template_variables
+from orchestrator.plan.planner import Plan, template_variables
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.quality import Quality, reference_text
 from orchestrator.storage import Store
@@ -156,7 +156,7 @@ def planned_seed_counts(spec: JobSpec, plan: Plan) -> dict[str, Counter[Any]]:
                     counts[name][schemas.column_value(fields[name], v)] += c * n
         return counts
     if source.sample is None:  # the full product: each listed value appears product/len times
-        size = product_size(source)
+        size = source.product_size()
         for name, values in source.seeds.items():
             for v in values:
                 counts[name][schemas.column_value(fields[name], v)] += size // len(values) * n

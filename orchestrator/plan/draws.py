@@ -94,7 +94,8 @@ def _draw(sampler: Sampler, key: np.uint64, indexes: np.ndarray, parents: dict[s
     if sampler.uniform_int is not None:
         low, high = sampler.uniform_int
         picked = np.minimum(np.floor(u * (high - low + 1)).astype(np.int64), high - low)
-        return Column(picked, sampler.categories()) if sampler.categories() else Column(picked + low)
+        categories = sampler.categories()
+        return Column(picked, categories) if categories else Column(picked + low)
     if sampler.uniform is not None:
         low, high = sampler.uniform
         return Column(low + u * (high - low))
@@ -137,8 +138,7 @@ def _choice(sampler: Sampler, key: np.uint64, indexes: np.ndarray) -> Column:
 
 def _listed(source: TemplateSource, indexes: np.ndarray) -> dict[str, Column]:
     """Listed variables: row i's product combination i mod P, a mixed-radix number over the sorted names."""
-    listed = source.listed()
-    size = math.prod(len(v) for v in listed.values())
+    listed, size = source.listed(), source.product_size()
     combo = indexes % size if size < 1 << 62 else indexes.copy()
     out: dict[str, Column] = {}
     for name in sorted(listed, reverse=True):

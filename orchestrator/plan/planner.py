@@ -80,14 +80,9 @@ def row_seed(base_seed: int, index: int) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def product_size(source: TemplateSource) -> int:
-    """The product of the listed variables' lengths."""
-    return math.prod(len(v) for v in source.listed().values())
-
-
 def _sample_map(source: TemplateSource) -> tuple[int, int, int]:
     """An affine permutation i -> (a*i + b) mod P of the product: N distinct rows, O(1) memory."""
-    size = product_size(source)
+    size = source.product_size()
     assert source.sample is not None
     h = hashlib.sha256(f"sample:{source.sample.seed}".encode()).digest()
     a = int.from_bytes(h[:8], "big") % size or 1

@@ -67,7 +67,7 @@ class TemplateSource(Strict):
 
     @model_validator(mode="after")
     def _sample_fits(self) -> TemplateSource:
-        size = math.prod(len(v) for v in self.listed().values())
+        size = self.product_size()
         if self.sample is not None and self.sample.n > size:
             raise ValueError(f"sample.n={self.sample.n} exceeds the {size} distinct seed combinations; "
                              "add seed values, lower sample.n, or use sampling.n for several completions per prompt")
@@ -97,11 +97,15 @@ class TemplateSource(Strict):
     def sampled(self) -> dict[str, Sampler]:
         return {k: v for k, v in self.seeds.items() if isinstance(v, Sampler)}
 
+    def product_size(self) -> int:
+        """The product of the listed variables' lengths (1 without any)."""
+        return math.prod(len(v) for v in self.listed().values())
+
     @property
     def total_rows(self) -> int:
         if self.rows is not None:
             return self.rows
-        return self.sample.n if self.sample else math.prod(len(v) for v in self.listed().values())
+        return self.sample.n if self.sample else self.product_size()
 
 
 class FileSource(Strict):
