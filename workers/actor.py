@@ -16,6 +16,7 @@ from orchestrator.spec.job import JobSpec
 from orchestrator.spec.model import FakeEngineArgs, ModelSpec
 from orchestrator.storage import open_store
 from orchestrator.storage.base import drain_storage_stats
+from workers import placement
 from workers.engine import Engine, EngineInfo, root_cause
 from workers.pipeline import run_staged_shard
 from workers.shard import WorkerCounts, run_shard
@@ -73,7 +74,10 @@ def _make_engine(model: ModelSpec, on_gpu: bool) -> Engine:
         return sleeping_engine(model.name, FakeEngineArgs.model_validate(model.engine_args))
     from workers.engine import VllmEngine
 
-    return VllmEngine(model, on_gpu=on_gpu)
+    if on_gpu:
+        return VllmEngine(model, on_gpu=True)
+    with placement.all_cores():  # the worker's process is the engine's: the model's cores for the model
+        return VllmEngine(model, on_gpu=False)
 
 
 @ray.remote
