@@ -26,8 +26,8 @@ def seed_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[SeedRow]:
     """The shard's rows as the first stage gets them: id, seed and seed values."""
     source = spec.prompts.template
     assert source is not None
-    values, samplings = range_variables(source, shard.start, shard.end), range_sampling(spec.sampling, shard.start,
-                                                                                         shard.end)
+    values = range_variables(source, shard.start, shard.end, plan.seed_files)
+    samplings = range_sampling(spec.sampling, shard.start, shard.end)
     return [SeedRow(i, row_id(plan.spec_hash, i), row_seed(spec.sampling.seed, i), v, s)
             for i, v, s in zip(range(shard.start, shard.end), values, samplings, strict=True)]
 

@@ -204,7 +204,7 @@ def shard_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[PromptRow]:
     """Every row of `shard`, in order, each with a prompt or a failure."""
     p, samplings = spec.prompts, range_sampling(spec.sampling, shard.start, shard.end)
     if p.template is not None:
-        values = range_variables(p.template, shard.start, shard.end)
+        values = range_variables(p.template, shard.start, shard.end, plan.seed_files)
         return [_render_template(spec, plan, i, v, s)
                 for i, v, s in zip(range(shard.start, shard.end), values, samplings, strict=True)]
     uri = str(p.file_uri)

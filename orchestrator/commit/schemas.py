@@ -102,7 +102,7 @@ def column_value(field: pa.Field, value: Any) -> Any:
     if field.metadata and field.metadata.get(b"synthfleet.json_text"):
         if pa.types.is_list(field.type):
             return [json.dumps(v, sort_keys=True) for v in value]
-        return json.dumps(value, sort_keys=True)
+        return json.dumps(value, sort_keys=True, default=str)  # a seed file row may hold dates
     return value
 
 

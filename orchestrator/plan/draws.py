@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from orchestrator.plan.seed_files import SeedFile, file_values
 from orchestrator.spec.generation import Sampling
 from orchestrator.spec.job import TemplateSource
 from orchestrator.spec.samplers import Sampler, category_key
@@ -163,6 +164,8 @@ def columns(source: TemplateSource, indexes: np.ndarray) -> dict[str, Column]:
     """Every variable's values for row `indexes` (int64), listed and sampled."""
     out = _listed(source, indexes)
     for name in sampler_order(source):
+        if source.seeds[name].from_file is not None:  # rows of a file: orchestrator/plan/seed_files.py
+            continue
         out[name] = _draw(source.seeds[name], stream_key(source.seed or 0, name), indexes, out)  # type: ignore[arg-type]
     return out
 
@@ -175,16 +178,20 @@ def chunks(source: TemplateSource, total: int) -> Iterator[dict[str, Column]]:
         yield columns(source, np.arange(start, min(total, start + step), dtype=np.int64))
 
 
-def range_values(source: TemplateSource, start: int, end: int) -> list[dict[str, Any]]:
-    """Rows [start, end)'s variables as Python values, one mapping a row (a shard drawn at once)."""
+def range_values(source: TemplateSource, start: int, end: int, files: Sequence[SeedFile] = ()) -> list[dict[str, Any]]:
+    """Rows [start, end)'s variables as Python values, one mapping a row (a shard drawn at once); `files`:
+    the plan's seed files, read for the rows' `from_file` variables."""
     drawn = {name: column.values() for name, column in columns(source, np.arange(start, end, dtype=np.int64)).items()}
+    for f in files:
+        sampler = source.seeds[f.variable].from_file  # type: ignore[union-attr]
+        drawn[f.variable] = file_values(f, sampler.replace, source.seed or 0, start, end)  # type: ignore[union-attr]
     return [dict(zip(drawn, row, strict=True)) for row in zip(*drawn.values(), strict=True)] if drawn else \
         [{} for _ in range(start, end)]
 
 
-def row_values(source: TemplateSource, index: int) -> dict[str, Any]:
+def row_values(source: TemplateSource, index: int, files: Sequence[SeedFile] = ()) -> dict[str, Any]:
     """Row `index`'s variables as Python values."""
-    return range_values(source, index, index + 1)[0]
+    return range_values(source, index, index + 1, files)[0]
 
 
 def range_sampling(sampling: Sampling, start: int, end: int) -> list[Sampling]:

@@ -8,12 +8,14 @@ holds rows: a 10-million-row seed expansion costs a few integers, a JSONL file o
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from orchestrator.errors import Problem, SpecError, StorageError
 from orchestrator.plan import draws
+from orchestrator.plan.seed_files import SeedFile, index_file
 from orchestrator.spec.job import JobSpec, TemplateSource
 from orchestrator.storage import split_uri
 
@@ -47,6 +49,7 @@ class Plan:
     source_fingerprint: str | None = None
     line_offsets: tuple[int, ...] | None = None  # JSONL: byte offset of every shard's first line
     first_lines: tuple[int, ...] | None = None  # JSONL: 1-based file line number at each offset
+    seed_files: tuple[SeedFile, ...] = ()  # the template's `from_file` variables (orchestrator/plan/seed_files.py)
 
     @property
     def num_shards(self) -> int:
@@ -91,11 +94,11 @@ def _sample_map(source: TemplateSource) -> tuple[int, int, int]:
     return a, int.from_bytes(h[8:16], "big") % size, size
 
 
-def template_variables(source: TemplateSource, index: int) -> dict[str, object]:
+def template_variables(source: TemplateSource, index: int, files: tuple[SeedFile, ...] = ()) -> dict[str, object]:
     """The seed values of row `index`: a mixed-radix digit of the (possibly sampled) product, or, with
-    samplers, the row's draws (see draws.py)."""
+    samplers, the row's draws (see draws.py) and seed-file rows (`files`, the plan's)."""
     if source.sampled():
-        return draws.row_values(source, index)
+        return draws.row_values(source, index, files)
     combo = index
     if source.sample is not None:
         a, b, size = _sample_map(source)
@@ -109,10 +112,11 @@ def template_variables(source: TemplateSource, index: int) -> dict[str, object]:
     return values
 
 
-def range_variables(source: TemplateSource, start: int, end: int) -> list[dict[str, object]]:
+def range_variables(source: TemplateSource, start: int, end: int, files: tuple[SeedFile, ...] = ()
+                    ) -> list[dict[str, object]]:
     """`template_variables` of rows [start, end): a shard's samplers drawn at once."""
     if source.sampled():
-        return draws.range_values(source, start, end)
+        return draws.range_values(source, start, end, files)
     return [template_variables(source, i) for i in range(start, end)]
 
 
@@ -167,7 +171,10 @@ def make_plan(spec: JobSpec) -> Plan:
     spec_hash, per_shard = spec.content_hash(), spec.output.rows_per_shard
     p = spec.prompts
     if p.template is not None:
-        return Plan(spec.job_id, spec_hash, p.template.total_rows, per_shard)
+        files = tuple(index_file(name, s.from_file, p.template.total_rows, p.template.seed or 0)
+                      for name, s in sorted(p.template.sampled().items()) if s.from_file is not None)
+        fingerprint = json.dumps({f.uri: f.fingerprint for f in files}, sort_keys=True) if files else None
+        return Plan(spec.job_id, spec_hash, p.template.total_rows, per_shard, fingerprint, seed_files=files)
     uri = str(p.file_uri)
     try:
         if uri.lower().endswith(".parquet"):

@@ -18,6 +18,7 @@ from orchestrator import defaults
 from orchestrator.commit.schemas import reserved_name_problems
 from orchestrator.errors import Problem, SpecError, StorageError
 from orchestrator.plan.planner import template_variables
+from orchestrator.plan.seed_files import first_record
 from orchestrator.run.input_checks import Source, file_findings
 from orchestrator.spec.job import JobSpec, TemplateSource
 from orchestrator.spec.model import ModelSpec
@@ -73,13 +74,23 @@ def _first_rows(source: TemplateSource) -> list[int]:
     return list(range(min(defaults.TEMPLATE_CHECK_ROWS, source.total_rows)))
 
 
+def _seed_previews(source: TemplateSource) -> dict[str, Any]:
+    """Each `from_file` variable as the first row of its file (its named columns), for rendering checks
+    (the rows a job draws need its plan; they have the same columns)."""
+    return {name: first_record(s.from_file) for name, s in source.sampled().items() if s.from_file is not None}
+
+
+def _variables(source: TemplateSource, row: int, previews: dict[str, Any]) -> dict[str, Any]:
+    return template_variables(source, row) | previews
+
+
 def _render_failures(source: TemplateSource) -> list[tuple[int, sandbox.RenderError]]:
     """(row, failure) of each of the first rows that does not render, exactly as the workers render it."""
-    texts = [text for _, text in _template_fields(source)]
+    texts, previews = [text for _, text in _template_fields(source)], _seed_previews(source)
     failures = []
     for row in _first_rows(source):
         try:
-            sandbox.render_all(texts, template_variables(source, row))
+            sandbox.render_all(texts, _variables(source, row, previews))
         except sandbox.RenderError as e:
             failures.append((row, e))
     return failures
@@ -102,7 +113,8 @@ def _render_problems(source: TemplateSource) -> list[Problem]:
     path = _template_fields(source)[failure.index][0]
     which = "the first row" if len(rows) == 1 else f"each of the first {len(rows)} rows"
     return [Problem(path, f"the template fails on {which} ({failure}; row {row}: "
-                          f"{json.dumps(template_variables(source, row), default=str)}); fix the template")]
+                          f"{json.dumps(_variables(source, row, _seed_previews(source)), default=str)}); "
+                          "fix the template")]
 
 
 def _unused(source: TemplateSource, used: set[str], by: str) -> list[Problem]:
@@ -167,6 +179,27 @@ def _input_problems(spec: JobSpec) -> list[Problem]:
     problems = []
     for source in _sources(spec):
         problems += _existence_problems(source) or file_findings(source).problems
+    return problems + _seed_file_problems(spec)
+
+
+def _seed_file_problems(spec: JobSpec) -> list[Problem]:
+    """A `from_file` seed file must exist and have the columns it names (its row count is checked by the plan)."""
+    template, problems = spec.prompts.template, []
+    for name, s in sorted(template.sampled().items()) if template is not None else []:
+        if s.from_file is None:
+            continue
+        field = f"prompts.template.seeds.{name}.from_file"
+        if found := _existence_problems(Source(f"{field}.uri", s.from_file.uri, "seeds")):
+            problems += found
+            continue
+        columns = _file_columns(s.from_file.uri)
+        missing = [c for c in s.from_file.columns if columns is not None and c not in columns]
+        if columns is None:
+            problems.append(Problem(f"{field}.uri", f"cannot read the first rows of {s.from_file.uri} as JSON objects"))
+        elif missing:
+            problems.append(Problem(f"{field}.columns", f"{s.from_file.uri} has no column "
+                                    f"{', '.join(map(repr, missing))} (it has: {', '.join(sorted(columns)) or 'none'}); "
+                                    "name its columns"))
     return problems
 
 

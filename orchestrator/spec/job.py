@@ -284,9 +284,13 @@ def _text_column_problems(spec: JobSpec) -> list[tuple[Loc, str]]:
 
 
 def path_fields(spec: JobSpec) -> list[str]:
-    """PATH_FIELDS and the model path of each stage with a model of its own ("stages.2.model.path")."""
+    """PATH_FIELDS, the model path of each stage with a model of its own ("stages.2.model.path") and the
+    uri of each seed file ("prompts.template.seeds.persona.from_file.uri")."""
+    template = spec.prompts.template
+    seed_files = [f"prompts.template.seeds.{name}.from_file.uri" for name, s in
+                  (template.sampled().items() if template is not None else ()) if s.from_file is not None]
     return [*PATH_FIELDS, *(f"stages.{i}.model.path" for i, s in enumerate(spec.stages or [])
-                            if isinstance(getattr(s, "model", None), ModelSpec))]
+                            if isinstance(getattr(s, "model", None), ModelSpec)), *seed_files]
 
 
 def is_relative_path(value: str) -> bool:
@@ -300,6 +304,8 @@ def field_value(spec: BaseModel, field: str) -> Any:
     for part in field.split("."):
         if isinstance(value, list):
             value = value[int(part)] if part.isdigit() and int(part) < len(value) else None
+        elif isinstance(value, dict):
+            value = value.get(part)
         else:
             value = getattr(value, part, None) if isinstance(value, BaseModel) else None
     return value

@@ -8,6 +8,9 @@ A seed variable is either a list (a factor of the product, as always) or one sam
     uniform:      [low, high]                            a float strictly between low and high
     normal:       {mean, std, min, max}                  a float; min/max truncate (never clip)
     choice:       {values: [...], k: K}                  K distinct values (a list, in the values' order)
+    from_file:    {uri, columns: [...], replace: false}  a row of a JSONL or Parquet seed file (its named
+                                                         columns, a mapping), drawn without replacement
+                                                         unless `replace`; streamed (orchestrator/plan/seed_files.py)
 
 The same shapes (uniform, normal) draw a row's `sampling.temperature` or `sampling.top_p`. How the
 values are drawn, deterministically from the row, is `orchestrator/plan/draws.py`.
@@ -18,14 +21,24 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, StrictFloat, StrictInt, TypeAdapter, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.spec.model import Strict
+from orchestrator.spec.quality import checked_uri
 
 Weight = Annotated[StrictFloat | StrictInt, Field(gt=0)]
 Number = StrictFloat | StrictInt
 MAX_CATEGORIES = 10_000  # a uniform_int with at most this many values is categorical (a parent, drift)
-KINDS = ("weighted", "conditional", "uniform_int", "uniform", "normal", "choice")
+KINDS = ("weighted", "conditional", "uniform_int", "uniform", "normal", "choice", "from_file")
 
 
 def category_key(value: Any) -> str:
@@ -86,6 +99,27 @@ class Choice(Strict):
         return self
 
 
+class FromFile(Strict):
+    uri: str = Field(..., description="A JSONL or Parquet seed dataset, local or s3://.")
+    columns: list[str] = Field(..., min_length=1, description="Its columns the variable holds (`{{ var.column }}`).")
+    replace: StrictBool = Field(False, description="Draw rows with replacement (rows may then exceed the file's).")
+    _uri = field_validator("uri")(checked_uri)
+
+    @field_validator("uri")
+    @classmethod
+    def _format(cls, uri: str) -> str:
+        if not uri.lower().endswith((".jsonl", ".json", ".parquet")):
+            raise ValueError(f"{uri}: a seed file is .jsonl or .parquet")
+        return uri
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, columns: list[str]) -> list[str]:
+        if len(set(columns)) < len(columns):
+            raise ValueError("columns repeat a name; give each once")
+        return columns
+
+
 class Sampler(Strict):
     """Exactly one of the sampler kinds (see the module docstring)."""
 
@@ -95,6 +129,7 @@ class Sampler(Strict):
     uniform: tuple[Number, Number] | None = None
     normal: Normal | None = None
     choice: Choice | None = None
+    from_file: FromFile | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Sampler:
@@ -131,6 +166,8 @@ class Sampler(Strict):
         """Values whose types decide the column's type; None for a float column."""
         if self.choice is not None:
             return self.choice.values
+        if self.from_file is not None:  # a mapping per row: JSON text
+            return [{}]
         if self.uniform_int is not None:
             return [0]
         return self.categories() if self.uniform is None and self.normal is None else None

@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.commit import layout
@@ -88,3 +89,36 @@ def test_the_seed_samplers_example_runs_on_real_vllm(pool: Any, tiny_model: Path
         assert r["subtopic"] in subtopics[r["topic"]] and 8 <= r["age"] <= 16 and len(r["styles"]) == 2
         assert f"about {r['subtopic']} ({r['topic']})" in r["messages"][0]["content"]
         assert 0.6 < json.loads(r["lineage"]["sampling"])["temperature"] < 1.1
+
+
+def persona_file(path: Path, rows: int) -> Path:
+    pq.write_table(pa.table({"id": list(range(rows)), "name": [f"p{i}" for i in range(rows)],
+                             "age": [20 + i % 50 for i in range(rows)]}), path, row_group_size=64)
+    return path
+
+
+def test_a_seed_file_gives_each_row_a_distinct_file_row_on_any_shards_and_workers(ray_runtime: None,
+                                                                                 tmp_path: Path) -> None:
+    """A persona file of 1,000 rows (every row names itself): 300 rows drawn without replacement, the
+    same on 50-row shards over two workers and 7-row shards on one, each row the file's row whole."""
+    personas = {"from_file": {"uri": str(persona_file(tmp_path / "personas.parquet", 1000)),
+                              "columns": ["id", "name", "age"]}}
+
+    def job(out: str, rows_per_shard: int, workers: int) -> JobSpec:
+        spec = sampled_fake(tmp_path / out, rows_per_shard=rows_per_shard, workers=workers)
+        template = spec.prompts.template.model_dump(exclude_none=True) | {  # type: ignore[union-attr]
+            "text": "{{ persona.name }} is {{ persona.age }}; {{ topic }}", "rows": 300,
+            "seeds": {"persona": personas, "topic": SEEDS["topic"]}}
+        return parse_spec(spec.model_dump(mode="json", exclude_none=True) | {"prompts": {"template": template}})
+
+    a, b = run_job(job("a", 50, 2)), run_job(job("b", 7, 1))
+    assert a.job_id == b.job_id and a.rows_ok == b.rows_ok == 300
+    ta, tb = table(Path(a.uri)), table(Path(b.uri))
+    assert str(ta.schema.field("persona").type) == "string"  # the row's columns as JSON text
+    rows = sorted(ta.select(["row_id", "persona", "topic", "completion"]).to_pylist(), key=str)
+    assert rows == sorted(tb.select(["row_id", "persona", "topic", "completion"]).to_pylist(), key=str)
+    personas_drawn = [json.loads(r["persona"]) for r in rows]
+    assert len({p["id"] for p in personas_drawn}) == 300
+    for r, p in zip(rows, personas_drawn, strict=True):
+        assert p == {"id": p["id"], "name": f"p{p['id']}", "age": 20 + p["id"] % 50}
+        assert r["completion"].startswith(f"p{p['id']} is {p['age']}; {r['topic']}")
