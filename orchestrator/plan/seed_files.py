@@ -31,6 +31,7 @@ from orchestrator.spec.samplers import FromFile
 from orchestrator.storage import split_uri
 
 BLOCK_ROWS = 4096  # JSONL: rows per block (one byte offset kept per block)
+READ_BATCH_ROWS = 65_536  # Parquet: rows of a row group read at a time
 MAX_FILE_ROWS = 10**9 - 1  # numpy's hypergeometric draws need fewer rows than 10**9
 
 
@@ -186,24 +187,39 @@ def first_record(sampler: FromFile) -> dict[str, Any]:
     return {c: record.get(c) for c in sampler.columns}
 
 
-def _block_rows(seed_file: SeedFile, block: int) -> Iterator[dict[str, Any] | bytes]:
-    """A block's rows: Parquet records (the named columns), or JSONL lines undecoded."""
+def _picked(seed_file: SeedFile, block: int, wanted: np.ndarray) -> Iterator[dict[str, Any] | bytes]:
+    """The block's rows at `wanted` (sorted positions within it, repeats allowed): Parquet records of the
+    named columns, read a batch at a time (a row group of millions of rows is never whole in memory), or
+    JSONL lines, undecoded."""
     from orchestrator.storage.reader import open_input
 
     if seed_file.parquet:
         import pyarrow.parquet as pq
 
         with open_input(seed_file.uri) as f:
-            yield from pq.ParquetFile(f).read_row_group(block, columns=list(seed_file.columns)).to_pylist()
+            first = 0
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[block],
+                                                        columns=list(seed_file.columns)):
+                lo, hi = np.searchsorted(wanted, [first, first + batch.num_rows])
+                if hi > lo:
+                    yield from batch.take(wanted[lo:hi] - first).to_pylist()
+                first += batch.num_rows
         return
+    todo = wanted.tolist()
     with open_input(seed_file.uri, seed_file.block_offsets[block]) as f:
-        yield from islice((line for line in f if line.strip()), seed_file.block_rows[block])
+        rows = (line for line in f if line.strip())
+        at = 0
+        for position, line in enumerate(islice(rows, todo[-1] + 1 if todo else 0)):
+            while at < len(todo) and todo[at] == position:
+                yield line
+                at += 1
 
 
 def file_values(seed_file: SeedFile, replace: bool, seed: int, start: int, end: int) -> list[dict[str, Any]]:
     """Job rows [start, end)'s values of the seed file's variable (reading only the blocks they come from)."""
     key = _key(seed, seed_file.variable)
     bounds = np.concatenate([[0], np.cumsum(seed_file.picks, dtype=np.int64)])
+    file_rows = np.concatenate([[0], np.cumsum(seed_file.block_rows, dtype=np.int64)]).tolist()
     out: list[dict[str, Any]] = []
     first = int(np.searchsorted(bounds, start, side="right")) - 1
     for block in range(first, len(seed_file.picks)):
@@ -213,9 +229,7 @@ def file_values(seed_file: SeedFile, replace: bool, seed: int, start: int, end: 
         if hi <= start:
             continue
         wanted = positions(seed_file, replace, key, block)[max(start, lo) - lo: min(end, hi) - lo]
-        rows = list(_block_rows(seed_file, block)) if len(wanted) else []
-        for p in wanted.tolist():
-            row = rows[p]
-            record = row if isinstance(row, dict) else _record(row, seed_file.uri, p + 1)
+        for position, row in zip(wanted.tolist(), _picked(seed_file, block, wanted), strict=True):
+            record = row if isinstance(row, dict) else _record(row, seed_file.uri, file_rows[block] + position + 1)
             out.append({c: record.get(c) for c in seed_file.columns})
     return out
