@@ -1,10 +1,11 @@
-"""Seed samplers at scale: drawing every row of a 10,000,000-row job with weighted, conditional,
-integer, normal and choice samplers beside a listed variable, as the finalize pass does to count the
-planned mix (`planned_seed_counts`), in a child process of its own so its peak memory is its own.
+"""Seed samplers at scale: planning a 10,000,000-row job with weighted, conditional, integer, normal
+and choice samplers beside a listed variable and a seed file of 1,000,000 personas (JSONL, drawn with
+replacement), then drawing every row as the finalize pass does to count the planned mix
+(`planned_seed_counts`), in a child process of its own so its peak memory is its own.
 
 Beside it, in the same run, the path the workers take (`range_variables`: a 256-row shard drawn at
-once) and one row at a time (`template_variables`, what `validate` uses on the first rows), each on
-20,000 rows. Goals: ≥ 1,000,000 rows/s and ≤ 300 MB peak. Prints one JSON line.
+once, its personas read from the file's blocks) and one row at a time (`template_variables`, what
+`validate` uses on the first rows), each on 20,000 rows. Goals: ≥ 1,000,000 rows/s and ≤ 300 MB peak. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -50,46 +51,68 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def child(rows: int) -> dict[str, Any]:
-    """Count the planned mix of `rows` sampled rows; then the per-row path on PER_ROW rows."""
+def _personas(path: Path, rows: int) -> Path:
+    with path.open("w") as f:
+        f.writelines(json.dumps({"name": f"person {i}", "age": 18 + i % 60, "bio": "b" * 80}) + "\n"
+                     for i in range(rows))
+    return path
+
+
+def child(rows: int, seed_file_rows: int) -> dict[str, Any]:
+    """Plan and count the planned mix of `rows` sampled rows; then the per-row path on PER_ROW rows."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        personas = _personas(Path(tmp) / "personas.jsonl", seed_file_rows)
+        seeds = SEEDS | {"persona": {"from_file": {"uri": str(personas), "columns": ["name", "age"], "replace": True}}}
+        return _measure(_spec(rows, seeds), rows, personas.stat().st_size)
+
+
+def _measure(spec: Any, rows: int, file_bytes: int) -> dict[str, Any]:
     from orchestrator.finalize.passes import planned_seed_counts
     from orchestrator.plan.planner import make_plan, range_variables, template_variables
 
-    spec = _spec(rows, SEEDS)
     before = _peak_rss_mb()
     started = time.perf_counter()
-    counts = planned_seed_counts(spec, make_plan(spec))
+    plan = make_plan(spec)
+    planning = time.perf_counter() - started
+    counts = planned_seed_counts(spec, plan)
     seconds = time.perf_counter() - started
     assert all(sum(c.values()) == rows for c in counts.values()), {k: sum(c.values()) for k, c in counts.items()}
     source = spec.prompts.template
     started = time.perf_counter()
     for start in range(0, PER_ROW, SHARD):
-        range_variables(source, start, start + SHARD)
+        assert all("persona" in v for v in range_variables(source, start, start + SHARD, plan.seed_files))
     shards = time.perf_counter() - started
     started = time.perf_counter()
     for i in range(PER_ROW):
         template_variables(source, i)
     per_row = time.perf_counter() - started
-    return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": before, "strata": sorted(counts),
+    return {"seconds": seconds, "planning_seconds": planning, "file_mb": file_bytes / 2**20,
+            "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": before, "strata": sorted(counts),
             "shard_rows_per_s": PER_ROW / shards, "per_row_rows_per_s": PER_ROW / per_row}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--seed-file-rows", type=int, default=1_000_000)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.rows)))
+        print(json.dumps(child(args.rows, args.seed_file_rows)))
         return
-    out = subprocess.run([sys.executable, __file__, "--child", "--rows", str(args.rows)], check=True,
+    out = subprocess.run([sys.executable, __file__, "--child", "--rows", str(args.rows), "--seed-file-rows",
+                          str(args.seed_file_rows)], check=True,
                          capture_output=True, text=True).stdout
     c = json.loads(out.strip().splitlines()[-1])
     rate = args.rows / c["seconds"]
     print(json.dumps({
         "benchmark": "samplers", "rows": args.rows,
         "samplers": sorted(k for k, v in SEEDS.items() if isinstance(v, dict)),
+        "seed_file_rows": args.seed_file_rows, "seed_file_mb": round(c["file_mb"]),
         "stratified": c["strata"], "seconds": round(c["seconds"], 2), "rows_per_s": round(rate),
+        "planning_seconds": round(c["planning_seconds"], 2),
         "peak_rss_mb": round(c["peak_rss_mb"]), "rss_at_start_mb": round(c["rss_before_mb"]),
         "worker_shard_rows_per_s": round(c["shard_rows_per_s"]), "one_row_at_a_time_rows_per_s":
         round(c["per_row_rows_per_s"]), "goal_rows_per_s": 1_000_000, "goal_peak_rss_mb": 300,

@@ -17,13 +17,12 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from orchestrator.plan.seed_files import SeedFile, file_values
 from orchestrator.spec.generation import Sampling
 from orchestrator.spec.job import TemplateSource
 from orchestrator.spec.samplers import Sampler, category_key
@@ -178,20 +177,12 @@ def chunks(source: TemplateSource, total: int) -> Iterator[dict[str, Column]]:
         yield columns(source, np.arange(start, min(total, start + step), dtype=np.int64))
 
 
-def range_values(source: TemplateSource, start: int, end: int, files: Sequence[SeedFile] = ()) -> list[dict[str, Any]]:
-    """Rows [start, end)'s variables as Python values, one mapping a row (a shard drawn at once); `files`:
-    the plan's seed files, read for the rows' `from_file` variables."""
+def range_values(source: TemplateSource, start: int, end: int) -> list[dict[str, Any]]:
+    """Rows [start, end)'s drawn variables as Python values, one mapping a row (a shard drawn at once);
+    `from_file` variables are read by the planner (orchestrator/plan/seed_files.py)."""
     drawn = {name: column.values() for name, column in columns(source, np.arange(start, end, dtype=np.int64)).items()}
-    for f in files:
-        sampler = source.seeds[f.variable].from_file  # type: ignore[union-attr]
-        drawn[f.variable] = file_values(f, sampler.replace, source.seed or 0, start, end)  # type: ignore[union-attr]
     return [dict(zip(drawn, row, strict=True)) for row in zip(*drawn.values(), strict=True)] if drawn else \
         [{} for _ in range(start, end)]
-
-
-def row_values(source: TemplateSource, index: int, files: Sequence[SeedFile] = ()) -> dict[str, Any]:
-    """Row `index`'s variables as Python values."""
-    return range_values(source, index, index + 1, files)[0]
 
 
 def range_sampling(sampling: Sampling, start: int, end: int) -> list[Sampling]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from orchestrator.errors import Problem, SpecError, StorageError
 from orchestrator.plan import draws
-from orchestrator.plan.seed_files import SeedFile, index_file
+from orchestrator.plan.seed_files import SeedFile, file_values, index_file
 from orchestrator.spec.job import JobSpec, TemplateSource
 from orchestrator.storage import split_uri
 
@@ -98,7 +98,7 @@ def template_variables(source: TemplateSource, index: int, files: tuple[SeedFile
     """The seed values of row `index`: a mixed-radix digit of the (possibly sampled) product, or, with
     samplers, the row's draws (see draws.py) and seed-file rows (`files`, the plan's)."""
     if source.sampled():
-        return draws.row_values(source, index, files)
+        return range_variables(source, index, index + 1, files)[0]
     combo = index
     if source.sample is not None:
         a, b, size = _sample_map(source)
@@ -116,7 +116,13 @@ def range_variables(source: TemplateSource, start: int, end: int, files: tuple[S
                     ) -> list[dict[str, object]]:
     """`template_variables` of rows [start, end): a shard's samplers drawn at once."""
     if source.sampled():
-        return draws.range_values(source, start, end, files)
+        values = draws.range_values(source, start, end)
+        for f in files:
+            from_file = source.seeds[f.variable].from_file  # type: ignore[union-attr]
+            assert from_file is not None
+            for row, value in zip(values, file_values(f, from_file.replace, source.seed or 0, start, end), strict=True):
+                row[f.variable] = value
+        return values  # type: ignore[return-value]
     return [template_variables(source, i) for i in range(start, end)]
 
 

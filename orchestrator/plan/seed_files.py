@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.errors import Problem, SpecError, StorageError
+from orchestrator.plan.draws import stream_key
 from orchestrator.spec.samplers import FromFile
 from orchestrator.storage import split_uri
 
@@ -54,8 +55,6 @@ class SeedFile:
 
 
 def _key(seed: int, variable: str) -> int:
-    from orchestrator.plan.draws import stream_key
-
     return int(stream_key(seed, f"from_file.{variable}"))
 
 

@@ -14,7 +14,7 @@ import yaml
 from scipy import stats
 
 from orchestrator.errors import SpecError
-from orchestrator.plan.draws import columns, range_sampling, row_values
+from orchestrator.plan.draws import columns, range_sampling, range_values
 from orchestrator.plan.planner import make_plan, template_variables
 from orchestrator.spec.job import JobSpec
 from tests.unit.specs import make_spec
@@ -132,8 +132,8 @@ def test_a_row_is_drawn_the_same_alone_in_any_range_and_on_any_shard_size() -> N
     assert source is not None
     whole = drawn(spec, 500)
     for index in (0, 7, 499):
-        assert row_values(source, index) == {name: whole[name][index] for name in whole}
-        assert template_variables(source, index) == row_values(source, index)
+        assert range_values(source, index, index + 1) == [{name: whole[name][index] for name in whole}]
+        assert [template_variables(source, index)] == range_values(source, index, index + 1)
     part = {name: c.values() for name, c in columns(source, np.arange(200, 300, dtype=np.int64)).items()}
     assert part == {name: values[200:300] for name, values in whole.items()}
     resharded = spec.model_copy(update={"output": spec.output.model_copy(update={"rows_per_shard": 7})})
