@@ -119,11 +119,22 @@ def synthfleet(args: argparse.Namespace, texts: list[str]) -> list[float]:
     return rates
 
 
+def _stolen_s() -> float:
+    """CPU seconds the host has taken from this machine's cores so far (steal in /proc/stat; 0 elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def side_output(script: str, name: str, flags: list[str]) -> dict[str, Any]:
-    """Run one side of `script` in a child process: the JSON object it prints last."""
+    """Run one side of `script` in a child process: the JSON object it prints last, with the CPU seconds
+    the host stole meanwhile (`host_steal_s`: a noisy neighbour, a pair to distrust)."""
     cmd = [sys.executable, script, "--side", name, *flags]
+    stolen = _stolen_s()
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1]) | {"host_steal_s": round(_stolen_s() - stolen, 1)}
 
 
 def paired(repeats: int, run: Callable[[str], float]) -> list[tuple[float, float]]:
@@ -137,12 +148,14 @@ def paired(repeats: int, run: Callable[[str], float]) -> list[tuple[float, float
     return pairs
 
 
-def side(args: argparse.Namespace, name: str) -> float:
-    """The median tokens/s of one side's runs, in a child process."""
+def side(args: argparse.Namespace, name: str, steal: list[float]) -> float:
+    """The median tokens/s of one side's runs, in a child process (its host steal appended to `steal`)."""
     flags = ["--model", str(args.model), "--work", str(args.work), "--runs", str(args.runs), "--prompts",
              str(args.prompts), "--max-tokens", str(args.max_tokens), "--rows-per-shard", str(args.rows_per_shard),
              "--in-flight", str(args.in_flight), "--output", args.output]
-    return statistics.median(side_output(__file__, name, flags)["rates"])
+    out = side_output(__file__, name, flags)
+    steal.append(out["host_steal_s"])
+    return statistics.median(out["rates"])
 
 
 def main() -> None:
@@ -170,7 +183,8 @@ def main() -> None:
             from workers.tiny_model import build_tiny_model
 
             args.model = build_tiny_model(args.work / "tiny")
-        pairs = paired(args.repeats, lambda name: side(args, name))
+        steal: list[float] = []
+        pairs = paired(args.repeats, lambda name: side(args, name, steal))
     ratios = [j / d for d, j in pairs]
     print(json.dumps({
         "benchmark": "e2e", "prompts": args.prompts, "max_tokens": args.max_tokens,
@@ -180,6 +194,7 @@ def main() -> None:
         "synthfleet_tokens_per_s": round(statistics.median(j for _, j in pairs)),
         "ratio": round(statistics.median(ratios), 3), "pair_ratios": [round(r, 3) for r in ratios],
         "direct_runs": [round(d) for d, _ in pairs], "synthfleet_runs": [round(j) for _, j in pairs],
+        "host_steal_s_per_side": steal,  # in the order the sides ran (pairs alternate which goes first)
     }))
 
 

@@ -154,10 +154,12 @@ def main() -> None:
                  str(args.prompts), "--max-tokens", str(args.max_tokens), "--rows-per-shard",
                  str(args.rows_per_shard), "--in-flight", str(args.in_flight)]
         outs: dict[str, list[dict[str, Any]]] = {"direct": [], "synthfleet": []}
+        steal: list[float] = []
 
         def run(name: str) -> float:
             out = side_output(__file__, name, flags)
             outs[name].append(out)
+            steal.append(out["host_steal_s"])
             return statistics.median(out["rates"])
 
         pairs = paired(args.repeats, run)
@@ -172,6 +174,7 @@ def main() -> None:
         "answer_cached_tokens_direct": outs["direct"][-1]["cached"],
         "answer_cached_tokens_synthfleet": outs["synthfleet"][-1]["cached"],
         "answer_cached_share_synthfleet": outs["synthfleet"][-1]["cached_share"],
+        "host_steal_s_per_side": steal,  # in the order the sides ran (pairs alternate which goes first)
     }))
 
 
