@@ -121,6 +121,16 @@ def _record(line: bytes, uri: str, row: int) -> dict[str, Any]:
     return value
 
 
+def columns_problem(variable: str, sampler: FromFile, names: set[str]) -> Problem | None:
+    """The columns `sampler` names that the file (its columns `names`) lacks, as one problem; None if none."""
+    missing = [c for c in sampler.columns if c not in names]
+    if not missing:
+        return None
+    return Problem(f"prompts.template.seeds.{variable}.from_file.columns",
+                   f"{sampler.uri} has no column {', '.join(map(repr, missing))} "
+                   f"(it has: {', '.join(sorted(names)) or 'none'}); name its columns")
+
+
 def index_file(variable: str, sampler: FromFile, rows: int, seed: int) -> SeedFile:
     """Plan a seed file: read its blocks' row counts (and check its columns), then draw each block's share."""
     import pyarrow.parquet as pq
@@ -145,11 +155,8 @@ def index_file(variable: str, sampler: FromFile, rows: int, seed: int) -> SeedFi
             names = set(first or ())
     except StorageError as e:
         raise SpecError([Problem(f"{field}.uri", f"cannot read seed file {sampler.uri}: {e}")]) from None
-    missing = [c for c in sampler.columns if c not in names]
-    if missing:
-        has = ", ".join(sorted(names)) or "none"
-        raise SpecError([Problem(f"{field}.columns", f"{sampler.uri} has no column {', '.join(map(repr, missing))} "
-                                                     f"(it has: {has}); name its columns")])
+    if problem := columns_problem(variable, sampler, names):
+        raise SpecError([problem])
     total = sum(counts)
     if total == 0:
         raise SpecError([Problem(f"{field}.uri", f"seed file {sampler.uri} has no rows")])

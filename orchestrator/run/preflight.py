@@ -18,7 +18,7 @@ from orchestrator import defaults
 from orchestrator.commit.schemas import reserved_name_problems
 from orchestrator.errors import Problem, SpecError, StorageError
 from orchestrator.plan.planner import template_variables
-from orchestrator.plan.seed_files import first_record
+from orchestrator.plan.seed_files import columns_problem, first_record
 from orchestrator.run.input_checks import Source, file_findings
 from orchestrator.spec.job import JobSpec, TemplateSource
 from orchestrator.spec.model import ModelSpec
@@ -193,13 +193,10 @@ def _seed_file_problems(spec: JobSpec) -> list[Problem]:
             problems += found
             continue
         columns = _file_columns(s.from_file.uri)
-        missing = [c for c in s.from_file.columns if columns is not None and c not in columns]
         if columns is None:
             problems.append(Problem(f"{field}.uri", f"cannot read the first rows of {s.from_file.uri} as JSON objects"))
-        elif missing:
-            problems.append(Problem(f"{field}.columns", f"{s.from_file.uri} has no column "
-                                    f"{', '.join(map(repr, missing))} (it has: {', '.join(sorted(columns)) or 'none'}); "
-                                    "name its columns"))
+        elif problem := columns_problem(name, s.from_file, columns):
+            problems.append(problem)
     return problems
 
 
