@@ -186,7 +186,7 @@ def first_record(sampler: FromFile) -> dict[str, Any]:
             else:
                 line = next((line for line in f if line.strip()), b"{}")
                 record = json.loads(line)
-    except (StorageError, OSError, ValueError, StopIteration):
+    except (StorageError, OSError, ValueError):
         record = {}
     if not isinstance(record, dict):
         record = {}
