@@ -3,7 +3,7 @@ and choice samplers beside a listed variable and a seed file of 1,000,000 person
 replacement), then drawing every row as the finalize pass does to count the planned mix
 (`planned_seed_counts`), in a child process of its own so its peak memory is its own.
 
-Beside it, in the same run, the path the workers take (`range_variables`: a 256-row shard drawn at
+Beside it, in the same run, the path the workers take (`shard_variables`: a 256-row shard drawn at
 once, its personas read from the file's blocks) and one row at a time (`template_variables`, what
 `validate` uses on the first rows), each on 20,000 rows. Goals: ≥ 1,000,000 rows/s and ≤ 300 MB peak. Prints one JSON line.
 """
@@ -70,7 +70,7 @@ def child(rows: int, seed_file_rows: int) -> dict[str, Any]:
 
 def _measure(spec: Any, rows: int, file_bytes: int) -> dict[str, Any]:
     from orchestrator.finalize.passes import planned_seed_counts
-    from orchestrator.plan.planner import make_plan, range_variables, template_variables
+    from orchestrator.plan.planner import Shard, make_plan, shard_variables, template_variables
 
     before = _peak_rss_mb()
     started = time.perf_counter()
@@ -82,7 +82,7 @@ def _measure(spec: Any, rows: int, file_bytes: int) -> dict[str, Any]:
     source = spec.prompts.template
     started = time.perf_counter()
     for start in range(0, PER_ROW, SHARD):
-        assert all("persona" in v for v in range_variables(source, start, start + SHARD, plan.seed_files))
+        assert all("persona" in v for v in shard_variables(source, Shard(0, start, start + SHARD), plan.seed_files))
     shards = time.perf_counter() - started
     started = time.perf_counter()
     for i in range(PER_ROW):

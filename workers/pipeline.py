@@ -12,8 +12,8 @@ from typing import Any
 from orchestrator import defaults
 from orchestrator.commit import schemas
 from orchestrator.commit.shards import CommitOutcome
-from orchestrator.plan.draws import range_sampling
-from orchestrator.plan.planner import Plan, Shard, range_variables, row_id, row_seed
+from orchestrator.plan.draws import index_sampling
+from orchestrator.plan.planner import Plan, Shard, row_id, row_seed, shard_variables
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.stages import COLUMN_SUFFIXES, GenerateStage, Stage, stage_columns
 from orchestrator.storage import Store
@@ -26,10 +26,11 @@ def seed_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[SeedRow]:
     """The shard's rows as the first stage gets them: id, seed and seed values."""
     source = spec.prompts.template
     assert source is not None
-    values = range_variables(source, shard.start, shard.end, plan.seed_files)
-    samplings = range_sampling(spec.sampling, shard.start, shard.end)
+    indexes = shard.row_indexes()
+    values = shard_variables(source, shard, plan.seed_files)
+    samplings = index_sampling(spec.sampling, indexes)
     return [SeedRow(i, row_id(plan.spec_hash, i), row_seed(spec.sampling.seed, i), v, s)
-            for i, v, s in zip(range(shard.start, shard.end), values, samplings, strict=True)]
+            for i, v, s in zip(indexes.tolist(), values, samplings, strict=True)]
 
 
 def _template_hash(stage: Stage) -> str | None:

@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.errors import RowErrorCode
-from orchestrator.plan.draws import range_sampling
-from orchestrator.plan.planner import Plan, Shard, range_variables, row_id, row_seed
+from orchestrator.plan.draws import index_sampling
+from orchestrator.plan.planner import Plan, Shard, row_id, row_seed, shard_variables
 from orchestrator.spec.job import JobSpec, Sampling, TemplateSource
 from orchestrator.storage.reader import open_input
 from workers import sandbox, template_checks
@@ -202,11 +202,12 @@ def _batch_row(record: dict[str, Any], base: dict[str, Any]) -> PromptRow:
 
 def shard_rows(spec: JobSpec, plan: Plan, shard: Shard) -> list[PromptRow]:
     """Every row of `shard`, in order, each with a prompt or a failure."""
-    p, samplings = spec.prompts, range_sampling(spec.sampling, shard.start, shard.end)
+    p, indexes = spec.prompts, shard.row_indexes()
+    samplings = index_sampling(spec.sampling, indexes)
     if p.template is not None:
-        values = range_variables(p.template, shard.start, shard.end, plan.seed_files)
+        values = shard_variables(p.template, shard, plan.seed_files)
         return [_render_template(spec, plan, i, v, s)
-                for i, v, s in zip(range(shard.start, shard.end), values, samplings, strict=True)]
+                for i, v, s in zip(indexes.tolist(), values, samplings, strict=True)]
     uri = str(p.file_uri)
     make = _file_row if p.file is not None else _batch_row
     rows = []

@@ -240,7 +240,7 @@ async def run_shard(engine: Engine, store: Store, spec: JobSpec, plan: Plan, sha
 
 def committed(store: Store, spec: JobSpec, plan: Plan, shard: Shard) -> bool:
     """Whether `shard` is already committed (a resume or a retry after a lost reply): nothing to generate."""
-    return store.exists(layout.commit_key(shard.index, plan.num_shards, spec.dedup is not None))
+    return store.exists(layout.commit_key(shard.index, plan.of, spec.staged))
 
 
 async def commit_sorted(store: Store, spec: JobSpec, plan: Plan, shard: Shard, attempt: int, out: Sorted,
@@ -248,8 +248,8 @@ async def commit_sorted(store: Store, spec: JobSpec, plan: Plan, shard: Shard, a
     """Commit a shard's sorted rows exactly once; a commit under way completes even when the task is cancelled."""
     tables = await asyncio.to_thread(out.tables, spec)
     stats = _stats(shard, attempt, out, time.perf_counter() - started, revision)
-    staged = spec.dedup is not None
-    commit = asyncio.ensure_future(asyncio.to_thread(commit_shard, store, plan.num_shards, tables, stats, staged))
+    staged = spec.staged
+    commit = asyncio.ensure_future(asyncio.to_thread(commit_shard, store, plan.of, tables, stats, staged))
     try:
         return await asyncio.shield(commit)
     except asyncio.CancelledError:

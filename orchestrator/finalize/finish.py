@@ -24,9 +24,11 @@ from orchestrator.finalize.passes import (
     stratified_variables,
 )
 from orchestrator.finalize.report import render_report
+from orchestrator.finalize.targets import dedup_verdicts, kept_strata, targets_report
 from orchestrator.finalize.samples import Examples, original_texts, scan_rejected
 from orchestrator.finalize.stage_quality import StageMeasures
 from orchestrator.plan.planner import Plan
+from orchestrator.plan.rounds import Standing, Strata
 from orchestrator.spec.job import JobSpec
 from orchestrator.storage import Store
 
@@ -38,17 +40,19 @@ def _entry(s: ShardStats, n: int, result: ShardResult | None) -> dict[str, Any]:
     if result is not None:  # dedup rewrote the shard: the entry describes data/, the commit stays staged
         entry.update(generated_path=layout.commit_key(s.index, n, staged=True), rows_ok=result.rows_ok,
                      bytes=result.bytes, sha256=result.sha256,
-                     rows_rejected=s.rows_rejected + sum(result.duplicates.values()),
-                     rejected={**s.rejected, **result.duplicates})
+                     rows_rejected=s.rows_rejected + sum(result.duplicates.values()) + result.over_target,
+                     rejected={**s.rejected, **result.duplicates,
+                               **({"over_target": result.over_target} if result.over_target else {})})
         if result.duplicates:
             entry["rejected_paths"].append(layout.rejected_key(s.index, n, "duplicates"))
+        if result.over_target:
+            entry["rejected_paths"].append(layout.rejected_key(s.index, n, "over_target"))
     return entry
 
 
 def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: dict[int, ShardResult],
                    quality: dict[str, Any], mixed: dict[str, Any] | None, started_at: float) -> Manifest:
-    n = plan.num_shards
-    entries = [_entry(s, n, results.get(s.index)) for s in shards]
+    entries = [_entry(s, plan.of, results.get(s.index)) for s in shards]
     totals = {k: sum(e[k] for e in entries) for k in ("rows_ok", "rows_failed", "rows_rejected", "prompt_tokens",
                                                         "completion_tokens", "judge_prompt_tokens",
                                                         "judge_cached_tokens", "judge_completion_tokens", "bytes")}
@@ -59,8 +63,8 @@ def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], results:
         "spec_hash": plan.spec_hash,
         "model": spec.model.name,
         "model_revisions": sorted({s.model_revision for s in shards}),
-        "input_rows": plan.total_rows,
-        "num_shards": n,
+        "input_rows": plan.rows,
+        "num_shards": plan.num_shards,
         **totals,
         "rejected": quality["rows"]["rejected"],
         "failed": dict(sum((Counter(s.failed) for s in shards), Counter())),
@@ -80,22 +84,36 @@ def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStat
     """Run the quality pass, write the report and `_manifest.json` (once) and `_SUCCESS`."""
     if store.exists(layout.MANIFEST):
         return read_manifest(store)
-    staged, n = spec.dedup is not None, plan.num_shards
-    shards = [known.get(i) or recover_shard(store, i, n, staged) for i in range(n)]
+    staged, n = spec.staged, plan.of
+    shards = [known.get(i) or recover_shard(store, i, n, staged) for i in range(plan.num_shards)]
     variables = stratified_variables(spec)  # what the per-value tables and the drift check count
     kept = KeptRows(diversity.BottomK(spec.quality.sample_rows), Examples(variables),
                     stages=StageMeasures(spec) if spec.stages else None, column=spec.quality.column)
-    results = dedup_shards(store, spec, plan, kept) if staged else {}
-    if not staged:
+    results, targets = {}, None
+    if staged:
+        verdicts = dedup_verdicts(store, spec, plan)
+        over = None
+        if spec.targets is not None:
+            strata = Strata.of(spec)
+            by_stratum = kept_strata(store, spec, plan, strata, verdicts)
+            over = by_stratum.over_target(strata.targets)
+            assert spec.prompts.template is not None
+            state = Standing(strata.counts(spec.prompts.template, plan), by_stratum.counts(len(strata.items)))
+            targets = targets_report(spec, plan, strata, state)
+        results = dedup_shards(store, spec, plan, kept, verdicts, over)
+    else:
         measure_shards(store, spec, plan, kept)
     duplicated = {i for i, r in results.items() if r.duplicates}
-    scan_rejected(store, plan, shards, duplicated, kept.examples)
+    surplus = {i for i, r in results.items() if r.over_target}
+    scan_rejected(store, plan, shards, duplicated, kept.examples, surplus)
     originals = original_texts(store, plan, duplicated, kept.examples.duplicate_ids())
     quality = build_report(spec, plan, shards, results, kept, originals, started_at)
+    if targets is not None:
+        quality["targets"] = targets
     mixed = None
     if spec.mix is not None:
         keys = np.concatenate(kept.keys) if kept.keys else np.zeros(0, dtype=np.uint64)
-        mixed, seeds = write_mixed(store, spec.mix, [layout.data_key(i, n) for i in range(n)], keys,
+        mixed, seeds = write_mixed(store, spec.mix, [layout.data_key(i, n) for i in range(plan.num_shards)], keys,
                                    spec.output.rows_per_shard, variables)
         quality["mixed_drift"] = mixed_drift(spec, kept, seeds)
     manifest = build_manifest(spec, plan, shards, results, quality, mixed, started_at)

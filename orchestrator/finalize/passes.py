@@ -10,6 +10,7 @@ value counts for bias drift. Nothing here holds more than one shard's text at a 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections import Counter
@@ -26,12 +27,13 @@ from orchestrator import defaults
 from orchestrator.commit import layout, schemas
 from orchestrator.commit.shards import FOOTER_KEY, ShardStats, parquet_bytes, read_parquet
 from orchestrator.finalize import diversity, drift
-from orchestrator.finalize.dedup import Deduper
+from orchestrator.finalize.dedup import Duplicate
 from orchestrator.finalize.quality_report import Rows
 from orchestrator.finalize.samples import Examples, sample_ids, sample_keys
 from orchestrator.finalize.stage_quality import StageMeasures
 from orchestrator.plan import draws
 from orchestrator.plan.planner import Plan, template_variables
+from orchestrator.plan.rounds import Strata
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.quality import Quality, reference_text
 from orchestrator.storage import Store
@@ -48,6 +50,7 @@ class ShardResult:
     bytes: int
     sha256: str
     duplicates: dict[str, int] = field(default_factory=dict)
+    over_target: int = 0  # kept rows beyond their stratum's target (targets), in rejected/over_target-*
 
 
 @dataclass
@@ -88,48 +91,48 @@ def _write_once(store: Store, key: str, blob: bytes) -> tuple[int, str]:
     return len(blob), hashlib.sha256(blob).hexdigest()
 
 
-def dedup_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> dict[int, ShardResult]:
-    """Both dedup passes over `_generated/`: write `data/` and `rejected/duplicates-*`."""
-    assert spec.dedup is not None
-    n = plan.num_shards
-    deduper = Deduper(spec.dedup)
-    for i in range(n):
-        column = spec.dedup.column
-        texts = read_parquet(store, layout.commit_key(i, n, staged=True), [column]).column(column).to_pylist()
-        for start in range(0, len(texts), READ_BATCH):
-            deduper.scan([t or "" for t in texts[start:start + READ_BATCH]])
-    deduper.close_scan()
+def _dropped(table: pa.Table, spec: JobSpec, rows: list[int], reasons: list[str], details: list[str]) -> bytes:
+    """Rows the finalize pass drops, as a `rejected/` file."""
+    out = table.take(rows).append_column("reject_reason", pa.array(reasons, pa.string())).append_column(
+        "reject_detail", pa.array(details, pa.string()))
+    if spec.stages is not None:  # dropped after every stage
+        out = out.append_column("at_stage", pa.nulls(out.num_rows, pa.string()))
+    return parquet_bytes(out.cast(schemas.rejected_schema(spec)))
+
+
+def dedup_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows, verdicts: list[list[Duplicate | None]],
+                 over: list[np.ndarray] | None = None) -> dict[int, ShardResult]:
+    """Write each staged shard's kept rows to `data/`, its duplicates (dedup's `verdicts`) to
+    `rejected/duplicates-*` and, with targets, the rows `over` target to `rejected/over_target-*`."""
+    n = plan.of
     results = {}
-    for i in range(n):
+    for i in range(plan.num_shards):
         table = read_parquet(store, layout.commit_key(i, n, staged=True))
         table = table.replace_schema_metadata({k: v for k, v in (table.schema.metadata or {}).items()
                                                if k != FOOTER_KEY})
-        texts, ids = table.column(spec.dedup.column).to_pylist(), sample_ids(table)
-        verdicts = []
-        for start in range(0, len(texts), READ_BATCH):
-            end = start + READ_BATCH
-            verdicts += deduper.decide([t or "" for t in texts[start:end]], ids[start:end])
-        keep = pa.array([v is None for v in verdicts], pa.bool_())
-        data = table.filter(keep)
-        dropped = [(j, v) for j, v in enumerate(verdicts) if v is not None]
+        dropped = [(j, v) for j, v in enumerate(verdicts[i]) if v is not None]
+        surplus = np.flatnonzero(over[i]).tolist() if over is not None else []
+        keep = np.array([v is None for v in verdicts[i]], dtype=bool)
+        keep[surplus] = False
+        data = table.filter(pa.array(keep, pa.bool_()))
         if dropped:
-            dups = table.take([j for j, _ in dropped]).append_column(
-                "reject_reason", pa.array([v.reason for _, v in dropped])).append_column(
-                "reject_detail", pa.array([f"duplicate of {v.of}" for _, v in dropped]))
-            if spec.stages is not None:  # the job's duplicates: dropped after every stage
-                dups = dups.append_column("at_stage", pa.nulls(dups.num_rows, pa.string()))
-            _write_once(store, layout.rejected_key(i, n, "duplicates"),
-                        parquet_bytes(dups.cast(schemas.rejected_schema(spec))))
+            _write_once(store, layout.rejected_key(i, n, "duplicates"), _dropped(
+                table, spec, [j for j, _ in dropped], [v.reason for _, v in dropped],
+                [f"duplicate of {v.of}" for _, v in dropped]))
+        if surplus:
+            _write_once(store, layout.rejected_key(i, n, "over_target"), _dropped(
+                table, spec, surplus, ["over_target"] * len(surplus),
+                ["its stratum had its target of kept rows from rows with lower ids"] * len(surplus)))
         size, sha = _write_once(store, layout.data_key(i, n), parquet_bytes(data))
         kept.add(data)
-        results[i] = ShardResult(data.num_rows, size, sha, dict(Counter(v.reason for _, v in dropped)))
+        results[i] = ShardResult(data.num_rows, size, sha, dict(Counter(v.reason for _, v in dropped)), len(surplus))
     return results
 
 
 def measure_shards(store: Store, spec: JobSpec, plan: Plan, kept: KeptRows) -> None:
     """Without dedup: read each committed data file once for the report."""
     for i in range(plan.num_shards):
-        kept.add(read_parquet(store, layout.data_key(i, plan.num_shards)))
+        kept.add(read_parquet(store, layout.data_key(i, plan.of)))
 
 
 def stratified_variables(spec: JobSpec) -> list[str]:
@@ -142,7 +145,9 @@ def stratified_variables(spec: JobSpec) -> list[str]:
 
 
 def planned_seed_counts(spec: JobSpec, plan: Plan) -> dict[str, Counter[Any]]:
-    """How often each seed value was planned (times sampling.n), as stored in the seed columns."""
+    """How often each seed value was planned (times sampling.n), as stored in the seed columns. With
+    targets, the `by` variables' planned mix is the targets' (what the kept rows are cut to), the other
+    variables' that of every round's rows."""
     source = spec.prompts.template
     if source is None or not source.seeds:
         return {}
@@ -150,10 +155,17 @@ def planned_seed_counts(spec: JobSpec, plan: Plan) -> dict[str, Counter[Any]]:
     n = spec.sampling.n
     counts: dict[str, Counter[Any]] = {name: Counter() for name in stratified_variables(spec)}
     if source.sampled():  # the rows' draws, counted in bounded chunks
-        for chunk in draws.chunks(source, plan.total_rows):
+        rounds = (draws.columns(source, r.indexes) for r in plan.rounds)
+        for chunk in itertools.chain(draws.chunks(source, plan.total_rows), rounds):
             for name in counts:
                 for v, c in chunk[name].counts().items():
                     counts[name][schemas.column_value(fields[name], v)] += c * n
+        if spec.targets is not None:
+            strata = Strata.of(spec)
+            for j, name in enumerate(strata.by):
+                counts[name] = Counter()
+                for stratum in strata.items:
+                    counts[name][schemas.column_value(fields[name], stratum.values[j])] += stratum.target
         return counts
     if source.sample is None:  # the full product: each listed value appears product/len times
         size = source.product_size()
@@ -223,6 +235,8 @@ def _totals(shards: list[ShardStats], results: dict[int, ShardResult]) -> dict[s
         scores.update(s.judge_scores)
     for r in results.values():
         rejected.update(r.duplicates)
+        if r.over_target:
+            rejected["over_target"] += r.over_target
     return {"rejected": dict(rejected), "failed": dict(failed), "scores": scores}
 
 
@@ -330,7 +344,7 @@ def build_report(spec: JobSpec, plan: Plan, shards: list[ShardStats], results: d
     return per_stage | {
         "job_id": plan.job_id,
         "about": _about(spec, plan, shards, started_at),
-        "rows": {"input": plan.total_rows * spec.sampling.n, "generated": generated,
+        "rows": {"input": plan.rows * spec.sampling.n, "generated": generated,
                  "kept": sum(len(c) for c in kept.chars), "failed": sum(s.rows_failed for s in shards),
                  "rejected": totals["rejected"], "top_errors": top_errors(shards),
                  "errors": top_errors(shards, k=len(totals["failed"])), "max_failed_share": q.max_failed_share},

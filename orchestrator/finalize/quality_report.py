@@ -175,6 +175,35 @@ class StageQuality(Frozen):
     mean: Num | None = None
 
 
+class StratumTarget(Frozen):
+    """One stratum of a targets job: what it was asked for, what it cost, whether it was met and why not."""
+
+    stratum: str
+    values: list[Any]
+    planned_share: Num
+    target: int
+    generated: int
+    kept: int  # in data/: at most the target
+    over_target: int  # kept by every gate but beyond the target: rejected/over_target-*
+    acceptance: Num | None  # kept by every gate / generated
+    rounds: int  # rounds that generated rows of it
+    met: bool
+    why_not: str | None
+
+
+class TargetsReport(Frozen):
+    by: list[str]
+    rounds: int
+    max_rounds: int
+    rows_generated: int
+    kept: int
+    targeted: int
+    cost_ratio: Num | None  # rows generated / the fewest that meet every target at the measured acceptance rates
+    strata: list[StratumTarget]
+    unmet: list[str]
+    flagged: bool
+
+
 class QualityReport(Frozen):
     job_id: str
     about: About
@@ -192,3 +221,4 @@ class QualityReport(Frozen):
     mixed_drift: Drift | None = None  # only with `mix:`: the mixed split's seed mix against all kept rows
     stages: dict[str, StageQuality] | None = None  # only with stages, in stage order
     diversity_column: str | None = None  # only with stages: the text `diversity` measures (quality.column)
+    targets: TargetsReport | None = None  # only with targets

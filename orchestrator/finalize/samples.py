@@ -202,12 +202,15 @@ class Examples:
                            for name, stats in self.values.items()}}
 
 
-def scan_rejected(store: Store, plan: Plan, shards: list[ShardStats], duplicates: set[int], examples: Examples) -> None:
-    """Feed `examples` every `rejected/` file: a shard's filter and judge rejects, and its dedup duplicates."""
-    n = plan.num_shards
+def scan_rejected(store: Store, plan: Plan, shards: list[ShardStats], duplicates: set[int], examples: Examples,
+                  surplus: set[int] | frozenset[int] = frozenset()) -> None:
+    """Feed `examples` every `rejected/` file: a shard's filter and judge rejects, its dedup duplicates
+    and its rows over target."""
+    n = plan.of
     for s in shards:
         keys = [layout.rejected_key(s.index, n)] if s.rows_rejected else []
         keys += [layout.rejected_key(s.index, n, "duplicates")] if s.index in duplicates else []
+        keys += [layout.rejected_key(s.index, n, "over_target")] if s.index in surplus else []
         for key in keys:
             table = read_parquet(store, key)
             examples.add_rejected(table, sample_keys(table))
@@ -222,12 +225,12 @@ def original_texts(store: Store, plan: Plan, duplicates: set[int], ids: list[str
     wanted: dict[int, set[str]] = {}
     for sid in ids:
         index = int(sid.split("/")[0].rsplit("-", 1)[1])
-        wanted.setdefault(index // plan.rows_per_shard, set()).add(sid)
+        wanted.setdefault(plan.shard_of(index), set()).add(sid)
     found: dict[str, str] = {}
     columns = ["row_id", "sample_index", "completion"]
     for shard, sids in sorted(wanted.items()):
-        keys = [layout.data_key(shard, plan.num_shards)]
-        keys += [layout.rejected_key(shard, plan.num_shards, "duplicates")] if shard in duplicates else []
+        keys = [layout.data_key(shard, plan.of)]
+        keys += [layout.rejected_key(shard, plan.of, "duplicates")] if shard in duplicates else []
         for key in keys:
             table = read_parquet(store, key, columns)
             for sid, text in zip(sample_ids(table), table.column("completion").to_pylist(), strict=True):

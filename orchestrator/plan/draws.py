@@ -159,12 +159,13 @@ def sampler_order(source: TemplateSource) -> list[str]:
     return order
 
 
-def columns(source: TemplateSource, indexes: np.ndarray) -> dict[str, Column]:
-    """Every variable's values for row `indexes` (int64), listed and sampled."""
+def columns(source: TemplateSource, indexes: np.ndarray, names: set[str] | None = None) -> dict[str, Column]:
+    """Every variable's values for row `indexes` (int64), listed and sampled (only `names`, and the
+    parents they depend on, when given)."""
     out = _listed(source, indexes)
     for name in sampler_order(source):
-        if source.seeds[name].from_file is not None:  # rows of a file: orchestrator/plan/seed_files.py
-            continue
+        if source.seeds[name].from_file is not None or (names is not None and name not in names):
+            continue  # a seed file's rows: orchestrator/plan/seed_files.py
         out[name] = _draw(source.seeds[name], stream_key(source.seed or 0, name), indexes, out)  # type: ignore[arg-type]
     return out
 
@@ -177,20 +178,19 @@ def chunks(source: TemplateSource, total: int) -> Iterator[dict[str, Column]]:
         yield columns(source, np.arange(start, min(total, start + step), dtype=np.int64))
 
 
-def range_values(source: TemplateSource, start: int, end: int) -> list[dict[str, Any]]:
-    """Rows [start, end)'s drawn variables as Python values, one mapping a row (a shard drawn at once);
+def index_values(source: TemplateSource, indexes: np.ndarray) -> list[dict[str, Any]]:
+    """Rows `indexes`' drawn variables as Python values, one mapping a row (a shard drawn at once);
     `from_file` variables are read by the planner (orchestrator/plan/seed_files.py)."""
-    drawn = {name: column.values() for name, column in columns(source, np.arange(start, end, dtype=np.int64)).items()}
+    drawn = {name: column.values() for name, column in columns(source, indexes).items()}
     return [dict(zip(drawn, row, strict=True)) for row in zip(*drawn.values(), strict=True)] if drawn else \
-        [{} for _ in range(start, end)]
+        [{} for _ in range(len(indexes))]
 
 
-def range_sampling(sampling: Sampling, start: int, end: int) -> list[Sampling]:
-    """Rows [start, end)'s sampling: each drawn parameter replaced by the row's draw (the same on any
+def index_sampling(sampling: Sampling, indexes: np.ndarray) -> list[Sampling]:
+    """Rows `indexes`' sampling: each drawn parameter replaced by the row's draw (the same on any
     worker); the job's own `sampling` object for every row when nothing is drawn."""
-    indexes = np.arange(start, end, dtype=np.int64)
     drawn = {name: _draw(getattr(sampling, name), stream_key(sampling.seed, f"sampling.{name}"), indexes, {}).values()
              for name in DRAWN_PARAMETERS if isinstance(getattr(sampling, name), Sampler)}
     if not drawn:
-        return [sampling] * (end - start)
+        return [sampling] * len(indexes)
     return [sampling.model_copy(update=dict(zip(drawn, row, strict=True))) for row in zip(*drawn.values(), strict=True)]

@@ -13,10 +13,13 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from orchestrator.errors import Problem, SpecError, StorageError
 from orchestrator.plan import draws
 from orchestrator.plan.seed_files import SeedFile, file_values, index_file
 from orchestrator.spec.job import JobSpec, TemplateSource
+from orchestrator.spec.targets import budget, strata
 from orchestrator.storage import split_uri
 
 
@@ -25,7 +28,8 @@ class Shard:
     """Rows [start, end) of the job; for JSONL sources also their bytes [byte_start, byte_end).
 
     `first_line` is the 1-based file line number at `byte_start` (blank lines count), so a row's
-    errors can name its line in the file.
+    errors can name its line in the file. A shard of a later round of a targets job holds the rows
+    `indexes` its round selected (orchestrator/plan/rounds.py), the `offset`-th onwards of that round.
     """
 
     index: int
@@ -34,10 +38,33 @@ class Shard:
     byte_start: int | None = None
     byte_end: int | None = None
     first_line: int | None = None
+    indexes: tuple[int, ...] | None = None
+    round: int = 0
+    offset: int | None = None  # its first row's place among its round's rows (round 0: start)
 
     @property
     def rows(self) -> int:
-        return self.end - self.start
+        return self.end - self.start if self.indexes is None else len(self.indexes)
+
+    def row_indexes(self) -> np.ndarray:
+        if self.indexes is None:
+            return np.arange(self.start, self.end, dtype=np.int64)
+        return np.asarray(self.indexes, dtype=np.int64)
+
+    @property
+    def first(self) -> int:
+        """Its first row's place among its round's rows (what seed-file draws are indexed by)."""
+        return self.start if self.offset is None else self.offset
+
+
+@dataclass(frozen=True, eq=False)
+class Round:
+    """A further round of a targets job: the rows it selected from the sequence [start, end), in order."""
+
+    number: int
+    start: int
+    end: int
+    indexes: np.ndarray  # int64, ascending
 
 
 @dataclass(frozen=True)
@@ -50,12 +77,43 @@ class Plan:
     line_offsets: tuple[int, ...] | None = None  # JSONL: byte offset of every shard's first line
     first_lines: tuple[int, ...] | None = None  # JSONL: 1-based file line number at each offset
     seed_files: tuple[SeedFile, ...] = ()  # the template's `from_file` variables (orchestrator/plan/seed_files.py)
+    rounds: tuple[Round, ...] = ()  # a targets job's further rounds so far
+    of_shards: int | None = None  # a targets job: the N of its files' "-of-N" names, its budget of shards
+
+    @property
+    def first_shards(self) -> int:
+        """Shards of the first pass, rows [0, total_rows): none when a targets job's rounds plan every row."""
+        if self.total_rows == 0 and self.of_shards is not None:
+            return 0
+        return max(1, math.ceil(self.total_rows / self.rows_per_shard))
+
+    @property
+    def rounds_done(self) -> int:
+        """Rounds planned, the first pass included."""
+        return len(self.rounds) + (self.first_shards > 0)
 
     @property
     def num_shards(self) -> int:
-        return max(1, math.ceil(self.total_rows / self.rows_per_shard))
+        return self.first_shards + sum(math.ceil(len(r.indexes) / self.rows_per_shard) for r in self.rounds)
+
+    @property
+    def of(self) -> int:
+        """The N of the shard files' "-of-N" names: the shard count, or a targets job's budget of shards."""
+        return self.of_shards or self.num_shards
+
+    @property
+    def rows(self) -> int:
+        """Rows over every round (`total_rows`: the first pass)."""
+        return self.total_rows + sum(len(r.indexes) for r in self.rounds)
+
+    @property
+    def next_index(self) -> int:
+        """Where a further round's rows begin in the row sequence."""
+        return self.rounds[-1].end if self.rounds else self.total_rows
 
     def shard(self, index: int) -> Shard:
+        if index >= self.first_shards and self.of_shards is not None:
+            return self._round_shard(index)
         start = index * self.rows_per_shard
         end = min(start + self.rows_per_shard, self.total_rows)
         if self.line_offsets is None:
@@ -63,9 +121,33 @@ class Plan:
         first_line = None if self.first_lines is None else self.first_lines[index]
         return Shard(index, start, end, self.line_offsets[index], self.line_offsets[index + 1], first_line)
 
+    def _round_shard(self, index: int) -> Shard:
+        first, per = self.first_shards, self.rows_per_shard
+        for r in self.rounds:
+            count = math.ceil(len(r.indexes) / per)
+            if index < first + count:
+                offset = (index - first) * per
+                picked = r.indexes[offset: offset + per]
+                return Shard(index, int(picked[0]), int(picked[-1]) + 1, indexes=tuple(picked.tolist()),
+                             round=r.number, offset=offset)
+            first += count
+        raise IndexError(f"shard {index} is beyond the plan's {self.num_shards}")
+
     def shards(self) -> Iterator[Shard]:
         for i in range(self.num_shards):
             yield self.shard(i)
+
+    def shard_of(self, row: int) -> int:
+        """The shard holding row `row` of the sequence (a row of the plan)."""
+        if row < self.total_rows:
+            return row // self.rows_per_shard
+        first = self.first_shards
+        for r in self.rounds:
+            at = int(np.searchsorted(r.indexes, row))
+            if at < len(r.indexes) and r.indexes[at] == row:
+                return first + at // self.rows_per_shard
+            first += math.ceil(len(r.indexes) / self.rows_per_shard)
+        raise KeyError(f"row {row} is in no shard of the plan")
 
 
 def row_id(spec_hash: str, index: int) -> str:
@@ -98,7 +180,7 @@ def template_variables(source: TemplateSource, index: int, files: tuple[SeedFile
     """The seed values of row `index`: a mixed-radix digit of the (possibly sampled) product, or, with
     samplers, the row's draws (see draws.py) and seed-file rows (`files`, the plan's)."""
     if source.sampled():
-        return range_variables(source, index, index + 1, files)[0]
+        return shard_variables(source, Shard(0, index, index + 1), files)[0]
     combo = index
     if source.sample is not None:
         a, b, size = _sample_map(source)
@@ -112,18 +194,19 @@ def template_variables(source: TemplateSource, index: int, files: tuple[SeedFile
     return values
 
 
-def range_variables(source: TemplateSource, start: int, end: int, files: tuple[SeedFile, ...] = ()
-                    ) -> list[dict[str, object]]:
-    """`template_variables` of rows [start, end): a shard's samplers drawn at once."""
+def shard_variables(source: TemplateSource, shard: Shard, files: tuple[SeedFile, ...] = ()) -> list[dict[str, object]]:
+    """`template_variables` of a shard's rows: its samplers drawn at once, its seed-file rows read by block."""
     if source.sampled():
-        values = draws.range_values(source, start, end)
+        values = draws.index_values(source, shard.row_indexes())
         for f in files:
             from_file = source.seeds[f.variable].from_file  # type: ignore[union-attr]
             assert from_file is not None
-            for row, value in zip(values, file_values(f, from_file.replace, source.seed or 0, start, end), strict=True):
+            drawn = file_values(f, from_file.replace, source.seed or 0, shard.first, shard.first + shard.rows,
+                                shard.round)
+            for row, value in zip(values, drawn, strict=True):
                 row[f.variable] = value
         return values  # type: ignore[return-value]
-    return [template_variables(source, i) for i in range(start, end)]
+    return [template_variables(source, i) for i in shard.row_indexes().tolist()]
 
 
 @dataclass(frozen=True)
@@ -172,15 +255,26 @@ def _parquet_rows(uri: str) -> tuple[int, str]:
         return pq.ParquetFile(f).metadata.num_rows, store.fingerprint(key)
 
 
+def shard_budget(spec: JobSpec) -> int:
+    """The most shards a targets job can have (its files' "-of-N"): its row budget's, and a part-filled
+    shard per round."""
+    source, targets = spec.prompts.template, spec.targets
+    assert source is not None and targets is not None
+    targeted = sum(s.target for s in strata(targets, source.listed(), source.sampled()))
+    return math.ceil(budget(targets, source.rows or 0, targeted) / spec.output.rows_per_shard) + targets.max_rounds
+
+
 def make_plan(spec: JobSpec) -> Plan:
     """The plan for `spec`; reads at most the input file's bytes once, never holds its rows."""
     spec_hash, per_shard = spec.content_hash(), spec.output.rows_per_shard
     p = spec.prompts
     if p.template is not None:
-        files = tuple(index_file(name, s.from_file, p.template.total_rows, p.template.seed or 0)
+        first = p.template.total_rows if spec.targets is None else p.template.rows or 0  # targets: rounds add rows
+        files = tuple(index_file(name, s.from_file, first, p.template.seed or 0)
                       for name, s in sorted(p.template.sampled().items()) if s.from_file is not None)
         fingerprint = json.dumps({f.uri: f.fingerprint for f in files}, sort_keys=True) if files else None
-        return Plan(spec.job_id, spec_hash, p.template.total_rows, per_shard, fingerprint, seed_files=files)
+        return Plan(spec.job_id, spec_hash, first, per_shard, fingerprint, seed_files=files,
+                    of_shards=shard_budget(spec) if spec.targets is not None else None)
     uri = str(p.file_uri)
     try:
         if uri.lower().endswith(".parquet"):

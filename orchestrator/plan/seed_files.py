@@ -14,6 +14,10 @@ seeded draw of that many rows. The job's rows then take the drawn file rows in f
 of 256 rows reads the blocks that hold its 256 file rows: over the job, each block is read about once.
 Everything is a pure function of the spec and the file's row counts: the same rows on any cluster,
 shard size or resume (the file's fingerprint is checked, as for prompt files).
+
+A further round of a targets job (orchestrator/plan/rounds.py) draws its rows the same way from
+what earlier rounds left: each block's rows are one seeded permutation, round 0 takes its first
+picks, round 1 the next, so without replacement no file row is drawn twice in the whole job.
 """
 
 from __future__ import annotations
@@ -48,14 +52,23 @@ class SeedFile:
     block_rows: tuple[int, ...]
     block_offsets: tuple[int, ...]  # JSONL: where each block starts; empty for Parquet (row groups)
     picks: tuple[int, ...]  # job rows each block gives, in block order (they sum to the job's rows)
+    round_picks: tuple[tuple[int, ...], ...] = ()  # the same for each further round of a targets job
 
     @property
     def rows(self) -> int:
         return sum(self.block_rows)
 
+    def picks_of(self, round: int) -> tuple[int, ...]:
+        return self.picks if round == 0 else self.round_picks[round - 1]
 
-def _key(seed: int, variable: str) -> int:
-    return int(stream_key(seed, f"from_file.{variable}"))
+    def left(self) -> tuple[int, ...]:
+        """Rows of each block no round has drawn yet."""
+        used = np.sum([self.picks, *self.round_picks], axis=0)
+        return tuple((np.asarray(self.block_rows) - used).tolist())
+
+
+def _key(seed: int, variable: str, round: int = 0) -> int:
+    return int(stream_key(seed, f"from_file.{variable}" + (f".round{round}" if round else "")))
 
 
 def _rng(key: int, *place: int) -> np.random.Generator:
@@ -84,12 +97,14 @@ def block_picks(block_rows: tuple[int, ...], n: int, replace: bool, key: int) ->
     return tuple(picks)
 
 
-def positions(seed_file: SeedFile, replace: bool, key: int, block: int) -> np.ndarray:
-    """The rows of `block` (0-based within it) that the job takes, in file order."""
-    size, k = seed_file.block_rows[block], seed_file.picks[block]
-    rng = _rng(key, len(seed_file.block_rows), block)  # apart from the splits' places (lo < hi there)
-    drawn = rng.integers(0, size, k) if replace else rng.choice(size, k, replace=False)
-    return np.sort(drawn)
+def positions(seed_file: SeedFile, replace: bool, key: int, block: int, round: int = 0) -> np.ndarray:
+    """The rows of `block` (0-based within it) that round `round` takes, in file order."""
+    size, k = seed_file.block_rows[block], seed_file.picks_of(round)[block]
+    place = (len(seed_file.block_rows), block)  # apart from the splits' places (lo < hi there)
+    if replace:
+        return np.sort(_rng(key, *place, *((round,) if round else ())).integers(0, size, k))
+    taken = sum(seed_file.picks_of(r)[block] for r in range(round))
+    return np.sort(_rng(key, *place).permutation(size)[taken: taken + k])
 
 
 def _jsonl_blocks(uri: str) -> tuple[tuple[int, ...], tuple[int, ...], dict[str, Any] | None]:
@@ -221,10 +236,20 @@ def _picked(seed_file: SeedFile, block: int, wanted: np.ndarray) -> Iterator[dic
                 at += 1
 
 
-def file_values(seed_file: SeedFile, replace: bool, seed: int, start: int, end: int) -> list[dict[str, Any]]:
-    """Job rows [start, end)'s values of the seed file's variable (reading only the blocks they come from)."""
+def with_round(seed_file: SeedFile, replace: bool, seed: int, rows: int) -> SeedFile:
+    """The seed file with a further round's draw of `rows` rows (from the rows left, without replacement)."""
+    round = len(seed_file.round_picks) + 1
+    split_key = _key(seed, seed_file.variable, round)
+    picks = block_picks(seed_file.block_rows if replace else seed_file.left(), rows, replace, split_key)
+    return SeedFile(**{**seed_file.__dict__, "round_picks": (*seed_file.round_picks, picks)})
+
+
+def file_values(seed_file: SeedFile, replace: bool, seed: int, start: int, end: int,
+                round: int = 0) -> list[dict[str, Any]]:
+    """Round `round`'s rows [start, end)'s values of the seed file's variable (reading only the blocks
+    they come from)."""
     key = _key(seed, seed_file.variable)
-    bounds = np.concatenate([[0], np.cumsum(seed_file.picks, dtype=np.int64)])
+    bounds = np.concatenate([[0], np.cumsum(seed_file.picks_of(round), dtype=np.int64)])
     file_rows = np.concatenate([[0], np.cumsum(seed_file.block_rows, dtype=np.int64)]).tolist()
     out: list[dict[str, Any]] = []
     first = int(np.searchsorted(bounds, start, side="right")) - 1
@@ -234,7 +259,7 @@ def file_values(seed_file: SeedFile, replace: bool, seed: int, start: int, end: 
             break
         if hi <= start:
             continue
-        wanted = positions(seed_file, replace, key, block)[max(start, lo) - lo: min(end, hi) - lo]
+        wanted = positions(seed_file, replace, key, block, round)[max(start, lo) - lo: min(end, hi) - lo]
         for position, row in zip(wanted.tolist(), _picked(seed_file, block, wanted), strict=True):
             record = row if isinstance(row, dict) else _record(row, seed_file.uri, file_rows[block] + position + 1)
             out.append({c: record.get(c) for c in seed_file.columns})

@@ -18,6 +18,7 @@ from orchestrator.errors import ConflictError, JobFailedError, JobInterrupted
 from orchestrator.finalize.finish import finalize
 from orchestrator.finalize.manifest import Manifest, read_manifest
 from orchestrator.finalize.quality_report import QualityReport
+from orchestrator.finalize.targets import advance, replay
 from orchestrator.plan.planner import Plan, Shard, make_plan
 from orchestrator.run.dispatch import DispatchReport, JobRun, PoolDispatcher
 from orchestrator.run.pool import WorkerPool, fitting_workers
@@ -88,6 +89,7 @@ class Tracker:
         self.storage_retries = self.stalls = 0
         self.longest_stall_s = 0.0
         self.phase = "planning"
+        self.began = False  # generation started (a targets job's rounds continue it)
         self.started = self.finished = time.perf_counter()
 
     def committed(self, stats: ShardStats) -> None:
@@ -126,7 +128,7 @@ class Tracker:
     def report(self, phase: str | None = None) -> None:
         self.phase = phase or self.phase
         if self.on_progress is not None:
-            self.on_progress(Progress(self.plan.total_rows, self.rows_done, max(self.tokens, self.live_tokens),
+            self.on_progress(Progress(self.plan.rows, self.rows_done, max(self.tokens, self.live_tokens),
                                       time.perf_counter() - self.started, self.phase))
 
     def result(self, job: PreparedJob, manifest: Manifest, seconds: float) -> JobResult:
@@ -165,14 +167,16 @@ def prepare(spec: JobSpec) -> PreparedJob:
     if store.exists(layout.MANIFEST):
         return PreparedJob(spec, plan, store, set(range(plan.num_shards)), read_manifest(store))
     _claim_job_folder(store, spec, plan)
-    return PreparedJob(spec, plan, store, committed_shards(store, staged=spec.dedup is not None), None)
+    committed = committed_shards(store, staged=spec.staged)
+    return PreparedJob(spec, replay(store, spec, plan, committed), store, committed, None)
 
 
 async def execute(job: PreparedJob, dispatcher: PoolDispatcher, tracker: Tracker) -> DispatchReport:
     """Dispatch the job's uncommitted shards on a pool's dispatcher until done or cancelled."""
-    tracker.rows_done = tracker.rows_before = job.committed_rows
+    tracker.plan, tracker.rows_done = job.plan, job.committed_rows
     shards = (s for s in job.plan.shards() if s.index not in job.committed)
-    tracker.started = time.perf_counter()
+    if not tracker.began:  # the first round: generation starts
+        tracker.started, tracker.rows_before, tracker.began = time.perf_counter(), job.committed_rows, True
     tracker.report("generating")
     report = await dispatcher.submit(JobRun(job.spec, job.plan, shards, tracker.done, tracker.retried)).finished
     tracker.retries, tracker.replaced = report.retries, report.workers_replaced
@@ -227,9 +231,14 @@ async def drive(job: PreparedJob, tracker: Tracker, lease: PoolLease, *, started
         return job.manifest
     if len(job.committed) < job.plan.num_shards:
         async with lease(job.spec, tracker) as dispatcher:
-            report = await execute(job, dispatcher, tracker)
-        if report.cancelled:
-            raise asyncio.CancelledError
+            while len(job.committed) < job.plan.num_shards:
+                report = await execute(job, dispatcher, tracker)
+                if report.cancelled:
+                    raise asyncio.CancelledError
+                job.committed = set(range(job.plan.num_shards))
+                if job.spec.targets is not None:  # a further round for the strata still short, if any
+                    tracker.report("counting kept rows per stratum")
+                    job.plan = await offload(advance, job.store, job.spec, job.plan) or job.plan
     tracker.report("finalizing")
     if on_finalizing is not None:
         await on_finalizing()
@@ -263,7 +272,7 @@ def own_pool(pool: WorkerPool | None = None) -> PoolLease:
 def _count_committed(job: PreparedJob, tracker: Tracker) -> int:
     """Shards committed now, read from storage: an attempt under way at the interrupt may have landed."""
     try:
-        return len(committed_shards(job.store, staged=job.spec.dedup is not None))
+        return len(committed_shards(job.store, staged=job.spec.staged))
     except Exception:  # storage unreachable while stopping: what this run saw
         return len(job.committed) + tracker.shards_done
 

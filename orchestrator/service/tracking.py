@@ -28,7 +28,7 @@ class RecordTracker(Tracker):
     def __init__(self, record: JobRecord, job: PreparedJob, metrics: Metrics):
         super().__init__(job.plan)
         self.record, self.metrics = record, metrics
-        record.request_counts.total = job.plan.total_rows
+        record.request_counts.total = job.plan.rows
 
     def committed(self, stats: ShardStats) -> None:
         m, job_id = self.metrics, self.record.id
@@ -57,8 +57,9 @@ class RecordTracker(Tracker):
 
     def done(self, shard: Shard, outcome: CommitOutcome | None) -> None:
         super().done(shard, outcome)
-        total, elapsed = max(1, self.plan.total_rows), max(1e-9, self.finished - self.started)
+        total, elapsed = max(1, self.plan.rows), max(1e-9, self.finished - self.started)
         self.record.request_counts.completed = self.rows_done
+        self.record.request_counts.total = self.plan.rows  # a targets job's rounds add rows
         self.record.progress = self.rows_done / total
         self.record.tokens_per_s = self.tokens / elapsed
         rate = (self.rows_done - self.rows_before) / elapsed

@@ -23,10 +23,11 @@ from orchestrator import defaults
 from orchestrator.spec.generation import Message, Sampling
 from orchestrator.spec.model import Loc, ModelSpec, Strict, invalid
 from orchestrator.spec.quality import Dedup, Filters, Judge, Mix, Quality, checked_uri
-from orchestrator.spec.sampler_checks import sampler_problems
+from orchestrator.spec.sampler_checks import rows_problem, sampler_problems
 from orchestrator.spec.samplers import Sampler, Seed
 from orchestrator.spec.stage_checks import stage_problems
 from orchestrator.spec.stages import GenerateStage, Stage, stage_identity
+from orchestrator.spec.targets import Targets, targets_problems
 
 # The fields naming what a job reads; a relative local path in them resolves against the spec's folder.
 # output.uri, where the job writes, is relative to the working directory, as `--output` is.
@@ -183,6 +184,8 @@ class JobSpec(Strict):
     stages: list[Stage] | None = Field(None, min_length=1, description=(
         "A row program: stages run in order on each row, each reading the seeds and earlier stages "
         "(orchestrator/spec/stages.py). Unset: one stage, prompted by prompts.template."))
+    targets: Targets | None = Field(None, description=(
+        "Generate further rounds until every stratum has its target of kept rows (orchestrator/spec/targets.py)."))
     relative_to: SpecFolder | None = Field(
         None, description="Set by load_spec: the folder relative paths were resolved against.")
 
@@ -200,6 +203,18 @@ class JobSpec(Strict):
         if template is not None and template.seeds:
             problems += stage_problems(self.stages, template.seeds, self.sampling, top_judge=self.judge is not None)
         if problems:
+            raise invalid("JobSpec", problems)
+        return self
+
+    @model_validator(mode="after")
+    def _targets_hold(self) -> JobSpec:
+        t = self.prompts.template
+        if self.targets is None:
+            if t is not None and (problems := rows_problem(t.sampled(), t.rows)):
+                raise invalid("JobSpec", problems)
+            return self
+        listed, sampled = (t.listed(), t.sampled()) if t is not None else ({}, {})
+        if problems := targets_problems(self.targets, listed, sampled, t.rows if t is not None else None):
             raise invalid("JobSpec", problems)
         return self
 
@@ -222,7 +237,7 @@ class JobSpec(Strict):
         """Hash of what determines the data (not where it goes or how fast)."""
         content = self.model_dump(mode="json", include={"name", "model", "prompts", "sampling"},
                                   exclude={"model": {"kv_cache_gib"}})
-        for gate in ("judge", "filters", "dedup", "mix"):  # absent gates keep earlier job ids
+        for gate in ("judge", "filters", "dedup", "mix", "targets"):  # absent gates keep earlier job ids
             if getattr(self, gate) is not None:
                 content[gate] = getattr(self, gate).model_dump(mode="json")
         if self.dedup is not None and self.dedup.column == "completion":  # the default keeps earlier job ids
@@ -239,6 +254,11 @@ class JobSpec(Strict):
             replace_at(content, field.split("."), text)  # as written: the same wherever the spec lives
         blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def staged(self) -> bool:
+        """Shards commit to `_generated/` and the finalize pass writes `data/`: with dedup or targets."""
+        return self.dedup is not None or self.targets is not None
 
     @property
     def job_id(self) -> str:

@@ -54,6 +54,15 @@ def _cycle(sampled: dict[str, Sampler]) -> list[str] | None:
     return None
 
 
+def rows_problem(sampled: dict[str, Sampler], rows: int | None) -> list[tuple[Loc, str]]:
+    """Samplers need rows: N (unless targets plan the rows: JobSpec checks)."""
+    if not sampled or rows is not None:
+        return []
+    return [(("prompts", "template", "rows"), f"with samplers ({', '.join(sorted(sampled))}) give rows: N, the rows "
+                                              "to draw (or targets, which draw rows until each stratum has its kept "
+                                              "rows)")]
+
+
 def sampler_problems(listed: dict[str, list[Any]], sampled: dict[str, Sampler], *, rows: int | None,
                      sample: bool, seed: int | None) -> list[tuple[Loc, str]]:
     if not sampled:
@@ -61,8 +70,6 @@ def sampler_problems(listed: dict[str, list[Any]], sampled: dict[str, Sampler], 
                          f"{key}" + (", or use sample.n to draw rows of the product" if key == "rows" else ""))
                 for key, value in (("rows", rows), ("seed", seed)) if value is not None]
     found: list[tuple[Loc, str]] = []
-    if rows is None:
-        found.append((("rows",), f"with samplers ({', '.join(sorted(sampled))}) give rows: N, the rows to draw"))
     if sample:
         found.append((("sample",), "sample draws rows of the product of lists; with samplers give rows: N instead"))
     for name, sampler in sorted(sampled.items()):

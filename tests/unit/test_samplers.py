@@ -14,7 +14,7 @@ import yaml
 from scipy import stats
 
 from orchestrator.errors import SpecError
-from orchestrator.plan.draws import columns, range_sampling, range_values
+from orchestrator.plan.draws import columns, index_sampling, index_values
 from orchestrator.plan.planner import make_plan, template_variables
 from orchestrator.spec.job import JobSpec
 from tests.unit.specs import make_spec
@@ -132,8 +132,8 @@ def test_a_row_is_drawn_the_same_alone_in_any_range_and_on_any_shard_size() -> N
     assert source is not None
     whole = drawn(spec, 500)
     for index in (0, 7, 499):
-        assert range_values(source, index, index + 1) == [{name: whole[name][index] for name in whole}]
-        assert [template_variables(source, index)] == range_values(source, index, index + 1)
+        assert index_values(source, np.arange(index, index + 1)) == [{name: whole[name][index] for name in whole}]
+        assert [template_variables(source, index)] == index_values(source, np.arange(index, index + 1))
     part = {name: c.values() for name, c in columns(source, np.arange(200, 300, dtype=np.int64)).items()}
     assert part == {name: values[200:300] for name, values in whole.items()}
     resharded = spec.model_copy(update={"output": spec.output.model_copy(update={"rows_per_shard": 7})})
@@ -151,15 +151,15 @@ def test_the_template_seed_changes_the_draws_and_the_job() -> None:
 def test_a_drawn_temperature_is_the_rows_own_and_in_range() -> None:
     spec = make_spec(sampling={"max_tokens": 8, "seed": 1, "temperature": {"uniform": [0.6, 1.1]},
                                "top_p": {"normal": {"mean": 0.9, "std": 0.05, "min": 0.5, "max": 1.0}}})
-    rows = range_sampling(spec.sampling, 0, 2000)
+    rows = index_sampling(spec.sampling, np.arange(0, 2000))
     temperatures = np.array([r.temperature for r in rows])
     assert stats.kstest(temperatures, "uniform", args=(0.6, 0.5)).pvalue > ALPHA
     assert all(0.5 <= r.top_p <= 1.0 for r in rows)  # type: ignore[operator]
-    assert range_sampling(spec.sampling, 3, 4) == [rows[3]] and rows[3] != rows[4]
+    assert index_sampling(spec.sampling, np.arange(3, 4)) == [rows[3]] and rows[3] != rows[4]
     other_seed = spec.sampling.model_copy(update={"seed": 2})
-    assert range_sampling(other_seed, 3, 4)[0].temperature != rows[3].temperature
+    assert index_sampling(other_seed, np.arange(3, 4))[0].temperature != rows[3].temperature
     fixed = make_spec().sampling
-    assert all(s is fixed for s in range_sampling(fixed, 3, 9))
+    assert all(s is fixed for s in index_sampling(fixed, np.arange(3, 9)))
 
 
 @pytest.mark.parametrize(("sampling", "path", "words"), [

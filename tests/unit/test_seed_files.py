@@ -15,7 +15,7 @@ from scipy import stats
 
 from orchestrator.errors import SpecError
 from orchestrator.plan import seed_files
-from orchestrator.plan.planner import make_plan, range_variables
+from orchestrator.plan.planner import Shard, make_plan, shard_variables
 from orchestrator.run.preflight import spec_problems
 from orchestrator.spec.load import parse_spec
 from orchestrator.spec.samplers import FromFile
@@ -101,7 +101,7 @@ def test_a_job_draws_its_rows_from_the_plan(tmp_path: Path) -> None:
     job = spec(tmp_path, str(jsonl(tmp_path / "s.jsonl", 300)), ["id", "name"], rows=40)
     plan = make_plan(job)
     assert plan.source_fingerprint is not None and len(plan.seed_files) == 1
-    values = range_variables(job.prompts.template, 10, 20, plan.seed_files)
+    values = shard_variables(job.prompts.template, Shard(0, 10, 20), plan.seed_files)
     assert [set(v) for v in values] == [{"p"}] * 10 and all(v["p"]["name"] == f"p{v['p']['id']}" for v in values)
     assert spec_problems(job, check_output=False) == []
 
