@@ -122,11 +122,27 @@ def print_quality(q: QualityReport | None) -> None:
     if cut.flagged:
         err.print(f"[bold yellow]warning:[/] {cut.rows:,} rows ({cut.share:.0%}) stopped at max_tokens = "
                   f"{cut.max_tokens}: their text is unfinished (raise sampling.max_tokens)", highlight=False)
+    print_targets(q)
     for title, drift in (("bias drift", q.drift), ("mixing drift", q.mixed_drift)):
         for name in drift.flagged_variables if drift is not None else []:
             values = drift.flagged_labels(name)
             err.print(f"[bold yellow]warning:[/] {title} in seed variable {name!r}: {escape(', '.join(values))}",
                       highlight=False)
+
+
+def print_targets(q: QualityReport) -> None:
+    """A targets job: one line of what the rounds cost, and a warning per stratum left short."""
+    t = q.targets
+    if t is None:
+        return
+    met = len(t.strata) - len(t.unmet)
+    cost = f", cost {t.cost_ratio:.2f}x the fewest rows at these acceptance rates" if t.cost_ratio else ""
+    out.print(f"targets: {met} of {len(t.strata)} strata met in {t.rounds} round(s), {t.rows_generated:,} rows "
+              f"generated for {t.targeted:,} targeted{cost}", highlight=False)
+    for s in t.strata:
+        if not s.met:
+            err.print(f"[bold yellow]warning:[/] stratum {escape(s.stratum)} short of its target: {s.kept:,} of "
+                      f"{s.target:,} kept rows ({escape(s.why_not or '')})", highlight=False)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -41,6 +41,8 @@ from orchestrator.finalize.report_tables import (
     outcomes_section,
     pct,
     stages_section,
+    targets_flags,
+    targets_section,
     values_section,
 )
 
@@ -83,12 +85,6 @@ table.about th { color: #666; font-weight: normal; width: 90px; } table.about { 
 """
 
 
-
-
-
-
-
-
 def _short(text: str) -> str:
     return text if len(text) <= MAX_LABEL_CHARS else text[:MAX_LABEL_CHARS - 1] + "…"
 
@@ -99,10 +95,6 @@ def _image(fig: Figure, alt: str) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<img alt="{escape(alt)}" src="data:image/svg+xml;base64,{data}">'
-
-
-
-
 
 
 def _bars(ax: Axes, names: list[str], series: dict[str, list[float]], colors: list[str]) -> None:
@@ -280,6 +272,7 @@ def _flag_items(report: QualityReport) -> list[str]:
         items.append(f"<b>Cut off:</b> {truncation.rows:,} rows ({pct(truncation.share)}) stopped at "
                      f"max_tokens = {truncation.max_tokens:,}: their text is unfinished; raise "
                      f"<code>sampling.max_tokens</code> or filter them.")
+    items += targets_flags(report)
     items += _drift_items("Bias drift", report.drift, "planned")
     items += _drift_items("Mixing drift", report.mixed_drift, "kept")
     return items
@@ -393,7 +386,8 @@ def render_report(report: QualityReport) -> str:
     """The quality report built by the finalize pass as one HTML page."""
     with matplotlib.rc_context(RC):
         body = _header(report) + _flags(report) + examples_section(report) + values_section(report)
-        body += _diversity_section(report) + _rows_section(report) + stages_section(report) + outcomes_section(report)
+        body += targets_section(report) + _diversity_section(report) + _rows_section(report) + stages_section(report)
+        body += outcomes_section(report)
         body += _drift_section(report)
     title = escape(f"Quality report · {report.job_id}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

@@ -156,3 +156,29 @@ def stages_section(report: QualityReport) -> str:
 
 STAGES_NOTE = ("Each stage over the kept rows (a stage a row skipped is left out): a generate stage's text, "
                "a judge stage's scores.")
+
+
+TARGETS_NOTE = ("Kept rows per stratum against its target, after every gate and dedup; rows kept beyond the target "
+                "went to rejected/ as over_target (the lowest row ids stay). Acceptance: kept by every gate / "
+                "generated. Cost: rows generated / the fewest that meet every target at these acceptance rates.")
+
+
+def targets_flags(report: QualityReport) -> list[str]:
+    """A flag line per stratum a targets job could not fill."""
+    t = report.targets
+    return [f"<b>Target not met:</b> {escape(s.stratum)}: {s.kept:,} of {s.target:,} kept rows "
+            f"({escape(s.why_not or '')})." for s in (t.strata if t else []) if not s.met]
+
+
+def targets_section(report: QualityReport) -> str:
+    """One row per stratum of a targets job: target, generated, kept, acceptance, rounds, met or why not."""
+    t = report.targets
+    if t is None:
+        return ""
+    rows = [[escape(s.stratum), pct(s.planned_share), f"{s.target:,}", f"{s.generated:,}", f"{s.kept:,}",
+             f"{s.over_target:,}", pct(s.acceptance), str(s.rounds),
+             "met" if s.met else f'<span class="bad">not met: {escape(s.why_not or "")}</span>'] for s in t.strata]
+    head = ["stratum", "planned share", "target", "generated", "kept", "over target", "acceptance", "rounds", ""]
+    summary = (f"by {escape(', '.join(t.by))}: {t.rounds} of at most {t.max_rounds} rounds, {t.rows_generated:,} "
+               f"rows generated for {t.targeted:,} targeted, cost {fmt(t.cost_ratio)}")
+    return f'<h2>Targets</h2><p>{summary}</p>{note(TARGETS_NOTE)}{_table(head, rows, {1, 2, 3, 4, 5, 6, 7})}'

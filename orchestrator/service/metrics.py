@@ -81,6 +81,8 @@ class Metrics:
         self.bias_drift_max_shift = Gauge("bias_drift_max_shift_ratio", "Largest relative change of a seed "
                                           "value's share between planned and kept rows.", ["job"], namespace=ns,
                                           registry=r)
+        self.strata_unmet = Gauge("targets_strata_unmet", "Strata of a targets job left below their target of "
+                                  "kept rows when it finished.", ["job"], namespace=ns, registry=r)
         self._finished: dict[str, float] = {}
 
     def quality(self, job: str, report: QualityReport) -> None:
@@ -102,6 +104,8 @@ class Metrics:
             self.diversity_below_reference.labels(job).set(1 if reference.below_reference else 0)
         self.bias_drift_flagged.labels(job).set(report.drift.flagged_values)
         self.bias_drift_max_shift.labels(job).set(report.drift.max_shift)
+        if report.targets is not None:
+            self.strata_unmet.labels(job).set(len(report.targets.unmet))
 
     def job_finished(self, job: str, completed: bool = True) -> None:
         """Start the job's retention clock; a job that did not complete loses its progress and ETA now,
@@ -121,7 +125,7 @@ class Metrics:
                            self.job_progress, self.job_eta, self.storage_bytes, self.row_errors,
                            self.rows_rejected, self.judge_score, self.duplicate_ratio, self.diversity,
                            self.diversity_reference_ratio, self.diversity_below_reference,
-                           self.bias_drift_flagged, self.bias_drift_max_shift):
+                           self.bias_drift_flagged, self.bias_drift_max_shift, self.strata_unmet):
                 for labels in list(metric._metrics):  # noqa: SLF001 - prometheus-client has no public lister
                     if labels[0] == job:
                         metric.remove(*labels)
