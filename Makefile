@@ -34,6 +34,7 @@ bench: $(STAMP) $(MODEL)/config.json
 	$(BIN)/python benchmarks/quality.py --model $(MODEL)
 	$(BIN)/python benchmarks/quality_accuracy.py
 	$(BIN)/python benchmarks/samplers.py
+	$(BIN)/python benchmarks/targets.py
 
 clean:
 	rm -rf outputs models test-artifacts

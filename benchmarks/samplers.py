@@ -102,21 +102,26 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.rows, args.seed_file_rows)))
         return
-    out = subprocess.run([sys.executable, __file__, "--child", "--rows", str(args.rows), "--seed-file-rows",
-                          str(args.seed_file_rows)], check=True,
+    print(json.dumps(run(args.rows, args.seed_file_rows)))
+
+
+def run(rows: int, seed_file_rows: int) -> dict[str, Any]:
+    """The benchmark's figures (what `main` prints), measured in a child process of its own."""
+    out = subprocess.run([sys.executable, __file__, "--child", "--rows", str(rows), "--seed-file-rows",
+                          str(seed_file_rows)], check=True,
                          capture_output=True, text=True).stdout
     c = json.loads(out.strip().splitlines()[-1])
-    rate = args.rows / c["seconds"]
-    print(json.dumps({
-        "benchmark": "samplers", "rows": args.rows,
+    rate = rows / c["seconds"]
+    return {
+        "benchmark": "samplers", "rows": rows,
         "samplers": sorted(k for k, v in SEEDS.items() if isinstance(v, dict)),
-        "seed_file_rows": args.seed_file_rows, "seed_file_mb": round(c["file_mb"]),
+        "seed_file_rows": seed_file_rows, "seed_file_mb": round(c["file_mb"]),
         "stratified": c["strata"], "seconds": round(c["seconds"], 2), "rows_per_s": round(rate),
         "planning_seconds": round(c["planning_seconds"], 2),
         "peak_rss_mb": round(c["peak_rss_mb"]), "rss_at_start_mb": round(c["rss_before_mb"]),
         "worker_shard_rows_per_s": round(c["shard_rows_per_s"]), "one_row_at_a_time_rows_per_s":
         round(c["per_row_rows_per_s"]), "goal_rows_per_s": 1_000_000, "goal_peak_rss_mb": 300,
-    }))
+    }
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from orchestrator.run import interrupts
 
 if TYPE_CHECKING:
     from orchestrator.finalize.quality_report import QualityReport
+    from orchestrator.plan.planner import Plan
+    from orchestrator.spec.job import JobSpec
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -27,8 +29,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
         plan = make_plan(spec)
     except SpecError as e:
         return report_problems(args.spec, e)
-    out.print(f"{args.spec}: ok — job {plan.job_id}, {plan.total_rows} rows in {plan.num_shards} shards")
+    out.print(f"{args.spec}: ok — job {plan.job_id}, " + (
+        _targets_plan(spec, plan) if spec.targets else f"{plan.total_rows} rows in {plan.num_shards} shards"))
     return EXIT_OK
+
+
+def _targets_plan(spec: JobSpec, plan: Plan) -> str:
+    """What a targets job plans before its first round: strata, targets, its first rows and its limits."""
+    from orchestrator.plan.rounds import Strata, next_round
+    from orchestrator.spec.targets import budget
+
+    assert spec.targets is not None
+    strata = Strata.of(spec)
+    targeted = int(strata.targets.sum())
+    first = plan if plan.total_rows else next_round(spec, plan, strata, None) or plan
+    most = budget(spec.targets, plan.total_rows, targeted)
+    return (f"{len(strata.items)} strata by {', '.join(strata.by)} targeting {targeted:,} kept rows; round 1: "
+            f"{first.rows:,} rows in {first.num_shards} shards, at most {most:,} rows in {spec.targets.max_rounds} rounds")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -159,12 +159,26 @@ def sampler_order(source: TemplateSource) -> list[str]:
     return order
 
 
+def _with_parents(source: TemplateSource, names: set[str]) -> set[str]:
+    """`names` and every sampled variable they are conditional on, transitively."""
+    sampled, out, todo = source.sampled(), set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in out:
+            out.add(name)
+            s = sampled.get(name)
+            if s is not None and s.conditional is not None:
+                todo.append(s.conditional.on)
+    return out
+
+
 def columns(source: TemplateSource, indexes: np.ndarray, names: set[str] | None = None) -> dict[str, Column]:
     """Every variable's values for row `indexes` (int64), listed and sampled (only `names`, and the
     parents they depend on, when given)."""
     out = _listed(source, indexes)
+    needed = None if names is None else _with_parents(source, names)
     for name in sampler_order(source):
-        if source.seeds[name].from_file is not None or (names is not None and name not in names):
+        if source.seeds[name].from_file is not None or (needed is not None and name not in needed):
             continue  # a seed file's rows: orchestrator/plan/seed_files.py
         out[name] = _draw(source.seeds[name], stream_key(source.seed or 0, name), indexes, out)  # type: ignore[arg-type]
     return out

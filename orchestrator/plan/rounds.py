@@ -87,12 +87,14 @@ def _radix(codes: list[int], sizes: tuple[int, ...]) -> int:
 
 
 def quotas(missing: np.ndarray, kept: np.ndarray, generated: np.ndarray, samples: int, left: int) -> np.ndarray:
-    """Rows to generate per stratum: its missing kept rows (plus one standard deviation) over its
+    """Rows to generate per stratum: its missing kept rows (plus one standard deviation of the kept
+    count, sqrt(missing x (1 - acceptance))) over its
     acceptance so far, at most 4x the rows it had (an acceptance of 0 says little), scaled to `left`."""
     out = np.zeros(len(missing), dtype=np.int64)
     for s in np.flatnonzero(missing > 0):
         rate = (kept[s] + 0.5) / (generated[s] * samples + 1) if generated[s] else 1.0
-        want = math.ceil((missing[s] + math.sqrt(missing[s])) / (min(rate, 1.0) * samples))
+        rate = min(rate, 1.0)
+        want = math.ceil((missing[s] + math.sqrt(missing[s] * (1 - rate))) / (rate * samples))
         cap = max(math.ceil(missing[s] / samples), 4 * int(generated[s]))
         out[s] = min(want, cap)
     total = int(out.sum())

@@ -49,9 +49,9 @@ def invalid(title: str, problems: list[tuple[Loc, str]]) -> ValidationError:
         for loc, message in problems])
 
 
-
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]  # vLLM's --dtype choices
 DTYPES: tuple[str, ...] = typing.get_args(Dtype)
+
 
 class FakeEngineArgs(Strict):
     """`model.engine_args` of a spec whose `model.engine` is `fake`."""

@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.spec.model import Strict
+from orchestrator.spec.model import Strict, invalid
 from orchestrator.spec.quality import checked_uri
 
 Weight = Annotated[StrictFloat | StrictInt, Field(gt=0)]
@@ -61,7 +61,7 @@ class Conditional(Strict):
         return data
 
     on: str = Field(..., description="The variable (listed or sampled) this one depends on.")
-    values: dict[str, list[Any] | dict[str, Weight]] = Field(..., min_length=1, description=(
+    values: dict[str, list[Any] | dict[str, StrictFloat | StrictInt]] = Field(..., min_length=1, description=(
         "Per value of the parent (its JSON text unless a string): the values to draw from, uniformly, "
         "or {value: weight}."))
 
@@ -70,6 +70,12 @@ class Conditional(Strict):
         empty = [k for k, v in self.values.items() if not v]
         if empty:
             raise ValueError(f"conditional.values.{empty[0]} has no values")
+        bad = [(("values", parent, value), f"weight {weight} is not positive; give a number above 0 (or leave "
+                                           "the value out)")
+               for parent, entry in self.values.items() if isinstance(entry, dict)
+               for value, weight in entry.items() if not weight > 0]
+        if bad:  # checked here, not by the type: a union's failure is one message per member
+            raise invalid("Conditional", bad)
         return self
 
 

@@ -42,6 +42,17 @@ class Targets(Strict):
     max_rows: StrictInt | None = Field(None, ge=1, description=(
         f"Rows generated over all rounds, at most (default {DEFAULT_BUDGET} x the targeted rows)."))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_keys(cls, data: Any) -> Any:
+        """A value written as a YAML number or boolean (`1: 0.5`) keys its share by its JSON text, as
+        `category_key` names a stratum's values."""
+        def keyed(node: Any) -> Any:
+            return {category_key(k): keyed(v) for k, v in node.items()} if isinstance(node, dict) else node
+        if isinstance(data, dict) and isinstance(data.get("shares"), dict):
+            data = {**data, "shares": keyed(data["shares"])}
+        return data
+
     @model_validator(mode="after")
     def _one_goal(self) -> Targets:
         if (self.kept_rows is None) == (self.shares is None):
@@ -166,7 +177,8 @@ def _share_problems(targets: Targets, combos: list[tuple[tuple[Any, ...], float]
     walk(targets.shares, ())
     missing = [" / ".join(k) for k in sorted(known) if not isinstance(_share_of(targets.shares, k), int | float)]
     if missing and not found:
-        found.append((("targets", "shares"), f"no share for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        more = " ..." if len(missing) > 5 else ""
+        found.append((("targets", "shares"), f"no share for {', '.join(missing[:5])}{more}"
                                              "; give every stratum a share"))
     return found
 
