@@ -603,7 +603,8 @@ def copied_examples(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("example", ["quickstart.yaml", "openai-batch.yaml", "seed-samplers.yaml"])
+@pytest.mark.parametrize("example", ["quickstart.yaml", "openai-batch.yaml", "seed-samplers.yaml",
+                                     "balanced-targets.yaml"])
 @pytest.mark.parametrize("cwd", ["repo", "elsewhere"])
 def test_the_examples_validate_from_the_repository_root_and_from_elsewhere(
         tmp_path: Path, example: str, cwd: str, monkeypatch: pytest.MonkeyPatch,
