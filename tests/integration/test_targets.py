@@ -21,11 +21,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
+from prometheus_client import generate_latest
 
 from orchestrator.commit import layout
 from orchestrator.plan.planner import make_plan
 from orchestrator.plan.rounds import Strata, next_round
+from orchestrator.results import open_job, read_manifest
 from orchestrator.run.driver import run_job
+from orchestrator.service.metrics import Metrics
 from orchestrator.spec.load import parse_spec
 from tests.integration.conftest import MODEL_ARGS, RESOURCES
 
@@ -192,6 +195,9 @@ def test_a_stratum_the_gates_always_reject_stops_at_max_rounds_flagged(tmp_path:
     assert "targets: 2 of 3 strata met in 3 round(s)" in stdout
     assert "stratum c short of its target: 0 of 20 kept rows" in stderr
     assert "Target not met:</b> c" in (job / "quality_report.html").read_text()
+    metrics = Metrics()
+    metrics.quality(job.name, read_manifest(open_job(str(job))).quality)
+    assert f'synthfleet_targets_strata_unmet{{job="{job.name}"}} 1.0' in generate_latest(metrics.registry).decode()
 
 
 def test_a_weighted_seed_file_targets_job_runs_on_real_vllm(pool: Any, tiny_model: Path, tmp_path: Path) -> None:
@@ -222,4 +228,4 @@ def test_a_weighted_seed_file_targets_job_runs_on_real_vllm(pool: Any, tiny_mode
     assert len({p["name"] for p in drawn}) == len(drawn)  # without replacement, over every round
     assert all(p["age"] == 20 + int(p["name"][1:]) % 40 for p in drawn)
     t = manifest(job)["quality"]["targets"]
-    assert t["unmet"] == [] and t["kept"] == 12
+    assert t["unmet"] == [] and t["kept"] == 12 and t["rounds"] >= 2  # the filter thinned round 1
