@@ -13,6 +13,7 @@ GENERATED_DIR = "_generated"  # shard commits of a job with dedup: the finalize 
 MIXED_DIR = "mixed"
 SHARDS_DIR = "_shards"
 REPORT = "quality_report.html"
+CARD = "README.md"  # the dataset card: its YAML header tells HF datasets which files are which split
 
 
 def data_key(index: int, num_shards: int) -> str:

@@ -77,8 +77,12 @@ def _ipc(table: pa.Table) -> str:
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
+    """The table as Parquet; without rows, a file of no row group (HF datasets fails on an empty one)."""
     out = io.BytesIO()
-    pq.write_table(table, out, compression="zstd")
+    if table.num_rows:
+        pq.write_table(table, out, compression="zstd")
+    else:
+        pq.ParquetWriter(out, table.schema, compression="zstd").close()
     return out.getvalue()
 
 

@@ -1,4 +1,5 @@
-"""Finalize: dedup and measure the committed shards, write the report, then the manifest (the commit point)."""
+"""Finalize: dedup and measure the committed shards, write the report and the dataset card, then the manifest
+(the commit point)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 from orchestrator.commit import layout
 from orchestrator.commit.shards import ShardStats, recover_shard
 from orchestrator.finalize import diversity
+from orchestrator.finalize.card import card
 from orchestrator.finalize.manifest import Manifest, manifest_bytes, read_manifest
 from orchestrator.finalize.mixing import write_mixed
 from orchestrator.finalize.passes import (
@@ -81,7 +83,7 @@ def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], results:
 
 def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStats],
              started_at: float) -> Manifest:
-    """Run the quality pass, write the report and `_manifest.json` (once) and `_SUCCESS`."""
+    """Run the quality pass, write the report, the dataset card, `_manifest.json` (once) and `_SUCCESS`."""
     if store.exists(layout.MANIFEST):
         return read_manifest(store)
     staged, n = spec.staged, plan.of
@@ -118,6 +120,7 @@ def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStat
         quality["mixed_drift"] = mixed_drift(spec, kept, seeds)
     manifest = build_manifest(spec, plan, shards, results, quality, mixed, started_at)
     store.put(layout.REPORT, render_report(manifest.quality).encode())
+    store.put(layout.CARD, card(manifest, spec).encode())
     if not store.put_if_absent(layout.MANIFEST, manifest_bytes(manifest)):
         manifest = read_manifest(store)
     store.put(layout.SUCCESS, b"")

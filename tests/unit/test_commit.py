@@ -225,6 +225,20 @@ def test_the_data_folder_reads_back_with_pyarrow_dataset(tmp_path: Path, spec: J
     assert sorted(table["row_id"].to_pylist()) == ["r0-0", "r0-1", "r1-0"]
 
 
+def test_a_shard_without_data_rows_reads_with_hf_datasets(tmp_path: Path, spec: JobSpec) -> None:
+    """Its data file has no row group: HF datasets fails on a file whose one row group has no rows."""
+    import datasets
+
+    store = LocalStore(tmp_path / "job")
+    commit(store, spec, 0, ok=2, failed=0)
+    commit(store, spec, 1, ok=0, failed=2)
+    empty = tmp_path / "job" / layout.data_key(1, NUM_SHARDS)
+    assert pq.ParquetFile(empty).num_row_groups == 0 and decode_footer(empty.read_bytes())[0] == stats(1, 0, 2)
+    rows = datasets.load_dataset("parquet", data_files=str(tmp_path / "job" / "data" / "*.parquet"), split="train",
+                                 cache_dir=str(tmp_path / "cache"))
+    assert sorted(rows["row_id"]) == ["r0-0", "r0-1"]
+
+
 def test_read_table_returns_the_committed_data_and_error_rows(tmp_path: Path, spec: JobSpec, plan: Plan) -> None:
     store = LocalStore(tmp_path / "job")
     finalize(store, spec, plan, commit_all(store, spec), started_at=0.0)
