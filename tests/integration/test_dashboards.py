@@ -1,9 +1,9 @@
 """The Grafana dashboard and the alert rules against a real Prometheus that scraped real jobs.
 
 A job on the warm vLLM pool with every quality gate (judge, filters, dedup, a reference for
-diversity; one over-long prompt for a row error) and a fake-engine job with injected faults (an
-attempt failure and an engine death: retries, a replaced worker, an engine load) run on one
-coordinator. Prometheus runs deploy/prometheus/prometheus.yml as shipped (honor_labels, the rule file
+diversity; one over-long prompt for a row error), a fake-engine job with injected faults (an
+attempt failure and an engine death: retries, a replaced worker, an engine load) and a targets job
+with a stratum its filter always rejects run on one coordinator. Prometheus runs deploy/prometheus/prometheus.yml as shipped (honor_labels, the rule file
 written from the PrometheusRule) with a 1 s scrape interval. Then every panel's query, with its
 variables substituted as Grafana would for the time range of the run, and every alert's expression
 with its threshold comparisons removed (so it yields what it compares, not whether the alert fires)
@@ -35,6 +35,7 @@ from tests.deploy.sources import (
 from tests.integration.conftest import make_spec
 from tests.integration.test_monitoring import prometheus, query, wait_for  # noqa: F401 - prometheus: fixture
 from tests.integration.test_service import fake_job
+from tests.integration.test_targets import targets_spec
 
 SCRAPE_S = 1.0
 ALL = ".*"  # Grafana's allValue for the dashboard's multi-value variables, "All" selected
@@ -123,7 +124,8 @@ def test_every_panel_variable_and_alert_expression_returns_data_from_real_jobs(
             start = time.time()
             jobs = [client.submit(quality_job(tiny_model, f"s3://{bucket}/out", write_reference(tmp_path / "ref.jsonl"))),
                     client.submit(fake_job(tmp_path / "fake", "flaky", rows=12, tokens_per_s=200, fail_rows=[3],
-                                           die_rows=[6], once_dir=str(tmp_path / "once")))]
+                                           die_rows=[6], once_dir=str(tmp_path / "once"))),
+                    client.submit(targets_spec(tmp_path / "targets", deny="^c ", kept_rows=4, max_rounds=2))]
             for job in jobs:
                 job.wait(timeout=600)
             done = time.time()
