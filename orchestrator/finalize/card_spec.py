@@ -64,7 +64,10 @@ def _prompts(spec: JobSpec) -> str:
     assert template is not None
     form = "each stage's prompt" if spec.stages else "a chat template" if template.messages else "a text template"
     names = ", ".join(code(n) for n in template.seeds) or "no seed variables"
-    if template.rows is not None:
+    if spec.targets is not None:
+        how = "rows drawn in rounds until each stratum of the targets had its kept rows" + (
+            f", {template.rows:,} in the first" if template.rows is not None else "")
+    elif template.rows is not None:
         how = f"{template.rows:,} rows drawn"
     elif template.sample is not None:
         how = f"a sample of {template.sample.n:,} of their {template.product_size():,} combinations"
