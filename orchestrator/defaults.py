@@ -19,6 +19,7 @@ TOP_ERRORS = 3  # error codes the summary, the report and the job record name
 MAX_FAILED_SHARE = 0.05  # a larger share of rows in errors/ is flagged by the report and the job record
 S3_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 S3_MULTIPART_CHUNK = 16 * 1024 * 1024
+EXPORT_PART_BYTES = 8 * 1024 * 1024  # an export streamed to S3 holds one part of this in memory (S3's least: 5 MiB)
 S3_MAX_ATTEMPTS = 10
 # A worker Ray has not placed on a node in this time is given up (an autoscaler adds a node well within
 # it); its start fails with the resources it asked for, rather than a job waiting on it for ever.

@@ -4,7 +4,8 @@
     ├── SpecError               bad job spec or input; never retriable; carries every problem
     ├── StorageError            object storage or filesystem failure (retriable by default)
     │   ├── ConflictError       the job folder holds a different job; never retriable
-    │   └── ManifestError       a `_manifest.json` this version cannot read (damaged); never retriable
+    │   ├── ManifestError       a `_manifest.json` this version cannot read (damaged); never retriable
+    │   └── ExistsError         a file to write exists and replacing it was not asked for; never retriable
     ├── EngineDeadError         the inference engine died: replace the worker, retry the shard
     ├── ShardError              a shard attempt failed for another reason: retry elsewhere
     ├── JobFailedError          shards failed after every retry, or the job was cancelled
@@ -69,6 +70,12 @@ class ConflictError(StorageError):
 
 class ManifestError(StorageError):
     """A `_manifest.json` that does not parse as this version's manifest: a damaged job folder."""
+
+    retriable = False
+
+
+class ExistsError(StorageError):
+    """A destination (an export's file) exists, and replacing it was not asked for (`--force`)."""
 
     retriable = False
 

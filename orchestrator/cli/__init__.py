@@ -1,4 +1,5 @@
-"""`synthfleet` command line: run, validate, show, make-tiny-model here; serve, submit, status, cancel, jobs remotely."""
+"""`synthfleet` command line: run, validate, show, export, make-tiny-model here; serve, submit, status,
+cancel, jobs remotely."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from orchestrator import defaults
 from orchestrator.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err
-from orchestrator.cli.local import cmd_make_tiny_model, cmd_run, cmd_show, cmd_validate
+from orchestrator.cli.local import cmd_export, cmd_make_tiny_model, cmd_run, cmd_show, cmd_validate
 from orchestrator.cli.remote import cmd_cancel, cmd_jobs, cmd_serve, cmd_status, cmd_submit
 from orchestrator.run import interrupts
 from orchestrator.service.records import JobState
@@ -101,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--rows", type=int, default=3, help="how many rows to print")
     show.add_argument("--output", help="override output.uri when TARGET is a spec (default: the spec's)")
     show.set_defaults(fn=cmd_show)
+    _export_parser(sub)
     _serve_parser(sub)
     _remote_parsers(sub)
     tiny = sub.add_parser("make-tiny-model", help="build a tiny random-weight model for demos and tests")
@@ -110,6 +112,24 @@ def parser() -> argparse.ArgumentParser:
     for cmd in sub.choices.values():
         cmd.formatter_class = HelpFormatter
     return p
+
+
+def _export_parser(sub: Any) -> None:
+    from orchestrator.export.formats import BATCH_FILES, FORMATS
+
+    text = "write a finished job's kept rows as OpenAI Batch output, plain JSONL or chat messages"
+    export = sub.add_parser("export", help=text, description=text)
+    export.add_argument("target", help="a job folder ({output}/{job_id}) or the spec that made it")
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="openai-batch: OpenAI Batch API output and error files; jsonl: every column of "
+                             "each kept row; chat: {\"messages\": [...]} for fine-tuning")
+    export.add_argument("--output", required=True, metavar="DEST",
+                        help=f"a path or s3:// URI: the file for jsonl and chat, the folder or prefix of "
+                             f"{' and '.join(BATCH_FILES)} for openai-batch")
+    export.add_argument("--force", action="store_true", help="replace an existing destination")
+    export.add_argument("--spec-output", metavar="URI",
+                        help="override output.uri when TARGET is a spec (default: the spec's)")
+    export.set_defaults(fn=cmd_export)
 
 
 def _serve_parser(sub: Any) -> None:

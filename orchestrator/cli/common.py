@@ -34,6 +34,15 @@ def load(path: str, output: str | None) -> JobSpec:
     return spec
 
 
+def job_folder(target: str, output: str | None) -> str:
+    """The job folder (or URI) `target` names: itself, or when it is a spec file, the folder of the job
+    that spec makes, `{output.uri}/{job_id}` (`output` overriding output.uri). SpecError for a bad spec."""
+    if target.endswith((".yaml", ".yml", ".json")) and not target.rstrip("/").endswith("_manifest.json"):
+        spec = load(target, output)
+        return f"{spec.output.uri.rstrip('/')}/{spec.job_id}"
+    return target
+
+
 def report_problems(path: str, e: SpecError) -> int:
     err.print(f"[bold red]{path}: {len(e.problems)} problem(s)[/]")
     for p in e.problems:

@@ -1,4 +1,4 @@
-"""The commands that run here: run, validate, show, make-tiny-model."""
+"""The commands that run here: run, validate, show, export, make-tiny-model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from orchestrator import defaults
-from orchestrator.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err, load, out, report_problems
+from orchestrator.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    err,
+    job_folder,
+    load,
+    out,
+    report_problems,
+)
 from orchestrator.errors import JobInterrupted, SpecError, SynthfleetError
 from orchestrator.run import interrupts
 
@@ -165,13 +174,10 @@ def print_targets(q: QualityReport) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     from orchestrator.results import manifest, open_job, read_table
 
-    target = args.target
-    if target.endswith((".yaml", ".yml", ".json")) and not target.rstrip("/").endswith("_manifest.json"):
-        try:
-            spec = load(target, args.output)
-        except SpecError as e:
-            return report_problems(target, e)
-        target = f"{spec.output.uri.rstrip('/')}/{spec.job_id}"
+    try:
+        target = job_folder(args.target, args.output)
+    except SpecError as e:
+        return report_problems(args.target, e)
     try:
         m = manifest(open_job(target))
         table = read_table(target)
@@ -184,6 +190,36 @@ def cmd_show(args: argparse.Namespace) -> int:
         prompt = row["prompt"] if row["prompt"] is not None else row["messages"][-1]["content"]
         out.print(f"\n[bold]{row['row_id']}[/] prompt: {prompt!r}", highlight=False)
         out.print(f"  completion: {row['completion'][:200]!r}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from orchestrator.export import destination, write_job
+    from orchestrator.results import manifest, open_job
+
+    try:
+        target = job_folder(args.target, args.spec_output)
+    except SpecError as e:
+        return report_problems(args.target, e)
+    try:  # the job and the destination are checked before a row is read
+        job = open_job(target)
+        manifest(job)
+        uploads = destination(args.format, args.output, force=args.force)
+    except SynthfleetError as e:
+        err.print(f"[bold red]{escape(str(e))}[/]", highlight=False)
+        return EXIT_BAD_INPUT
+    try:
+        done = write_job(job, args.format, uploads)
+    except SynthfleetError as e:
+        err.print(f"[bold red]export failed:[/] {escape(str(e))}", highlight=False)
+        return EXIT_FAILED
+    files = " and ".join(_shown(f) for f in done.files)
+    what = f"{done.lines:,} requests ({done.rows:,} rows)" if done.format == "openai-batch" else f"{done.rows:,} rows"
+    out.print(f"exported {what} of {_shown(target)} to {files}", highlight=False, markup=False)
+    if done.format == "openai-batch":
+        out.print(f"errors.jsonl: {done.error_lines:,} failed requests; left out: {done.rejected_requests:,} "
+                  f"requests every sample of which a gate rejected, {done.failed_samples:,} failed samples of "
+                  "answered requests", highlight=False, markup=False)
     return EXIT_OK
 
 

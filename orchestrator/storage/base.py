@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 
-from orchestrator.errors import StorageError
+from orchestrator.errors import ExistsError, StorageError
 
 _STATS: Counter[str] = Counter()
 _STATS_LOCK = threading.Lock()
@@ -86,6 +86,54 @@ class Store(ABC):
         """A store rooted at `prefix` below this one."""
         return PrefixStore(self, check_key(prefix))
 
+    def open_upload(self, key: str, *, overwrite: bool = False) -> Upload:
+        """An object written piece by piece and stored whole at `key` on commit (an export's file). The
+        local and S3 stores stream it; this default holds it in memory, as the in-memory store does."""
+        return Upload(self, check_key(key), overwrite)
+
+
+def exists_error(uri: str) -> ExistsError:
+    return ExistsError(f"{uri} exists; remove it, write elsewhere, or replace it (--force)")
+
+
+class Upload:
+    """An object written piece by piece, then committed whole: its key never holds part of it, and
+    without `overwrite` an existing key is never replaced (`ExistsError`). As a context manager it
+    commits on a clean exit and aborts on an exception."""
+
+    def __init__(self, store: Store, key: str, overwrite: bool):
+        self.store, self.key, self.overwrite = store, key, overwrite
+        self._pieces: list[bytes] = []
+
+    @property
+    def uri(self) -> str:
+        return f"{self.store.uri.rstrip('/')}/{self.key}"
+
+    def write(self, data: bytes) -> None:
+        self._pieces.append(bytes(data))
+
+    def commit(self) -> None:
+        data, self._pieces = b"".join(self._pieces), []
+        if self.overwrite:
+            self.store.put(self.key, data)
+        elif self.store.exists(self.key) or not self.store.put_if_absent(self.key, data):
+            raise self.exists()
+
+    def abort(self) -> None:
+        self._pieces = []
+
+    def exists(self) -> ExistsError:
+        return exists_error(self.uri)
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+
 
 class PrefixStore(Store):
     def __init__(self, inner: Store, prefix: str):
@@ -119,3 +167,6 @@ class PrefixStore(Store):
 
     def check_writable(self) -> None:
         self.inner.check_writable()
+
+    def open_upload(self, key: str, *, overwrite: bool = False) -> Upload:
+        return self.inner.open_upload(self._k(key), overwrite=overwrite)

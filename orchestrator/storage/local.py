@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.errors import StorageError
-from orchestrator.storage.base import Store, check_key
+from orchestrator.storage.base import Store, Upload, check_key
 
 
 class LocalStore(Store):
@@ -67,7 +67,7 @@ class LocalStore(Store):
     def size(self, key: str) -> int | None:
         try:
             st = self._path(key).stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing there, or a file where a folder would be
             return None
         return None if stat.S_ISDIR(st.st_mode) else st.st_size
 
@@ -93,6 +93,9 @@ class LocalStore(Store):
                     keys.append(key)
         yield from sorted(keys)
 
+    def open_upload(self, key: str, *, overwrite: bool = False) -> Upload:
+        return LocalUpload(self, check_key(key), overwrite)
+
     def check_writable(self) -> None:
         """Create and remove a probe folder in the nearest existing folder: what the job's first write
         will need there. Permission bits alone say yes as root, and on /proc; the OS is the judge."""
@@ -106,3 +109,46 @@ class LocalStore(Store):
         except OSError as e:
             raise StorageError(f"output folder {self.root} is not writable: cannot create a folder in "
                                f"{probe} ({e.strerror or e})") from None
+
+
+class LocalUpload(Upload):
+    """A temp file beside the target, linked into place on commit (without `overwrite`, failing if the
+    name exists, as commits do) or renamed over it (with)."""
+
+    def __init__(self, store: LocalStore, key: str, overwrite: bool):
+        super().__init__(store, key, overwrite)
+        self.path = store.root / key
+        self.tmp = self.path.parent / f".tmp-{self.path.name}-{uuid.uuid4().hex}"
+        if self.path.is_dir():
+            raise StorageError(f"{self.path} is a folder; name a file")
+        blocking = next((p for p in self.path.parents if p.is_file()), None)
+        if blocking is not None:
+            raise StorageError(f"cannot write {self.path}: {blocking} is a file, not a folder")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit or abort
+        except OSError as e:
+            raise StorageError(f"cannot write {self.path}: {e.strerror or e}") from None
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def commit(self) -> None:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            if self.overwrite:
+                os.replace(self.tmp, self.path)
+            else:
+                os.link(self.tmp, self.path)
+        except FileExistsError:
+            raise self.exists() from None
+        except OSError as e:
+            raise StorageError(f"cannot write {self.path}: {e.strerror or e}") from None
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)

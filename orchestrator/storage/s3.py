@@ -7,6 +7,7 @@ PUTs (`If-None-Match: *`): a second writer of the same key gets HTTP 412 and the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 
 from orchestrator import defaults
 from orchestrator.errors import StorageError
-from orchestrator.storage.base import Store, check_key, count_storage
+from orchestrator.storage.base import Store, Upload, check_key, count_storage
 
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
@@ -155,6 +156,9 @@ class S3Store(Store):
             for obj in page.get("Contents", []):
                 yield obj["Key"][len(base):]
 
+    def open_upload(self, key: str, *, overwrite: bool = False) -> Upload:
+        return S3Upload(self, check_key(key), overwrite)
+
     def check_writable(self) -> None:
         from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 
@@ -174,3 +178,77 @@ class S3Store(Store):
             raise StorageError(f"cannot reach bucket {self.bucket!r}: {code or e}") from None
         except Exception as e:  # endpoint unreachable and similar
             raise StorageError(f"cannot reach bucket {self.bucket!r}: {e}") from None
+
+
+class S3Upload(Upload):
+    """Streamed as a multipart upload, one part of `part_bytes` held at a time (an object that stays
+    smaller is one PUT); committed with `If-None-Match: *` unless `overwrite`, so an existing object is
+    never replaced, and aborted on failure so no part is left behind. At 10,000 parts (S3's limit) of
+    the default size, an object holds up to 80 GiB."""
+
+    def __init__(self, store: S3Store, key: str, overwrite: bool, *, part_bytes: int = defaults.EXPORT_PART_BYTES):
+        super().__init__(store, key, overwrite)
+        self.s3, self.bucket, self.object_key = store.s3, store.bucket, store._k(key)
+        self.part_bytes, self.buffer, self.parts = part_bytes, bytearray(), []
+        self.upload_id: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.object_key}"
+
+    def _fail(self, op: str, e: Exception) -> StorageError:
+        return StorageError(f"S3 {op} {self.uri} failed: {_code(e) or e}")
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= self.part_bytes:
+            self._upload_part()
+
+    def _upload_part(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            if self.upload_id is None:
+                self.upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.object_key)["UploadId"]
+            number = len(self.parts) + 1
+            r = self.s3.upload_part(Bucket=self.bucket, Key=self.object_key, UploadId=self.upload_id,
+                                    PartNumber=number, Body=bytes(self.buffer))
+        except ClientError as e:
+            raise self._fail("multipart upload", e) from e
+        self.parts.append({"PartNumber": number, "ETag": r["ETag"]})
+        self.buffer = bytearray()
+
+    def commit(self) -> None:
+        from botocore.exceptions import ClientError
+
+        extra = {} if self.overwrite else {"IfNoneMatch": "*"}
+        try:
+            if self.upload_id is None:
+                self.s3.put_object(Bucket=self.bucket, Key=self.object_key, Body=bytes(self.buffer), **extra)
+            else:
+                if self.buffer:
+                    self._upload_part()
+                self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.object_key, UploadId=self.upload_id,
+                                                  MultipartUpload={"Parts": self.parts}, **extra)
+                self.upload_id = None
+        except ClientError as e:
+            self.abort()
+            if _code(e) in _CONFLICT_CODES:
+                raise self.exists() from None
+            raise self._fail("upload", e) from e
+        except BaseException:  # the last part failed, or the call was interrupted
+            self.abort()
+            raise
+        finally:
+            self.buffer = bytearray()
+
+    def abort(self) -> None:
+        """Drop what was written; a part S3 keeps after a failed abort is only storage (a bucket lifecycle
+        rule for incomplete multipart uploads removes it), never a visible object."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self.buffer = bytearray()
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            with contextlib.suppress(BotoCoreError, ClientError):
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.object_key, UploadId=upload_id)

@@ -142,8 +142,8 @@ def _help_problem(cmd: argparse.ArgumentParser, action: argparse.Action) -> str 
     """What is missing from one argument's help: the help itself, or the default it does not show."""
     if not action.help:
         return "no help"
-    if not action.option_strings or isinstance(action.default, bool):
-        return None  # positionals and flags have no default to show
+    if not action.option_strings or action.required or isinstance(action.default, bool):
+        return None  # positionals, required options and flags have no default to show
     if action.default is None:  # unset: the help must say what happens then
         return None if "(default: " in action.help else "does not say what happens when unset"
     shown = f"(default: {action.default})" in " ".join(cmd.format_help().split())

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from orchestrator import defaults
-from orchestrator.errors import StorageError
+from orchestrator.errors import ExistsError, StorageError
 from orchestrator.storage import LocalStore, MemoryStore, S3Store, Store, check_uri, open_store, split_uri
 from orchestrator.storage.base import check_key, drain_storage_stats
 
@@ -178,6 +178,46 @@ def test_check_key_accepts_nested_keys() -> None:
     assert check_key("data/train-00000-of-00001.parquet") == "data/train-00000-of-00001.parquet"
 
 
+# --- uploads (an export's files) --------------------------------------------------------------
+
+def test_an_upload_is_stored_whole_when_committed(store: Store) -> None:
+    with store.open_upload("exports/out.jsonl") as up:
+        up.write(b"one\n")
+        up.write(b"two\n")
+        assert not store.exists("exports/out.jsonl")
+    assert store.get("exports/out.jsonl") == b"one\ntwo\n"
+    assert up.uri.endswith("/exports/out.jsonl")
+
+
+def test_an_upload_never_replaces_an_existing_key(store: Store) -> None:
+    store.put("out.jsonl", b"mine")
+    up = store.open_upload("out.jsonl")
+    up.write(b"theirs")
+    with pytest.raises(ExistsError, match="out.jsonl exists"):
+        up.commit()
+    assert store.get("out.jsonl") == b"mine"
+
+
+def test_an_upload_with_overwrite_replaces_the_key(store: Store) -> None:
+    store.put("out.jsonl", b"old")
+    with store.open_upload("out.jsonl", overwrite=True) as up:
+        up.write(b"new")
+    assert store.get("out.jsonl") == b"new"
+
+
+def test_an_upload_failing_midway_leaves_nothing(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.open_upload("d/out.jsonl") as up:
+        up.write(b"half")
+        raise RuntimeError("the source failed")
+    assert not store.exists("d/out.jsonl") and list(store.list()) == []
+
+
+def test_a_child_stores_upload_lands_under_its_prefix(store: Store) -> None:
+    with store.child("job").open_upload("k") as up:
+        up.write(b"x")
+    assert store.get("job/k") == b"x"
+
+
 # --- URIs -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("uri", ["out/../x", "../out", "/a/b/..", "file:///a/../b", "s3://bucket/a/../b",
@@ -277,6 +317,33 @@ def test_s3_keys_live_under_the_store_prefix(bucket: str) -> None:
     open_store(f"s3://{bucket}/a/b").put_if_absent("k", b"x")
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == ["a/b/k"]
+
+
+def test_an_s3_upload_streams_in_parts_holding_one_at_a_time(bucket: str) -> None:
+    from orchestrator.storage.s3 import S3Upload
+
+    chunks = [os.urandom(MiB) for _ in range(12)]
+    up = S3Upload(S3Store(bucket, "exports"), "big.jsonl", False, part_bytes=5 * MiB)
+    for chunk in chunks:
+        up.write(chunk)
+        assert len(up.buffer) < 5 * MiB
+    assert len(up.parts) == 2  # uploaded as they filled, before the commit
+    up.commit()
+    assert open_store(f"s3://{bucket}/exports").get("big.jsonl") == b"".join(chunks)
+    head = boto3.client("s3").head_object(Bucket=bucket, Key="exports/big.jsonl")
+    assert head["ETag"].strip('"').endswith("-3")
+
+
+def test_an_s3_multipart_upload_refused_at_commit_leaves_no_pending_upload(bucket: str) -> None:
+    from orchestrator.storage.s3 import S3Upload
+
+    S3Store(bucket).put("big.jsonl", b"mine")
+    up = S3Upload(S3Store(bucket), "big.jsonl", False, part_bytes=5 * MiB)
+    up.write(os.urandom(6 * MiB))
+    with pytest.raises(ExistsError):
+        up.commit()
+    assert S3Store(bucket).get("big.jsonl") == b"mine"
+    assert boto3.client("s3").list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 # --- local specifics --------------------------------------------------------------------------
