@@ -15,7 +15,7 @@ REQUIRED_METRICS = {
     "synthfleet_rows_rejected_total", "synthfleet_judge_score_bucket", "synthfleet_diversity",
     "synthfleet_diversity_reference_ratio", "synthfleet_bias_drift_flagged_values",
     "synthfleet_bias_drift_max_shift_ratio", "synthfleet_storage_written_bytes_total",
-    "synthfleet_storage_retries_total", "synthfleet_storage_operations_total",
+    "synthfleet_storage_retries_total", "synthfleet_storage_operations_total", "synthfleet_targets_strata_unmet",
 }
 
 
