@@ -178,6 +178,9 @@ class FollowUps:
         return self.tokenizer.encode(row.prompt, add_special_tokens=False) if row.prompt else []
 
 
+ENGINE_STOP_S = 30.0  # vLLM's own 5 s default kills a CPU engine still exiting cleanly and leaves it a zombie
+
+
 class VllmEngine:
     """vLLM's AsyncLLM, kept full by many concurrent requests, returning only final outputs."""
 
@@ -213,6 +216,12 @@ class VllmEngine:
                                self.llm.model_config.max_model_len)
         self.requests = 0
         self._ids = itertools.count()
+
+    def close(self) -> None:
+        """Stop the engine's processes (a worker's end with its actor; an in-process user calls this).
+        The AsyncLLM is dropped too: vLLM's import-time frames can keep this object alive until exit."""
+        self.llm.shutdown(timeout=ENGINE_STOP_S)
+        del self.llm
 
     def _params(self, row: PromptRow) -> Any:
         from vllm import SamplingParams

@@ -1,4 +1,4 @@
-"""`synthfleet` command line: run, validate, show, export, make-tiny-model here; serve, submit, status,
+"""`synthfleet` command line: run, validate, preview, show, export, make-tiny-model here; serve, submit, status,
 cancel, jobs remotely."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 from orchestrator import defaults
 from orchestrator.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, err
 from orchestrator.cli.local import cmd_export, cmd_make_tiny_model, cmd_run, cmd_show, cmd_validate
+from orchestrator.cli.preview import cmd_preview
 from orchestrator.cli.remote import cmd_cancel, cmd_jobs, cmd_serve, cmd_status, cmd_submit
 from orchestrator.run import interrupts
 from orchestrator.service.records import JobState
@@ -97,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
     val.add_argument("spec", help="the job spec (YAML or JSON)")
     val.add_argument("--output", help="override output.uri (default: the spec's output.uri)")
     val.set_defaults(fn=cmd_validate)
+    _preview_parser(sub)
     show = sub.add_parser("show", help="summarise a finished job and print a few rows")
     show.add_argument("target", help="a job folder ({output}/{job_id}) or the spec that made it")
     show.add_argument("--rows", type=int, default=3, help="how many rows to print")
@@ -112,6 +114,22 @@ def parser() -> argparse.ArgumentParser:
     for cmd in sub.choices.values():
         cmd.formatter_class = HelpFormatter
     return p
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def _preview_parser(sub: Any) -> None:
+    text = ("run the row program (stages, filters, judge) on a spec's first rows here, print each row and "
+            "estimate the whole job; writes nothing")
+    preview = sub.add_parser("preview", help=text, description=text)
+    preview.add_argument("spec", help="the job spec (YAML or JSON)")
+    preview.add_argument("--rows", type=_count, default=5, help="how many of the job's first rows to run")
+    preview.set_defaults(fn=cmd_preview)
 
 
 def _export_parser(sub: Any) -> None:
