@@ -47,13 +47,7 @@ def _drift_flags(title: str, drift: Drift | None, base: str) -> list[str]:
     items = []
     for name, variable in drift.variables.items() if drift else []:
         for v in (v for v in variable.values if v.flagged):
-            if v.planned == 0:
-                what = f"never {base}, yet {v.kept:,} kept"
-            elif v.rest_loss_rate is not None:
-                what = f"{pct(v.loss_rate)} of its {base} rows lost, the other values {pct(v.rest_loss_rate)}"
-            else:
-                what = f"{pct(v.planned_share)} of {base} rows, {pct(v.kept_share)} of kept"
-            items.append(f"**{title}:** {code(name)} = {text(v.value)}: {what} (p = {num(v.p_value, 2)}).")
+            items.append(f"**{title}:** {code(name)} = {text(v.value)}: {v.why(base)} (p = {num(v.p_value, 2)}).")
     return items
 
 

@@ -125,6 +125,16 @@ class DriftValue(Frozen):
     p_value: Num | None
     flagged: bool
 
+    def why(self, base: str) -> str:
+        """What a flagged value's rows did, in words (`base`: what its share was measured against)."""
+        def pct(x: Num | None) -> str:
+            return "–" if x is None else f"{x:.1%}"
+        if self.planned == 0:
+            return f"never {base}, yet {self.kept:,} kept"
+        if self.rest_loss_rate is not None:
+            return f"{pct(self.loss_rate)} of its {base} rows lost, the other values {pct(self.rest_loss_rate)}"
+        return f"{pct(self.planned_share)} of {base} rows, {pct(self.kept_share)} of kept"
+
 
 class DriftVariable(Frozen):
     chi2: Num | None

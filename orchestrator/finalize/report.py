@@ -281,16 +281,8 @@ def _flag_items(report: QualityReport) -> list[str]:
 def _drift_items(title: str, drift: Drift | None, base: str) -> list[str]:
     items = []
     for name, variable in drift.variables.items() if drift else []:
-        for v in variable.values:
-            if not v.flagged:
-                continue
-            if v.planned == 0:
-                what = f"never {base}, yet {v.kept:,} kept"
-            elif v.rest_loss_rate is not None:
-                what = f"{pct(v.loss_rate)} of its {base} rows lost, the other values {pct(v.rest_loss_rate)}"
-            else:
-                what = f"{pct(v.planned_share)} of {base} rows, {pct(v.kept_share)} of kept"
-            items.append(f"<b>{title}:</b> {escape(name)} = <b>{escape(label(v.value))}</b>: {escape(what)} "
+        for v in (v for v in variable.values if v.flagged):
+            items.append(f"<b>{title}:</b> {escape(name)} = <b>{escape(label(v.value))}</b>: {escape(v.why(base))} "
                          f"(p = {fmt(v.p_value, 2)}).")
     return items
 
