@@ -70,6 +70,13 @@ def off_model_cores() -> list[int]:
     return sorted(free)
 
 
+def restore() -> None:
+    """Every thread of this process back on the cores it found, once its engines have stopped: a process
+    that outlives them (an in-process preview, a test) and its future children get the whole node."""
+    if hasattr(os, "sched_setaffinity") and _allowed:
+        _pin([os.getpid()], _allowed)
+
+
 @contextlib.contextmanager
 def all_cores() -> Iterator[None]:
     """This process's threads on every allowed core while an engine starts (its binding reads this process's

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -76,6 +77,7 @@ class Engines:
         self.model, self.on_gpu = spec.model, bool(spec.resources.gpus_per_worker)
         self.loaded: dict[str, Engine] = {}
         self.reaper: subprocess.Popen[bytes] | None = None
+        self.environ = dict(os.environ)  # vLLM sets variables (LD_PRELOAD, ...) in the process it starts in
 
     def __call__(self, model: Literal["self"] | ModelSpec) -> Engine:
         from orchestrator.run import reaper
@@ -90,12 +92,18 @@ class Engines:
         return self.loaded[key]
 
     def close(self) -> None:
-        """Stop every engine's processes, then the watchdog."""
+        """Stop every engine's processes, then the watchdog; leave this process as it was (its cores and
+        environment), since a caller's later children inherit both."""
+        from workers import placement
+
         for engine in self.loaded.values():
             close = getattr(engine, "close", None)
             if close is not None:
                 close()
         self.loaded.clear()
+        placement.restore()
+        os.environ.clear()
+        os.environ.update(self.environ)
         if self.reaper is not None:
             self.reaper.terminate()
             self.reaper.wait()

@@ -1,9 +1,11 @@
 """`synthfleet preview` of a two-stage spec on real vLLM (the tiny model, an engine started in this
-process): every row prints both stages' texts, nothing is written, and no engine process is left."""
+process): every row prints both stages' texts, nothing is written, no engine process is left, and the
+process keeps its cores and environment."""
 
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -30,6 +32,7 @@ def test_a_two_stage_preview_prints_both_stages_of_each_row_and_writes_nothing(
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     before = {p.pid for p in psutil.Process().children(recursive=True)}
+    cores, environ = os.sched_getaffinity(0), dict(os.environ)
 
     code = main(["preview", str(path), "--rows", "3"])
 
@@ -48,3 +51,5 @@ def test_a_two_stage_preview_prints_both_stages_of_each_row_and_writes_nothing(
     assert not (tmp_path / "out").exists()
     engines = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and "VLLM" in p.name()]
     assert not engines, [(p.name(), p.status()) for p in engines]
+    # this process as it was: a later child (a test's `synthfleet serve`) inherits its cores and environment
+    assert os.sched_getaffinity(0) == cores and dict(os.environ) == environ
