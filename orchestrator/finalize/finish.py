@@ -26,11 +26,11 @@ from orchestrator.finalize.passes import (
     stratified_variables,
 )
 from orchestrator.finalize.report import render_report
-from orchestrator.finalize.targets import dedup_verdicts, kept_strata, targets_report
+from orchestrator.finalize.targets import dedup_verdicts, kept_strata, standing, targets_report
 from orchestrator.finalize.samples import Examples, original_texts, scan_rejected
 from orchestrator.finalize.stage_quality import StageMeasures
 from orchestrator.plan.planner import Plan
-from orchestrator.plan.rounds import Standing, Strata
+from orchestrator.plan.rounds import Strata
 from orchestrator.spec.job import JobSpec
 from orchestrator.storage import Store
 
@@ -99,9 +99,7 @@ def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStat
             strata = Strata.of(spec)
             by_stratum = kept_strata(store, spec, plan, strata, verdicts)
             over = by_stratum.over_target(strata.targets)
-            assert spec.prompts.template is not None
-            state = Standing(strata.counts(spec.prompts.template, plan), by_stratum.counts(len(strata.items)))
-            targets = targets_report(spec, plan, strata, state)
+            targets = targets_report(spec, plan, strata, standing(spec, plan, strata, by_stratum))
         results = dedup_shards(store, spec, plan, kept, verdicts, over)
     else:
         measure_shards(store, spec, plan, kept)

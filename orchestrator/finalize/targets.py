@@ -100,28 +100,17 @@ def kept_strata(store: Store, spec: JobSpec, plan: Plan, strata: Strata,
     return out
 
 
-def standing(store: Store, spec: JobSpec, plan: Plan, strata: Strata) -> Standing:
-    """Each stratum's generated and kept rows over the plan's committed shards (all of them)."""
-    source = spec.prompts.template
-    assert source is not None
-    kept = kept_strata(store, spec, plan, strata, dedup_verdicts(store, spec, plan))
-    return Standing(strata.counts(source, plan), kept.counts(len(strata.items)))
-
-
-def round_counts(spec: JobSpec, plan: Plan, strata: Strata) -> list[np.ndarray]:
-    """Rows each round generated per stratum."""
-    source = spec.prompts.template
-    assert source is not None
-    first = [strata.counts(source, Plan(plan.job_id, plan.spec_hash, plan.total_rows, plan.rows_per_shard))
-             ] if plan.total_rows else []
-    return [*first, *(np.bincount(strata.of_rows(source, r.indexes), minlength=len(strata.items))
-                      for r in plan.rounds)]
+def standing(spec: JobSpec, plan: Plan, strata: Strata, kept: KeptStrata) -> Standing:
+    """Each stratum's generated rows (from the plan) and kept rows (`kept`, read from its shards)."""
+    assert spec.prompts.template is not None
+    return Standing(strata.counts(spec.prompts.template, plan), kept.counts(len(strata.items)))
 
 
 def targets_report(spec: JobSpec, plan: Plan, strata: Strata, state: Standing) -> dict[str, Any]:
     """The report's and manifest's targets section: per stratum, what it cost and whether it was met."""
     assert spec.targets is not None
-    n, per_round = spec.sampling.n, round_counts(spec, plan, strata)
+    assert spec.prompts.template is not None
+    n, per_round = spec.sampling.n, strata.per_round(spec.prompts.template, plan)
     rows = []
     for s, stratum in enumerate(strata.items):
         generated, kept = int(state.generated[s]), int(state.kept[s])
@@ -144,7 +133,10 @@ def advance(store: Store, spec: JobSpec, plan: Plan) -> Plan | None:
     """With every shard of `plan` committed: the plan with the next round, or None when none is due
     (a plan with no rows yet: its first round, drawn from the targets alone)."""
     strata = Strata.of(spec)
-    return next_round(spec, plan, strata, standing(store, spec, plan, strata) if plan.rows else None)
+    if not plan.rows:
+        return next_round(spec, plan, strata, None)
+    kept = kept_strata(store, spec, plan, strata, dedup_verdicts(store, spec, plan))
+    return next_round(spec, plan, strata, standing(spec, plan, strata, kept))
 
 
 def replay(store: Store, spec: JobSpec, plan: Plan, committed: set[int]) -> Plan:

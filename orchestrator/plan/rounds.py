@@ -68,15 +68,18 @@ class Strata:
         assert (self.keys[np.minimum(found, len(self.keys) - 1)] == key).all(), "a draw outside the planned strata"
         return self.order[found]
 
-    def counts(self, source: TemplateSource, plan: Plan) -> np.ndarray:
-        """Rows the plan generates per stratum, over all its rounds."""
-        out = np.zeros(len(self.items), dtype=np.int64)
+    def per_round(self, source: TemplateSource, plan: Plan) -> list[np.ndarray]:
+        """Rows each round of the plan generates per stratum (the first pass, when it has rows, first)."""
+        first = np.zeros(len(self.items), dtype=np.int64)
         for start in range(0, plan.total_rows, SCAN_ROWS):
             ids = self.of_rows(source, np.arange(start, min(plan.total_rows, start + SCAN_ROWS), dtype=np.int64))
-            out += np.bincount(ids, minlength=len(self.items))
-        for r in plan.rounds:
-            out += np.bincount(self.of_rows(source, r.indexes), minlength=len(self.items))
-        return out
+            first += np.bincount(ids, minlength=len(self.items))
+        rounds = [np.bincount(self.of_rows(source, r.indexes), minlength=len(self.items)) for r in plan.rounds]
+        return ([first] if plan.total_rows else []) + rounds
+
+    def counts(self, source: TemplateSource, plan: Plan) -> np.ndarray:
+        """Rows the plan generates per stratum, over all its rounds."""
+        return sum(self.per_round(source, plan), np.zeros(len(self.items), dtype=np.int64))
 
 
 def _radix(codes: list[int], sizes: tuple[int, ...]) -> int:
