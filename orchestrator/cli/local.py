@@ -54,7 +54,8 @@ def _targets_plan(spec: JobSpec, plan: Plan) -> str:
     first = plan if plan.total_rows else next_round(spec, plan, strata, None) or plan
     most = budget(spec.targets, plan.total_rows, targeted)
     return (f"{len(strata.items)} strata by {', '.join(strata.by)} targeting {targeted:,} kept rows; round 1: "
-            f"{first.rows:,} rows in {first.num_shards} shards, at most {most:,} rows in {spec.targets.max_rounds} rounds")
+            f"{first.rows:,} rows in {first.num_shards} shards, at most {most:,} rows in "
+            f"{spec.targets.max_rounds} rounds")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
