@@ -36,6 +36,7 @@ from orchestrator.spec.load import load_spec
 
 if TYPE_CHECKING:
     from orchestrator.finalize.quality_report import QualityReport
+    from orchestrator.openai_api.served import ServedModel
 
 POLL_S = 1.0
 UNAVAILABLE_STATUS = frozenset({502, 503, 504})  # a proxy or load balancer with no server behind it
@@ -159,12 +160,15 @@ class Client:
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url, self.timeout = url.rstrip("/"), timeout
+        self.token = token  # also what the `openai` SDK needs as api_key for the Batch API at url + "/v1"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self._server: Any = None
 
     @classmethod
-    def local(cls, state: str = "outputs/_state", **coordinator_options: Any) -> Client:
-        """Start an embedded coordinator (and local Ray) in this process; for notebooks and scripts."""
+    def local(cls, state: str = "outputs/_state", *, models: dict[str, ServedModel] | None = None,
+              **coordinator_options: Any) -> Client:
+        """Start an embedded coordinator (and local Ray) in this process; for notebooks and scripts.
+        `models` are the models OpenAI Batch requests may name (the `openai` SDK at `client.url + "/v1"`)."""
         import uvicorn
 
         from orchestrator.run.ray_runtime import ensure_ray
@@ -176,7 +180,7 @@ class Client:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        app = create_app(Coordinator(state, **coordinator_options), token=token)
+        app = create_app(Coordinator(state, **coordinator_options), token=token, models=models)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, name="synthfleet-coordinator", daemon=True)
         thread.start()

@@ -58,6 +58,11 @@ REPORT_EXAMPLE_CHARS = 600  # a prompt or completion shown in the report is cut 
 MAX_TRUNCATED_SHARE = 0.1  # a larger share of rows cut at max_tokens is flagged by the report and the summary
 MAX_BODY_MB = 16.0  # the API refuses (413) a request body over this; inline seeds that big belong in a prompt file
 MAX_JSON_DEPTH = 64  # lists and objects nested deeper in a request body are refused (422), never recursed into
+# The OpenAI Batch API on `serve` (orchestrator/openai_api)
+MAX_FILE_MB = 200.0  # an uploaded Batch input file over this is refused (413), as OpenAI's 200 MB limit
+BATCH_ROWS_PER_SHARD = 64  # a batch's requests per shard: small, so a cancelled or expired batch keeps more
+BATCH_POLL_S = 0.5  # how often the batch lifecycle follows its jobs and checks completion windows
+MAX_COMPLETION_WINDOW_S = 7 * 24 * 3600
 API_TOKEN_ENV = "SYNTHFLEET_API_TOKEN"
 API_TOKEN_FILE_ENV = "SYNTHFLEET_API_TOKEN_FILE"
 SECRET_ENV = (API_TOKEN_ENV, API_TOKEN_FILE_ENV)  # kept out of the environment of Ray and vLLM workers

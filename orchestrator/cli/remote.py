@@ -45,10 +45,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     from orchestrator.service.coordinator import Coordinator
 
+    from orchestrator.openai_api.served import served_models
+
     try:
         token = take_token(args.token_file)
     except ConfigError as e:
         return _config_error(e)
+    try:
+        models = served_models(args.model, args.models)
+    except SpecError as e:
+        return report_problems("models", e)
     if token is None and not is_loopback(args.host):
         err.print(f"refusing to listen on {args.host} without an API token: set SYNTHFLEET_API_TOKEN or "
                   "SYNTHFLEET_API_TOKEN_FILE (or --token-file), or listen on 127.0.0.1", highlight=False)
@@ -60,9 +66,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     coordinator = Coordinator(args.state, ray_address=args.ray_address, max_running_jobs=args.max_running_jobs,
                               idle_release_s=args.idle_release_s)
-    app = create_app(coordinator, token=token, max_body_bytes=int(args.max_body_mb * MB))
+    app = create_app(coordinator, token=token, max_body_bytes=int(args.max_body_mb * MB), models=models,
+                     max_file_bytes=int(args.max_file_mb * MB))
     banner = (f"synthfleet serving on {http_url(args.host, sock.getsockname()[1])} "
-              f"(state: {args.state}, auth: {'token' if token else 'none'})")
+              f"(state: {args.state}, auth: {'token' if token else 'none'}, "
+              f"batch models: {', '.join(models) or 'none'})")
     server = AnnouncingServer(uvicorn.Config(app, log_level="warning"),
                               lambda: out.print(banner, highlight=False, markup=False))
     server.run(sockets=[sock])

@@ -45,3 +45,8 @@ def shard_record_key(index: int) -> str:
 def shard_index(key: str) -> int:
     """The shard index of a data key (inverse of data_key)."""
     return int(key.rsplit("/", 1)[-1].split("-")[1])
+
+
+def shard_count(key: str) -> int:
+    """The N of a data key's `-of-N` (the plan's shard count, or a targets job's shard budget)."""
+    return int(key.rsplit("-of-", 1)[1].split(".")[0])

@@ -8,11 +8,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
+from orchestrator.commit import layout
+from orchestrator.commit.shards import recover_shard
 from orchestrator.export import formats
 from orchestrator.finalize.manifest import Manifest, ShardEntry
 from orchestrator.results import manifest, open_job
@@ -75,10 +78,9 @@ def write_job(job: Store, fmt: str, uploads: list[Upload]) -> Exported:
     with contextlib.ExitStack() as stack:
         for u in uploads:
             stack.enter_context(u)
-        m = manifest(job)
         if fmt == formats.OPENAI_BATCH:
-            return _batch(job, m, *uploads)
-        return _rows(job, m, uploads[0], fmt)
+            return write_batch(job, *uploads)
+        return _rows(job, manifest(job), uploads[0], fmt)
 
 
 def _rows(job: Store, m: Manifest, upload: Upload, fmt: str) -> Exported:
@@ -99,29 +101,69 @@ class _Counts:
     failed_samples: int = 0
 
 
-def _batch_shard(job: Store, shard: ShardEntry, ctx: formats.BatchContext, output: Upload, errors: Upload,
-                 n: _Counts) -> None:
-    """One shard's requests: its answered ones to the output file, its failed ones to the error file."""
+@dataclass(frozen=True)
+class CommittedShard:
+    """A committed shard's files, read from storage when a job has no manifest (it was cancelled)."""
+
+    data: str
+    errors: str | None
+    rejected: str | None
+
+    def keys(self, *, errors: bool = False, rejected: bool = False) -> list[str]:
+        key = self.rejected if rejected else self.errors if errors else self.data
+        return [key] if key else []
+
+
+def committed_files(job: Store) -> list[CommittedShard]:
+    """The shards a job without a manifest has committed (not staged: no dedup or targets), each whole:
+    files a crash left underived are derived first, as the finalize pass does."""
+    shards = []
+    for key in job.list(layout.DATA_DIR + "/"):
+        if key.endswith(".parquet"):
+            i, n = layout.shard_index(key), layout.shard_count(key)
+            stats = recover_shard(job, i, n)
+            shards.append(CommittedShard(key, layout.errors_key(i, n) if stats.rows_failed else None,
+                                         layout.rejected_key(i, n) if stats.rows_rejected else None))
+    return shards
+
+
+def _batch_shard(job: Store, shard: ShardEntry | CommittedShard, ctx: formats.BatchContext, output: Upload,
+                 errors: Upload, n: _Counts, seen: set[str] | None) -> None:
+    """One shard's requests: its answered ones to the output file, its failed ones to the error file;
+    their custom_ids added to `seen` when given."""
     failed = formats.by_request(_stored_rows(job, shard.keys(errors=True)))
     answered: set[str] = set()
     for samples in formats.requests(_stored_rows(job, shard.keys())):
         output.write(formats.batch_output_line(samples, ctx))
         answered.add(samples[0]["row_id"])
         n.rows, n.lines = n.rows + len(samples), n.lines + 1
+        if seen is not None:
+            seen.add(formats.custom_id(samples[0]))
     for row_id, rows in failed.items():
         if row_id in answered:
             n.failed_samples += len(rows)
         else:
             errors.write(formats.batch_error_line(rows))
             n.error_lines += 1
+            if seen is not None:
+                seen.add(formats.custom_id(rows[0]))
     rejected = {r["row_id"] for r in _stored_rows(job, shard.keys(rejected=True), columns=["row_id"])}
     n.rejected_requests += len(rejected - answered - failed.keys())
 
 
-def _batch(job: Store, m: Manifest, output: Upload, errors: Upload) -> Exported:
-    ctx, n = formats.BatchContext(model=m.model, created=int(m.finished_at)), _Counts()
-    for shard in m.shards:
-        _batch_shard(job, shard, ctx, output, errors, n)
+def write_batch(job: Store, output: Upload, errors: Upload, *, model: str | None = None,
+                seen: set[str] | None = None) -> Exported:
+    """A job's requests as Batch output and error lines: through its manifest when it finished, else its
+    committed shards (a cancelled job), answered now. The bodies name `model` (the name a request
+    asked for), else the job's model. Commits neither upload."""
+    if job.exists(layout.MANIFEST):
+        m = manifest(job)
+        ctx, shards = formats.BatchContext(model=model or m.model, created=int(m.finished_at)), list(m.shards)
+    else:
+        ctx, shards = formats.BatchContext(model=str(model), created=int(time.time())), committed_files(job)
+    n = _Counts()
+    for shard in shards:
+        _batch_shard(job, shard, ctx, output, errors, n, seen)
     return Exported(formats.OPENAI_BATCH, [output.uri, errors.uri], n.rows, n.lines, n.error_lines,
                     n.rejected_requests, n.failed_samples)
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -55,8 +56,8 @@ def _missing(record: dict[str, Any], kind: str) -> str | None:
     return f"no {' or '.join(f'`{c}`' for c in wanted)} column (it has: {has})"
 
 
-def _line_problem(line: bytes, kind: str) -> str | None:
-    """Why one JSONL line is unusable, or None: decoding, JSON, an object, the columns."""
+def parse_line(line: bytes) -> dict[str, Any] | str:
+    """One JSONL line as an object, or why it is not one: decoding, JSON, an object."""
     try:
         text = line.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
@@ -65,7 +66,15 @@ def _line_problem(line: bytes, kind: str) -> str | None:
         record = json.loads(text)
     except json.JSONDecodeError as e:
         return f"not valid JSON ({e.msg} at column {e.colno})"
-    return _missing(record, kind) if isinstance(record, dict) else "not a JSON object"
+    except RecursionError:
+        return "nested too deep"
+    return record if isinstance(record, dict) else "not a JSON object"
+
+
+def _line_problem(line: bytes, kind: str) -> str | None:
+    """Why one JSONL line is unusable, or None: decoding, JSON, an object, the columns."""
+    record = parse_line(line)
+    return record if isinstance(record, str) else _missing(record, kind)
 
 
 def _first_lines(uri: str) -> list[tuple[int, bytes]]:
@@ -135,48 +144,52 @@ def _digest(custom_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "big") | 1  # 0: no id
 
 
-def _repeated_digests(uri: str) -> set[int]:
+def repeated_digests(lines: Iterable[bytes]) -> set[int]:
     """Digests of custom_ids that occur more than once (a false match is ruled out later): one pass,
     8 bytes a line, sorted."""
     import numpy as np
 
     digests = array("Q")
-    with open_input(uri) as f:
-        for line in f:
-            custom_id = _custom_id(line) if line.strip() else None
-            digests.append(0 if custom_id is None else _digest(custom_id))
+    for line in lines:
+        custom_id = _custom_id(line) if line.strip() else None
+        digests.append(0 if custom_id is None else _digest(custom_id))
     ordered = np.sort(np.frombuffer(digests, dtype=np.uint64))
     repeats = ordered[1:][(ordered[1:] == ordered[:-1]) & (ordered[1:] != 0)]
     return {int(d) for d in np.unique(repeats)}
 
 
-def _first_repeat(uri: str, repeated: set[int]) -> tuple[str, int, int, int] | None:
+def first_repeat(lines: Iterable[bytes], repeated: set[int]) -> tuple[str, int, int, int] | None:
     """(custom_id, its first line, the line repeating it, how many ids repeat), streaming once more."""
     first: dict[str, int] = {}
     found: tuple[str, int, int] | None = None
     ids = set()
-    with open_input(uri) as f:
-        for number, line in enumerate(f, start=1):
-            custom_id = _custom_id(line) if line.strip() else None
-            if custom_id is None or _digest(custom_id) not in repeated:
-                continue
-            if custom_id in first:
-                ids.add(custom_id)
-                found = found or (custom_id, first[custom_id], number)
-            first.setdefault(custom_id, number)
+    for number, line in enumerate(lines, start=1):
+        custom_id = _custom_id(line) if line.strip() else None
+        if custom_id is None or _digest(custom_id) not in repeated:
+            continue
+        if custom_id in first:
+            ids.add(custom_id)
+            found = found or (custom_id, first[custom_id], number)
+        first.setdefault(custom_id, number)
     return None if found is None else (*found, len(ids))
+
+
+def repeat_message(repeat: tuple[str, int, int, int]) -> str:
+    custom_id, first, again, count = repeat
+    more = f" ({count} custom_ids repeat)" if count > 1 else ""
+    return f"custom_id {custom_id!r} is on line {first} and again on line {again}{more}; every request needs a " \
+           "unique custom_id"
 
 
 def duplicate_id_problem(source: Source) -> Problem | None:
     """OpenAI's rule: every custom_id in a Batch file is unique (else two output rows share one)."""
-    repeated = _repeated_digests(source.uri)
-    repeat = _first_repeat(source.uri, repeated) if repeated else None
-    if repeat is None:
+    with open_input(source.uri) as f:
+        repeated = repeated_digests(f)
+    if not repeated:
         return None
-    custom_id, first, again, count = repeat
-    more = f" ({count} custom_ids repeat)" if count > 1 else ""
-    return Problem(source.field, f"{source.uri}: custom_id {custom_id!r} is on line {first} and again on line "
-                                 f"{again}{more}; every request needs a unique custom_id")
+    with open_input(source.uri) as f:
+        repeat = first_repeat(f, repeated)
+    return None if repeat is None else Problem(source.field, f"{source.uri}: {repeat_message(repeat)}")
 
 
 def file_findings(source: Source, *, whole_file: bool = True) -> Findings:

@@ -43,6 +43,10 @@ def workers_that_fit(resources: Resources, cluster: Mapping[str, float], used: M
     return max(0, min(fits))
 
 
+def cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
 def fitting_workers(resources: Resources) -> int:
     """How many workers the cluster can hold; fails fast when not even one fits."""
     total = ray.cluster_resources()

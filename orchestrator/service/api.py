@@ -1,6 +1,7 @@
 """The coordinator's JSON HTTP API (FastAPI on uvicorn), with bearer-token auth.
 
-POST /v1/jobs, GET /v1/jobs, GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel, GET /healthz, GET /metrics.
+POST /v1/jobs, GET /v1/jobs, GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel, GET /healthz, GET /metrics;
+and OpenAI's Files and Batches API (/v1/files, /v1/batches: orchestrator/openai_api).
 Every /v1 route needs `Authorization: Bearer <token>` when a token is configured; a server on a
 non-loopback address refuses to start without one. Tokens are compared in constant time and never
 logged or echoed. A job's body is bounded before it is parsed: over `max_body_bytes` it gets 413
@@ -27,6 +28,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from orchestrator import defaults
 from orchestrator.errors import ConfigError, ConflictError, NotFoundError, Problem, SpecError
+from orchestrator.openai_api.batches import BatchService
+from orchestrator.openai_api.errors import OpenAIError
+from orchestrator.openai_api.routes import openai_authorized, openai_router
+from orchestrator.openai_api.served import ServedModel
 from orchestrator.service.coordinator import Coordinator
 from orchestrator.service.records import JobRecord, JobState
 from orchestrator.spec.load import parse_spec, problems_from
@@ -177,14 +182,22 @@ def submit_request(raw: bytes) -> SubmitRequest:
 
 
 def create_app(coordinator: Coordinator, *, token: str | None,
-               max_body_bytes: int = int(defaults.MAX_BODY_MB * MB)) -> FastAPI:
+               max_body_bytes: int = int(defaults.MAX_BODY_MB * MB), models: dict[str, ServedModel] | None = None,
+               max_file_bytes: int = int(defaults.MAX_FILE_MB * MB)) -> FastAPI:
+    """The API; `models` are what OpenAI Batch requests may name (`serve --model`)."""
+    batches = BatchService(coordinator, models or {})
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await coordinator.start()
+        await batches.start()
         yield
+        await batches.stop()
         await coordinator.stop()
 
     app = FastAPI(title="synthfleet", lifespan=lifespan)
+    app.add_exception_handler(OpenAIError, lambda _, e: e.response())  # type: ignore[arg-type, attr-defined]
+    app.include_router(openai_router(batches, openai_authorized(token, bearer_matches), max_file_bytes))
 
     def authorized(authorization: str | None = Header(default=None)) -> None:
         if token is not None and not bearer_matches(authorization, token):

@@ -164,6 +164,15 @@ def _resolved(spec: JobSpec, folder: Path) -> JobSpec:
     return JobSpec.model_validate(data)
 
 
+def load_yaml(p: Path) -> Any:
+    """A YAML or JSON file's data (UTF-8, no repeated keys), or a SpecError naming the file and the fix."""
+    loader = type("Loader", (_UniqueKeyLoader,), {"source": p.name})
+    try:
+        return yaml.load(_read_text(p), Loader=loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise SpecError([Problem("", f"{p} is not valid YAML or JSON: {e}")]) from None
+
+
 def load_spec(path: str | Path) -> JobSpec:
     """Read a YAML or JSON spec file (JSON is YAML) and validate it.
 
@@ -175,10 +184,5 @@ def load_spec(path: str | Path) -> JobSpec:
     A spec that already carries `relative_to` (a job's spec.json) is taken as it is.
     """
     p = Path(path)
-    loader = type("Loader", (_UniqueKeyLoader,), {"source": p.name})
-    try:
-        data = yaml.load(_read_text(p), Loader=loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        raise SpecError([Problem("", f"{p} is not valid YAML or JSON: {e}")]) from None
-    spec = parse_spec(data, source=str(p))
+    spec = parse_spec(load_yaml(p), source=str(p))
     return spec if spec.relative_to is not None else _resolved(spec, p.absolute().parent)

@@ -72,6 +72,10 @@ class Store(ABC):
     def check_writable(self) -> None:
         """Raise StorageError with a fix if this root cannot be written (before any work)."""
 
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key` if it exists (the Files API's DELETE; never a job's committed files)."""
+
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
 
@@ -167,6 +171,9 @@ class PrefixStore(Store):
 
     def check_writable(self) -> None:
         self.inner.check_writable()
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(self._k(key))
 
     def open_upload(self, key: str, *, overwrite: bool = False) -> Upload:
         return self.inner.open_upload(self._k(key), overwrite=overwrite)

@@ -93,6 +93,12 @@ class LocalStore(Store):
                     keys.append(key)
         yield from sorted(keys)
 
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot delete {self._path(key)}: {e.strerror}") from e
+
     def open_upload(self, key: str, *, overwrite: bool = False) -> Upload:
         return LocalUpload(self, check_key(key), overwrite)
 

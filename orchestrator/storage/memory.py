@@ -29,6 +29,10 @@ class MemoryStore(Store):
             self.puts += 1
             self.objects[check_key(key)] = bytes(data)
 
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self.objects.pop(check_key(key), None)
+
     def get(self, key: str) -> bytes:
         try:
             return self.objects[check_key(key)]

@@ -110,6 +110,14 @@ class S3Store(Store):
         except ClientError as e:
             raise self._fail("put", key, e) from e
 
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=self._k(key))
+        except ClientError as e:
+            raise self._fail("delete", key, e) from e
+
     def get(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
 

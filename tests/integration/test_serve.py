@@ -27,7 +27,8 @@ from tests.integration.test_service import fake_job
 TOKEN = "serve-test-token-4f9c2e"
 ROOT = Path(__file__).parents[2]
 START_TIMEOUT_S = 120.0  # a fresh local Ray on 2 cores
-BANNER = re.compile(r"^synthfleet serving on (http://127\.0\.0\.1:\d+) \(state: (.+), auth: (token|none)\)$")
+BANNER = re.compile(r"^synthfleet serving on (http://127\.0\.0\.1:\d+) \(state: (.+), auth: (token|none), "
+                    r"batch models: (.+)\)$")
 
 
 def _env(**extra: str) -> dict[str, str]:
