@@ -38,7 +38,6 @@ from orchestrator.service.records import JobRecord, JobState
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.load import parse_spec
 from orchestrator.storage import open_store
-from orchestrator.storage.reader import open_input
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +400,7 @@ class BatchService:
     def _write_unrun(self, file_id: str, seen: set[str], errors: Any, status: str) -> int:
         """An error line for each request of the input file that no committed shard holds."""
         written = 0
-        with open_input(self.files.uri(file_id)) as f:
+        with self.files.open(file_id) as f:
             for line in f:
                 parsed = parse_line(line) if line.strip() else None
                 if isinstance(parsed, dict) and parsed["custom_id"] not in seen:

@@ -10,17 +10,19 @@ upload stores nothing.
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 from collections.abc import Iterator
-from typing import IO, Any, Literal
+from typing import IO, Any, BinaryIO, Literal
 
 from pydantic import BaseModel, Field
 
+from orchestrator.errors import StorageError
 from orchestrator.openai_api.errors import bad_request, not_found
 from orchestrator.run.input_checks import first_repeat, parse_line, repeat_message, repeated_digests
 from orchestrator.storage import Store
-from orchestrator.storage.reader import open_input
+from orchestrator.storage.reader import RangeReader
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 SHOWN_LINES = 3  # bad lines one error names
@@ -183,9 +185,16 @@ class FileStore:
         self.store.delete(self.content_key(file_id))
         del self.records[file_id]
 
+    def open(self, file_id: str) -> BinaryIO:
+        """A file's content as a buffered stream, read from the store a range at a time."""
+        key = self.content_key(self.get(file_id).file.id)
+        size = self.store.size(key)
+        if size is None:
+            raise StorageError(f"{self.store.uri}/{key} is missing")
+        return io.BufferedReader(RangeReader(self.store, key, size), buffer_size=CHUNK)
+
     def content(self, file_id: str) -> Iterator[bytes]:
-        self.get(file_id)
-        with open_input(self.uri(file_id)) as f:
+        with self.open(file_id) as f:
             yield from iter(lambda: f.read(CHUNK), b"")
 
 

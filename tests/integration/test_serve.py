@@ -4,6 +4,7 @@ inherits that token."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,9 +48,10 @@ def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 @contextmanager
-def _serve(state: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def _serve(state: Path, env: dict[str, str], *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`python -m orchestrator.cli serve --port 0`; yields the process and the first line it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--port", "0", "--state", str(state)],
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--port", "0", "--state", str(state),
+                             *args],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         yield proc, _first_line(proc, START_TIMEOUT_S)
@@ -146,3 +149,36 @@ def test_serve_without_a_token_on_loopback_says_auth_none(tmp_path: Path) -> Non
         match = BANNER.match(banner)
         assert match and match.group(3) == "none"
         assert Client(match.group(1)).jobs() == []
+
+
+def test_serve_with_a_models_file_runs_an_openai_batch_from_the_sdk(tmp_path: Path) -> None:
+    import openai
+
+    models = tmp_path / "models.yaml"
+    models.write_text("fast:\n  model: {path: fake, engine: fake, engine_args: {tokens_per_s: 500}}\n"
+                      "  resources: {workers: 1, gpus_per_worker: 0, cpus_per_worker: 0}\n  rows_per_shard: 2\n")
+    requests = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
+                                   "body": {"model": "fast", "prompt": f"p{i}", "max_tokens": 3}}) + "\n"
+                       for i in range(5))
+    with _serve(tmp_path / "state", _env(SYNTHFLEET_API_TOKEN=TOKEN), "--models", str(models)) as (_, banner):
+        match = BANNER.match(banner)
+        assert match and match.group(4) == "fast"
+        oa = openai.OpenAI(base_url=f"{match.group(1)}/v1", api_key=TOKEN, max_retries=0)
+        file = oa.files.create(file=("requests.jsonl", requests.encode()), purpose="batch")
+        batch = oa.batches.create(input_file_id=file.id, endpoint="/v1/completions", completion_window="24h")
+        deadline = time.monotonic() + 120
+        while batch.status not in ("completed", "failed", "expired", "cancelled") and time.monotonic() < deadline:
+            time.sleep(0.3)
+            batch = oa.batches.retrieve(batch.id)
+        assert batch.status == "completed" and batch.request_counts.completed == 5
+        output = [json.loads(x) for x in oa.files.content(str(batch.output_file_id)).text.splitlines()]
+        assert sorted(x["custom_id"] for x in output) == [f"r{i}" for i in range(5)]
+        assert all(x["response"]["body"]["model"] == "fast" for x in output)
+
+
+def test_serve_refuses_a_bad_models_file_before_starting_ray(tmp_path: Path) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text("tiny:\n  model: {path: x}\n  resources: {workers: 0}\n")
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "serve", "--port", "0", "--models", str(models)],
+                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "tiny.resources.workers" in done.stderr and done.stdout == ""
