@@ -165,9 +165,9 @@ def _serve_parser(sub: Any) -> None:
                        help="seconds a warm pool may stay without a job before its workers are released")
     serve.add_argument("--max-body-mb", type=_positive, default=defaults.MAX_BODY_MB,
                        help="larger request bodies are refused with HTTP 413")
-    serve.add_argument("--model", action="append", default=[], metavar="NAME=PATH_OR_ID",
+    serve.add_argument("--model", action="append", metavar="NAME=PATH_OR_ID",
                        help="a model OpenAI Batch requests may name (body.model): a local folder or a hub id; "
-                            "repeatable")
+                            "repeatable (default: none)")
     serve.add_argument("--models", metavar="FILE", help="a YAML file of models OpenAI Batch requests may name, "
                                                         "each with its model, resources and sampling defaults")
     serve.add_argument("--max-file-mb", type=_positive, default=defaults.MAX_FILE_MB,

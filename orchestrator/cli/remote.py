@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _config_error(e)
     try:
-        models = served_models(args.model, args.models)
+        models = served_models(args.model or [], args.models)
     except SpecError as e:
         return report_problems("models", e)
     if token is None and not is_loopback(args.host):

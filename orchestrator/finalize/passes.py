@@ -29,7 +29,7 @@ from orchestrator.commit.shards import FOOTER_KEY, ShardStats, parquet_bytes, re
 from orchestrator.finalize import diversity, drift
 from orchestrator.finalize.dedup import Duplicate
 from orchestrator.finalize.quality_report import Rows
-from orchestrator.finalize.samples import Examples, sample_ids, sample_keys
+from orchestrator.finalize.samples import Examples, sample_keys
 from orchestrator.finalize.stage_quality import StageMeasures
 from orchestrator.plan import draws
 from orchestrator.plan.planner import Plan, template_variables

@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive
 
-from orchestrator.openai_api.batches import TERMINAL, BatchService
+from orchestrator.openai_api.batch_objects import TERMINAL
+from orchestrator.openai_api.batches import BatchService
 from orchestrator.openai_api.errors import OpenAIError, bad_request
 from orchestrator.openai_api.files import page
 

@@ -46,6 +46,7 @@ class Metrics:
                              namespace=ns, registry=r)
         self.queue_depth = Gauge("queue_depth", "Jobs waiting to start.", namespace=ns, registry=r)
         self.jobs = Gauge("jobs", "Jobs by state.", ["state"], namespace=ns, registry=r)
+        self.batches = Gauge("batches", "OpenAI Batch API batches by status.", ["status"], namespace=ns, registry=r)
         self.job_progress = Gauge("job_progress_ratio", "Share of a job's input rows done.", ["job"],
                                   namespace=ns, registry=r)
         self.job_eta = Gauge("job_eta_seconds", "Estimated seconds until a job's last row is done.", ["job"],

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, StrictFloat, StrictInt, model_validator
+from pydantic import Field, StrictInt, model_validator
 
 from orchestrator.spec.model import Loc, Strict
 from orchestrator.spec.samplers import Sampler, category_key

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pyarrow.parquet as pq
 import pytest
@@ -238,6 +239,10 @@ def test_bad_input_gets_openai_errors_and_nothing_is_stored_or_queued(served: Cl
     batch = wait(oa, oa.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
                                        completion_window="24h").id)
     assert batch.status == "completed"  # and the service is healthy afterwards
+    deadline = time.monotonic() + 10  # the lifecycle loop counts batches by status for /metrics
+    while 'synthfleet_batches{status="completed"} 1.0' not in httpx.get(f"{served.url}/metrics").text:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     with pytest.raises(openai.NotFoundError):
         oa.files.delete("file-doesnotexist")
     assert oa.files.delete(file.id).deleted and [f.id for f in oa.files.list(purpose="batch")] == []
@@ -266,3 +271,20 @@ def _committed_custom_ids(client: Client, batch_id: str) -> list[str]:
     job = next(j for j in client.jobs() if j.id.startswith("batch-" + batch_id.removeprefix("batch_")))
     folder = Path(job.status().output) / "data"
     return [c for f in sorted(folder.glob("*.parquet")) for c in pq.read_table(f).column("custom_id").to_pylist()]
+
+
+def test_the_readme_snippet_runs_as_it_is_written(served: Client, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).parents[2]
+    section = (root / "README.md").read_text().split("## OpenAI Batch API", 1)[1].split("\n## ", 1)[0]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    requests = [json.loads(x) for x in (root / "examples" / "batch_requests.jsonl").read_text().splitlines()]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{served.url}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", str(served.token))
+    exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - the project's own README
+    printed = capsys.readouterr().out
+    status = printed.split("\n", 1)[0]
+    assert status.startswith("completed ") and f"completed={len(requests)}, failed=0, total={len(requests)}" in status
+    starts = [printed.find(f"\n{r['custom_id']} ") for r in requests]  # a completion may span lines
+    assert -1 not in starts and starts == sorted(starts)

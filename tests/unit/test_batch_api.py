@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 
 from orchestrator.cli import main
 from orchestrator.errors import SpecError
-from orchestrator.openai_api.batches import BatchService, checked_create, file_problems, window_seconds
+from orchestrator.openai_api.batch_objects import checked_create, file_problems, window_seconds
+from orchestrator.openai_api.batches import BatchService
 from orchestrator.openai_api.errors import OpenAIError
 from orchestrator.openai_api.files import FileObject, FileRecord, page, scan_batch_file
 from orchestrator.openai_api.routes import openai_authorized, openai_router
