@@ -169,7 +169,8 @@ def _serve_parser(sub: Any) -> None:
                        help="a model OpenAI Batch requests may name (body.model): a local folder or a hub id; "
                             "repeatable (default: none)")
     serve.add_argument("--models", metavar="FILE", help="a YAML file of models OpenAI Batch requests may name, "
-                                                        "each with its model, resources and sampling defaults")
+                                                        "each with its model, resources and sampling defaults "
+                                                        "(default: none, only the --model ones)")
     serve.add_argument("--max-file-mb", type=_positive, default=defaults.MAX_FILE_MB,
                        help="larger uploads to /v1/files are refused with HTTP 413")
     serve.set_defaults(fn=cmd_serve)
