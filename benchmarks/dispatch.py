@@ -1,10 +1,14 @@
-"""Coordinator scale: the sleeping fake engine stands in for GPUs (fixed tokens/s, no CPU), so 32
-simulated GPUs fit on 2 cores and only synthfleet's own overhead is measured. One run, side by side:
+"""Coordinator scale: the sleeping fake engine stands in for GPUs (fixed tokens/s, no CPU), so only
+synthfleet's own overhead is measured. Two pools stand side by side: one actor process per simulated
+GPU (`WorkerPool`, what production runs) up to 32, and the simulated fleet (`FleetPool`: a few
+processes hosting every engine) up to 1,000 GPUs. One run measures:
 
-- scaling efficiency thr(N) / (N * thr(1)) for N = 1, 8, 32 workers;
-- sustained shards/s through the coordinator (near-empty shards, 8 workers);
+- scaling efficiency thr(N) / (N * thr(1)), actors at N = 1, 8, 32 and the fleet at 1, 8, 32, 128, 1000;
+- sustained shards/s through the coordinator (1-row shards, real commits), and the driver's own CPU
+  per shard in µs (its process CPU time over the run, divided by the shards);
 - per-shard dispatch round trip p50/p99 next to a raw Ray actor call measured in the same run;
-- coordinator (driver) memory growth over a 1,000,000-row job;
+- coordinator (driver) memory growth over a large job (10,000,000 rows by default);
+- a coordinator restart with 1,000 job records in its state store;
 - throughput with the Prometheus exporter on vs off.
 
 Prints one JSON line.
@@ -30,6 +34,8 @@ import ray  # noqa: E402
 
 from orchestrator.run.dispatch import PoolDispatcher  # noqa: E402
 from orchestrator.run.driver import Tracker, execute, prepare  # noqa: E402
+from orchestrator.run.fleet import FleetPool  # noqa: E402
+from orchestrator.run.handles import Pool  # noqa: E402
 from orchestrator.run.pool import WorkerPool  # noqa: E402
 from orchestrator.run.ray_runtime import ensure_ray
 from orchestrator.service.metrics import Metrics  # noqa: E402
@@ -67,7 +73,7 @@ class Timed(Tracker):
         self.worker_seconds.append(stats.seconds)
 
 
-async def run(spec: JobSpec, pool: WorkerPool, *, exporter: bool = False) -> tuple[float, Timed | Tracker]:
+async def run(spec: JobSpec, pool: Pool, *, exporter: bool = False) -> tuple[float, Timed | Tracker]:
     """Seconds to generate the whole job on `pool` (workers already warm)."""
     job = prepare(spec)
     if exporter:
@@ -90,11 +96,13 @@ async def run(spec: JobSpec, pool: WorkerPool, *, exporter: bool = False) -> tup
     return seconds, tracker
 
 
-async def warm_pool(spec: JobSpec, n: int, tmp: Path) -> WorkerPool:
-    """A pool of `n` workers that have each run a shard already (imports and caches are warm)."""
-    pool = WorkerPool(spec.model, spec.resources)
+async def warm_pool(spec: JobSpec, n: int, tmp: Path, fleet: bool = False, commit: bool = True) -> WorkerPool | FleetPool:
+    """A pool of `n` workers that have each run a shard already (imports and caches are warm); a fleet
+    without `commit` answers each shard after its generation time without writing (the coordinator alone)."""
+    pool: WorkerPool | FleetPool = (FleetPool(spec.model, spec.resources, commit=commit) if fleet
+                                    else WorkerPool(spec.model, spec.resources))
     await pool.grow(n)
-    warm = fake_spec(tmp / f"warm-{spec.name}", f"warm-{spec.name}", rows=4 * n * 3, rows_per_shard=4, workers=n,
+    warm = fake_spec(tmp / f"warm-{spec.name}", f"warm-{spec.name}", rows=n * 3, rows_per_shard=1, workers=n,
                      max_tokens=1, tokens_per_s=1e6, in_flight=3)
     await run(warm.model_copy(update={"model": spec.model, "resources": spec.resources}), pool)
     return pool
@@ -105,12 +113,18 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def scaling(tmp: Path, sizes: list[int], shards_per_worker: int) -> dict[str, Any]:
+async def scaling(tmp: Path, sizes: list[int], *, fleet: bool, rounds: int, max_tokens: int,
+                  rows_per_shard: int) -> dict[str, Any]:
+    """Each worker runs `rounds` x 3 shards of `rows_per_shard` rows of `max_tokens` at 100 tokens/s, 3 in
+    flight: the ideal time is the same at every N, so thr(N) / (N * thr(1)) is what overhead costs. The
+    fleet's engines do not write (on a real fleet each GPU's node commits its own shards; two cores
+    cannot commit for 1,000), so its figure is the coordinator's; the actors' runs commit every shard."""
     throughput = {}
     for n in sizes:
-        spec = fake_spec(tmp / f"scale{n}", f"scale-{n}", rows=16 * shards_per_worker * n, rows_per_shard=16,
-                         workers=n, max_tokens=200, tokens_per_s=100, in_flight=3)
-        pool = await warm_pool(spec, n, tmp)
+        spec = fake_spec(tmp / f"scale{n}{fleet}", f"scale-{n}", rows=rows_per_shard * 3 * rounds * n,
+                         rows_per_shard=rows_per_shard, workers=n, max_tokens=max_tokens, tokens_per_s=100,
+                         in_flight=3)
+        pool = await warm_pool(spec, n, tmp, fleet, commit=not fleet)
         seconds, _ = await run(spec, pool)
         pool.close()
         throughput[n] = spec.prompts.template.sample.n / seconds  # type: ignore[union-attr]
@@ -118,19 +132,27 @@ async def scaling(tmp: Path, sizes: list[int], shards_per_worker: int) -> dict[s
             "efficiency": {str(n): round(throughput[n] / (n * throughput[sizes[0]]), 3) for n in sizes}}
 
 
-async def shards_per_s(tmp: Path, shards: int) -> float:
-    spec = fake_spec(tmp / "rate", "rate", rows=shards, rows_per_shard=1, workers=8, max_tokens=1,
-                     tokens_per_s=1e6, in_flight=8)
-    pool = await warm_pool(spec, 8, tmp)
+async def shards_per_s(tmp: Path, shards: int, *, workers: int, in_flight: int, fleet: bool,
+                       commit: bool = True) -> dict[str, float]:
+    """1-row, 1-token shards as fast as the coordinator (and, with `commit`, the workers' commits) go;
+    the driver's CPU time per shard is its own cost, whatever the machine's load."""
+    spec = fake_spec(tmp / f"rate{fleet}{commit}", f"rate-{fleet}-{commit}", rows=shards, rows_per_shard=1,
+                     workers=workers, max_tokens=1, tokens_per_s=1e6, in_flight=in_flight)
+    pool = await warm_pool(spec, workers, tmp, fleet, commit)
+    cpu = psutil.Process().cpu_times()
     seconds, _ = await run(spec, pool)
+    used = psutil.Process().cpu_times()
     pool.close()
-    return shards / seconds
+    driver_s = (used.user - cpu.user) + (used.system - cpu.system)
+    return {"shards_per_s": round(shards / seconds, 1), "driver_cpu_us_per_shard": round(1e6 * driver_s / shards, 1),
+            "driver_cpu_share": round(driver_s / seconds, 3)}
 
 
 async def latency(tmp: Path, shards: int) -> dict[str, float]:
     spec = fake_spec(tmp / "lat", "lat", rows=shards, rows_per_shard=1, workers=1, max_tokens=1,
                      tokens_per_s=1e6, in_flight=1)
     pool = await warm_pool(spec, 1, tmp)
+    assert isinstance(pool, WorkerPool)
     actor = next(iter(pool.workers.values())).actor
     raw = []
     for _ in range(shards):
@@ -153,9 +175,9 @@ async def latency(tmp: Path, shards: int) -> dict[str, float]:
 
 
 async def memory(tmp: Path, rows: int) -> dict[str, float]:
-    spec = fake_spec(tmp / "mem", "mem", rows=rows, rows_per_shard=1000, workers=8, max_tokens=1,
-                     tokens_per_s=1e6, in_flight=3)
-    pool = await warm_pool(spec, 8, tmp)
+    spec = fake_spec(tmp / "mem", "mem", rows=rows, rows_per_shard=max(1000, rows // 2000), workers=8,
+                     max_tokens=1, tokens_per_s=1e6, in_flight=3)
+    pool = await warm_pool(spec, 8, tmp, fleet=True)
     me, peak, stop = psutil.Process(), [0], threading.Event()
 
     def sample() -> None:
@@ -171,6 +193,29 @@ async def memory(tmp: Path, rows: int) -> dict[str, float]:
     sampler.join()
     pool.close()
     return {"rows": rows, "seconds": round(seconds, 1), "rss_growth_mb": round((peak[0] - baseline) / 2**20, 1)}
+
+
+async def restart(tmp: Path, records: int) -> dict[str, float]:
+    """A coordinator starting on a state store with `records` job records (half unfinished: they are
+    queued again), to the point where it schedules."""
+    from orchestrator.service.coordinator import Coordinator
+    from orchestrator.service.records import JobState, JobStore
+    from orchestrator.storage import open_store
+
+    store = JobStore(open_store(str(tmp / "state")))
+    for i in range(records):
+        spec = fake_spec(tmp / "restart-out", f"job-{i}", rows=10, rows_per_shard=5, workers=1, max_tokens=1,
+                         tokens_per_s=1e6, in_flight=1)
+        record = JobRecord(id=spec.job_id, spec=spec, sequence=i)
+        record.move(JobState.COMPLETED if i % 2 else JobState.IN_PROGRESS)
+        store.save(record)
+    coordinator = Coordinator(str(tmp / "state"), max_running_jobs=0)
+    started = time.perf_counter()
+    await coordinator.start()
+    seconds = time.perf_counter() - started
+    loaded = len(coordinator.jobs)
+    await coordinator.stop()
+    return {"records": loaded, "seconds": round(seconds, 2)}
 
 
 async def exporter(tmp: Path, repeats: int) -> dict[str, float]:
@@ -189,22 +234,33 @@ async def exporter(tmp: Path, repeats: int) -> dict[str, float]:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        shape = {"rounds": args.rounds, "max_tokens": args.shard_tokens, "rows_per_shard": 1}
         return {
             "benchmark": "dispatch",
-            "scaling": await scaling(tmp, [1, 8, 32], args.shards_per_worker),
-            "sustained_shards_per_s": round(await shards_per_s(tmp, args.rate_shards), 1),
+            "scaling_actors": await scaling(tmp, [1, 8, 32], fleet=False, **shape),
+            "scaling_fleet": await scaling(tmp, args.fleet_sizes, fleet=True, **shape),
+            "sustained_actors": await shards_per_s(tmp, args.rate_shards, workers=8, in_flight=8, fleet=False),
+            "sustained_fleet": await shards_per_s(tmp, args.rate_shards, workers=64, in_flight=8, fleet=True),
+            "coordinator_capacity": await shards_per_s(tmp, args.rate_shards, workers=64, in_flight=8, fleet=True,
+                                                       commit=False),
             "latency": await latency(tmp, args.latency_shards),
             "memory": await memory(tmp, args.memory_rows),
+            "restart": await restart(tmp, args.restart_records),
             "exporter": await exporter(tmp, args.exporter_repeats),
         }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--shards-per-worker", type=int, default=9)
-    ap.add_argument("--rate-shards", type=int, default=2000)
+    ap.add_argument("--fleet-sizes", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8, 32, 128, 1000])
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of 3 shards per worker in the scaling runs")
+    ap.add_argument("--shard-tokens", type=int, default=2000,
+                    help="tokens of a scaling shard at 100 tokens/s: 2000 is a 20 s shard, so 1,000 workers with 3 in "
+                         "flight finish 150 shards/s, as 1,000 H100s do")
+    ap.add_argument("--rate-shards", type=int, default=4000)
     ap.add_argument("--latency-shards", type=int, default=300)
-    ap.add_argument("--memory-rows", type=int, default=1_000_000)
+    ap.add_argument("--memory-rows", type=int, default=10_000_000)
+    ap.add_argument("--restart-records", type=int, default=1000)
     ap.add_argument("--exporter-repeats", type=int, default=3)
     args = ap.parse_args()
     ensure_ray(worker_logs=False)

@@ -15,7 +15,6 @@ from orchestrator.run import reaper
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.model import FakeEngineArgs, ModelSpec
 from orchestrator.storage import open_store
-from orchestrator.storage.base import drain_storage_stats
 from workers import placement
 from workers.engine import Engine, EngineInfo, root_cause
 from workers.pipeline import run_staged_shard
@@ -132,11 +131,7 @@ class GenerationWorker:
 
     def drain_counts(self) -> WorkerCounts:
         """Token counts per job and storage calls since the last call (polled for metrics)."""
-        drained = {job: dict(c) for job, c in self.counts.items() if any(c.values())}
-        for c in self.counts.values():  # zero in place: running shards hold these dicts
-            for key in c:
-                c[key] = 0
-        return WorkerCounts(drained, drain_storage_stats())
+        return WorkerCounts.drain(self.counts)
 
     def stats(self) -> dict[str, Any]:
         engines = [self.engine, *self.models.values()] if self.engine else []

@@ -18,6 +18,7 @@ from orchestrator.plan.planner import Plan, Shard
 from orchestrator.spec.job import JobSpec, Sampling
 from orchestrator.spec.quality import Judge
 from orchestrator.storage import Store
+from orchestrator.storage.base import drain_storage_stats
 from workers.engine import SAME_TURN, Completion, Engine, sampling_key
 from workers.filters import rejection, schema_violation, stored_text
 from workers.judge import Verdict, judge_reply, judge_sampling
@@ -30,6 +31,16 @@ class WorkerCounts:
 
     jobs: dict[str, dict[str, int]]
     storage: dict[str, int]
+
+    @classmethod
+    def drain(cls, counts: dict[str, dict[str, int]]) -> WorkerCounts:
+        """A worker's counts per job since the last drain, zeroed in place (running shards hold these
+        dicts), with its storage calls."""
+        drained = {job: dict(c) for job, c in counts.items() if any(c.values())}
+        for c in counts.values():
+            for key in c:
+                c[key] = 0
+        return cls(drained, drain_storage_stats())
 
     def merge(self, other: WorkerCounts) -> WorkerCounts:
         jobs = {job: dict(c) for job, c in self.jobs.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,13 +126,21 @@ Event = AttemptDone | RetryDue | GraceOver | WorkerStarted | CountsDue
 
 
 class PoolDispatcher:
-    """The scheduling loop of one pool; jobs join with `submit` and leave when drained."""
+    """The scheduling loop of one pool; jobs join with `submit` and leave when drained.
+
+    Its cost per finished attempt does not grow with the pool: each pending future reports itself done
+    (a callback into `_ready`) instead of the loop waiting on all of them, and only workers with a
+    free slot (`_hungry`) are offered work.
+    """
 
     def __init__(self, pool: Pool, on_counts: OnCounts | None = None):
         self.pool, self.on_counts = pool, on_counts
         self.runs: list[JobRun] = []
         self.events: dict[asyncio.Future[Any], Event] = {}
         self.load: dict[int, int] = {}
+        self._kinds: Counter[type] = Counter()  # pending events by kind
+        self._ready: deque[asyncio.Future[Any]] = deque()  # done futures, in the order they finished
+        self._hungry: dict[int, None] = {}  # workers that may have a free slot (an ordered set)
         self._turn = itertools.count()
         self._wake = asyncio.Event()
         self._closed = False
@@ -142,11 +150,31 @@ class PoolDispatcher:
     def submit(self, run: JobRun) -> JobRun:
         run.refs = (self.pool.put(run.spec), self.pool.put(run.plan))
         self.runs.append(run)
+        self._offer_all()
         self._wake.set()
         return run
 
-    def _pending(self, kind: type[Event] | tuple[type[Event], ...]) -> bool:
-        return any(isinstance(e, kind) for e in self.events.values())
+    def _offer_all(self) -> None:
+        """Offer work to every worker again: a job joined, a retry is due, a worker started."""
+        self._hungry.update(dict.fromkeys(self.pool.workers))
+
+    def _track(self, fut: asyncio.Future[Any], event: Event) -> None:
+        self.events[fut] = event
+        self._kinds[type(event)] += 1
+        fut.add_done_callback(self._finished)
+
+    def _untrack(self, fut: asyncio.Future[Any]) -> Event | None:
+        event = self.events.pop(fut, None)
+        if event is not None:
+            self._kinds[type(event)] -= 1
+        return event
+
+    def _finished(self, fut: asyncio.Future[Any]) -> None:
+        self._ready.append(fut)
+        self._wake.set()
+
+    def _pending(self, *kinds: type[Event]) -> bool:
+        return any(self._kinds[k] > 0 for k in kinds)
 
     def cancel(self, run: JobRun, error: BaseException | None = None) -> None:
         """Stop dispatching `run`, abort its running attempts; committed shards stay."""
@@ -156,7 +184,7 @@ class PoolDispatcher:
         for event in list(self.events.values()):
             if isinstance(event, AttemptDone) and event.run is run:
                 event.call.cancel()
-        self.events[asyncio.ensure_future(asyncio.sleep(defaults.CANCEL_GRACE_S))] = GraceOver(run)
+        self._track(asyncio.ensure_future(asyncio.sleep(defaults.CANCEL_GRACE_S)), GraceOver(run))
         self._wake.set()
 
     def _abandon(self, run: JobRun) -> None:
@@ -164,8 +192,9 @@ class PoolDispatcher:
         (a hung worker): a late commit of theirs is still exactly once."""
         for fut, event in list(self.events.items()):
             if isinstance(event, AttemptDone) and event.run is run:
-                del self.events[fut]
+                self._untrack(fut)
                 self.load[event.worker_id] -= 1
+                self._hungry[event.worker_id] = None
                 run.in_flight -= 1
 
     def close(self) -> None:
@@ -188,10 +217,16 @@ class PoolDispatcher:
         return None
 
     def _fill(self) -> None:
+        """Give each worker with a free slot attempts until it is full or no job has one for it."""
         per_worker = self.pool.resources.shards_in_flight
-        for wid in list(self.pool.workers):
+        for wid in list(self._hungry):
+            if not self.runs:
+                return
+            if wid not in self.pool.workers:
+                del self._hungry[wid]
+                continue
             handle: WorkerHandle | None = None
-            while self.load.get(wid, 0) < per_worker and self.runs:
+            while self.load.get(wid, 0) < per_worker:
                 picked = self._pick(wid)
                 if picked is None:
                     break
@@ -199,9 +234,13 @@ class PoolDispatcher:
                 handle = handle or self.pool.handle(wid)
                 spec_ref, plan_ref = run.refs
                 call = handle.process(spec_ref, plan_ref, attempt.shard, attempt.number)
-                self.events[call.result] = AttemptDone(run, attempt, wid, call)
+                self._track(call.result, AttemptDone(run, attempt, wid, call))
                 self.load[wid] = self.load.get(wid, 0) + 1
                 run.in_flight += 1
+            if self.load.get(wid, 0) >= per_worker:
+                del self._hungry[wid]
+            elif not any(run.retry_queue for run in self.runs):
+                return  # no job has an attempt left for any worker (retries are the only per-worker work)
 
     def _retry(self, run: JobRun, attempt: Attempt, wid: int, error: BaseException, reason: str) -> None:
         if run.cancelled:
@@ -219,19 +258,20 @@ class PoolDispatcher:
                     attempt.number, error)
         delay = min(defaults.RETRY_BACKOFF_S * 2 ** (attempt.number - 1), defaults.RETRY_BACKOFF_MAX_S)
         retry = Attempt(attempt.shard, attempt.number + 1, wid)
-        self.events[asyncio.ensure_future(asyncio.sleep(delay))] = RetryDue(run, retry)
+        self._track(asyncio.ensure_future(asyncio.sleep(delay)), RetryDue(run, retry))
         run.timers += 1
 
     def _replace(self, wid: int, run: JobRun) -> None:
         if wid in self.pool.workers:
             self.pool.remove(wid)
             run.report.workers_replaced += 1
-            self.events[asyncio.ensure_future(self.pool.add())] = WorkerStarted(wid)
+            self._track(asyncio.ensure_future(self.pool.add()), WorkerStarted(wid))
 
     def _on_attempt(self, done: AttemptDone, fut: asyncio.Future[Any]) -> None:
         run, attempt, wid = done.run, done.attempt, done.worker_id
         self._unpolled = True
         self.load[wid] -= 1
+        self._hungry[wid] = None
         run.in_flight -= 1
         match fut.result():
             case Succeeded(outcome):
@@ -247,7 +287,7 @@ class PoolDispatcher:
                 pass
 
     def _handle(self, fut: asyncio.Future[Any]) -> None:
-        event = self.events.pop(fut, None)  # None: abandoned (GraceOver) in this same round
+        event = self._untrack(fut)  # None: abandoned (GraceOver), or cancelled as the loop ended
         match event:
             case AttemptDone():
                 self._on_attempt(event, fut)
@@ -255,11 +295,14 @@ class PoolDispatcher:
                 run.timers -= 1
                 if not run.cancelled:
                     run.retry_queue.append(attempt)
+                    self._offer_all()
             case GraceOver(run):
                 self._abandon(run)
             case WorkerStarted() if not fut.cancelled() and fut.exception() is not None:
                 self._start_error = f"{type(fut.exception()).__name__}: {fut.exception()}"
                 log.error("a replacement worker failed to start: %s", self._start_error)
+            case WorkerStarted():
+                self._offer_all()
             case CountsDue() if self.on_counts is not None and fut.exception() is None:
                 self.on_counts(fut.result())
 
@@ -284,17 +327,12 @@ class PoolDispatcher:
         if self.on_counts is None or self._pending(CountsDue):
             return
         self._unpolled = False
-        handles = [self.pool.handle(wid) for wid in self.pool.workers]
 
         async def drain() -> WorkerCounts:
             await asyncio.sleep(defaults.COUNTS_POLL_S)
-            merged = WorkerCounts({}, {})
-            for result in await asyncio.gather(*(h.counts() for h in handles), return_exceptions=True):
-                if isinstance(result, WorkerCounts):
-                    merged = merged.merge(result)
-            return merged
+            return await self.pool.drain_counts()
 
-        self.events[asyncio.ensure_future(drain())] = CountsDue()
+        self._track(asyncio.ensure_future(drain()), CountsDue())
 
     def _drop_unplaced(self) -> None:
         """Once closed with no job left, stop waiting for replacements Ray has not placed (one may never
@@ -306,19 +344,18 @@ class PoolDispatcher:
 
     async def run(self) -> None:
         """Run until closed and idle; a worker replacement placed and loading completes first."""
-        while not (self._closed and not self.runs and not self._pending((AttemptDone, WorkerStarted))):
+        self._offer_all()
+        while not (self._closed and not self.runs and not self._pending(AttemptDone, WorkerStarted)):
             self._drop_unplaced()
             self._fill()
             self._settle()  # filling is what finds a job's stream exhausted
             if self.runs or self._unpolled:
                 self._poll()
-            self._wake.clear()
-            waiter = asyncio.ensure_future(self._wake.wait())
-            done, _ = await asyncio.wait([*self.events, waiter], return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            for fut in done:
-                if fut is not waiter:
-                    self._handle(fut)
+            if not self._ready:
+                self._wake.clear()
+                await self._wake.wait()
+            while self._ready:
+                self._handle(self._ready.popleft())
             self._settle()
         for fut in self.events:
             fut.cancel()

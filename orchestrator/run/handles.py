@@ -70,10 +70,6 @@ class WorkerHandle(Protocol):
         """Start attempt number `attempt` of `shard`; the refs are what the pool's `put` returned."""
         ...
 
-    def counts(self) -> Awaitable[WorkerCounts]:
-        """The worker's token and storage counts since the last call."""
-        ...
-
 
 class Pool(Protocol):
     """A pool of workers as the dispatcher sees it (`WorkerPool` in production)."""
@@ -99,6 +95,10 @@ class Pool(Protocol):
 
     def put(self, value: Any) -> Any:
         """Store a job's spec or plan once, so each attempt sends a reference instead of the object."""
+        ...
+
+    def drain_counts(self) -> Awaitable[WorkerCounts]:
+        """The workers' token and storage counts since the last call, merged (one call per process)."""
         ...
 
 
@@ -150,9 +150,19 @@ class RayWorkerHandle:
         self.actor = actor
 
     def process(self, spec_ref: Any, plan_ref: Any, shard: Shard, attempt: int) -> Call:
-        ref = self.actor.process.remote(spec_ref, plan_ref, shard, attempt)
-        return Call(settled(asyncio.wrap_future(ref.future())), lambda: ray.cancel(ref))
+        return ray_call(self.actor.process.remote(spec_ref, plan_ref, shard, attempt))
 
-    def counts(self) -> Awaitable[WorkerCounts]:
-        return self.actor.drain_counts.remote()  # type: ignore[no-any-return]
+
+def ray_call(ref: Any) -> Call:
+    """An attempt running as the Ray task `ref`: its settled result, and cancelling it."""
+    return Call(settled(asyncio.wrap_future(ref.future())), lambda: ray.cancel(ref))
+
+
+async def drained(calls: list[Any]) -> WorkerCounts:
+    """The counts some `drain_counts` calls return, merged; a process that cannot answer is skipped."""
+    merged = WorkerCounts({}, {})
+    for result in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(result, WorkerCounts):
+            merged = merged.merge(result)
+    return merged
 

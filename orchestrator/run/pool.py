@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +13,12 @@ import ray
 
 from orchestrator import defaults
 from orchestrator.errors import JobFailedError, Problem, SpecError
-from orchestrator.run.handles import RayWorkerHandle
+from orchestrator.run.handles import RayWorkerHandle, drained
 from orchestrator.spec.job import Resources
 from orchestrator.spec.model import ModelSpec
 from workers.actor import GenerationWorker
 from workers.engine import EngineInfo
+from workers.shard import WorkerCounts
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ class WorkerPool:
     def put(self, value: Any) -> Any:
         """Store a job's spec or plan in Ray once; each attempt then sends its reference."""
         return ray.put(value)
+
+    def drain_counts(self) -> Awaitable[WorkerCounts]:
+        return drained([w.actor.drain_counts.remote() for w in self.workers.values()])
 
     def close(self) -> None:
         self._closed = True

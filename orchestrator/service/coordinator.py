@@ -59,13 +59,15 @@ class Coordinator:
         ensure_ray(self.ray_address, worker_logs=False)
         self.pools.start()
         for record in await asyncio.to_thread(self.records.load_all):
+            self.jobs[record.id] = record
             if record.state == JobState.CANCELLING:
                 record.move(JobState.CANCELLED)
             elif record.state in (JobState.IN_PROGRESS, JobState.FINALIZING):
                 log.info("resuming %s", record.id)
                 record.move(JobState.QUEUED)
-            self.jobs[record.id] = record
-            await self.keeper.save(record)
+            else:
+                continue
+            await self.keeper.save(record)  # only the records whose state changed
         self._seq = itertools.count(max((r.sequence for r in self.jobs.values()), default=0) + 1)
         self._loop_task = asyncio.ensure_future(self._schedule_loop())
 

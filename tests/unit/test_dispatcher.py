@@ -7,7 +7,7 @@ import asyncio
 import functools
 import itertools
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -20,7 +20,16 @@ from orchestrator.commit.shards import CommitOutcome, ShardStats
 from orchestrator.errors import EngineDeadError, JobFailedError, ShardError
 from orchestrator.plan.planner import Plan, Shard
 from orchestrator.run.dispatch import JobRun, PoolDispatcher
-from orchestrator.run.handles import AttemptResult, Call, Cancelled, Failed, Succeeded, classify, settled
+from orchestrator.run.handles import (
+    AttemptResult,
+    Call,
+    Cancelled,
+    Failed,
+    Succeeded,
+    classify,
+    drained,
+    settled,
+)
 from orchestrator.spec.job import JobSpec, Resources
 from tests.unit.specs import make_spec
 from workers.shard import WorkerCounts
@@ -170,6 +179,9 @@ class FakePool:
     def put(self, value: Any) -> Ref:
         self.puts.append(value)
         return Ref(value)
+
+    def drain_counts(self) -> Awaitable[WorkerCounts]:
+        return drained([w.counts() for w in self.workers.values()])
 
     def count(self, job: str, step: int) -> None:
         self.in_flight[job] = self.in_flight.get(job, 0) + step
@@ -392,3 +404,22 @@ async def test_ray_failures_and_a_settled_future_map_to_typed_results() -> None:
     await asyncio.sleep(0)
     assert source.cancelled()
 
+
+
+@on_loop
+async def test_a_thousand_workers_two_jobs_and_failures_every_shard_once() -> None:
+    """The dispatcher at fleet scale: 1,000 workers with 3 attempts each in flight, two jobs sharing
+    them, first attempts of planted shards failing; every shard commits once, each failure once retried."""
+    failing = {("A", i) for i in range(0, 4000, 97)} | {("B", i) for i in range(5, 4000, 89)}
+    pool = FakePool(workers=1000, in_flight=3,
+                    script=lambda t: "fail" if (t.job, t.shard) in failing and t.attempt == 1 else "ok")
+    a, b = Job("A", 4000), Job("B", 4000)
+    async with dispatching(pool) as d:
+        d.submit(a.run), d.submit(b.run)
+        reports = await asyncio.gather(a.run.finished, b.run.finished)
+    assert a.indices == b.indices == list(range(4000))
+    assert pool.store.commits == {(j, i): 2 if (j, i) in failing else 1 for j in "AB" for i in range(4000)}
+    assert [r.retries for r in reports] == [len([k for k in failing if k[0] == j]) for j in "AB"]
+    assert min(pool.peak.values()) >= 1000  # both jobs had a share of the pool at once
+    retried = [(t.job, t.shard) for t in pool.started if t.attempt == 2]
+    assert sorted(retried) == sorted(failing)
