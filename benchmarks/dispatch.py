@@ -82,7 +82,7 @@ async def run(spec: JobSpec, pool: Pool, *, exporter: bool = False) -> tuple[flo
         tracker: Tracker = RecordTracker(record, job, metrics)
         def export(counts: WorkerCounts) -> None:
             for job_id, c in counts.jobs.items():
-                metrics.generated_tokens.labels(job_id, "fake").inc(c.get("completion_tokens", 0))
+                metrics.generated_tokens.labels(job_id, "fake", "").inc(c.get("completion_tokens", 0))
 
         dispatcher = PoolDispatcher(pool, on_counts=export)
     else:

@@ -304,7 +304,10 @@ class PoolDispatcher:
             case WorkerStarted():
                 self._offer_all()
             case CountsDue() if self.on_counts is not None and fut.exception() is None:
-                self.on_counts(fut.result())
+                try:
+                    self.on_counts(fut.result())
+                except Exception:  # metrics are best effort: a failing exporter never stops dispatch
+                    log.exception("the workers' counts could not be recorded")
 
     def _settle(self) -> None:
         stuck = not self.pool.workers and not self._pending(WorkerStarted)

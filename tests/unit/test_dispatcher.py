@@ -423,3 +423,18 @@ async def test_a_thousand_workers_two_jobs_and_failures_every_shard_once() -> No
     assert min(pool.peak.values()) >= 1000  # both jobs had a share of the pool at once
     retried = [(t.job, t.shard) for t in pool.started if t.attempt == 2]
     assert sorted(retried) == sorted(failing)
+
+
+@on_loop
+async def test_a_failing_counts_callback_never_stops_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(defaults, "COUNTS_POLL_S", 0.0)
+    pool = FakePool(workers=2)
+    job, calls = Job("A", 50), []
+
+    def broken(counts: WorkerCounts) -> None:
+        calls.append(counts)
+        raise ValueError("an exporter with the wrong labels")
+
+    async with dispatching(pool, on_counts=broken) as d:
+        await d.submit(job.run).finished
+    assert calls and job.indices == list(range(50))
