@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from orchestrator import defaults
+from orchestrator.commit import layout
 from orchestrator.errors import NotFoundError, SpecError
 from orchestrator.export import formats
 from orchestrator.export.write import write_batch
@@ -43,7 +44,7 @@ from orchestrator.openai_api.batch_objects import (
 from orchestrator.openai_api.errors import OpenAIError, not_found
 from orchestrator.openai_api.files import FileRecord, FileStore, new_id
 from orchestrator.openai_api.served import ServedModel
-from orchestrator.run.input_checks import parse_line
+from orchestrator.run.input_checks import custom_id_of
 from orchestrator.run.pool import cluster_has_gpus
 from orchestrator.service.coordinator import Coordinator
 from orchestrator.service.records import JobRecord, JobState
@@ -134,18 +135,20 @@ class BatchService:
             self._busy.discard(batch.id)
         return record.batch
 
-    def get(self, batch_id: str) -> Batch:
+    def _record(self, batch_id: str) -> BatchRecord:
         record = self.records.get(batch_id)
         if record is None:
             raise not_found("Batch", batch_id, param="batch_id")
-        return record.batch
+        return record
+
+    def get(self, batch_id: str) -> Batch:
+        return self._record(batch_id).batch
 
     def listed(self) -> list[Batch]:
         return [r.batch for r in sorted(self.records.values(), key=lambda r: r.created_ns, reverse=True)]
 
     async def cancel(self, batch_id: str) -> Batch:
-        self.get(batch_id)
-        record = self.records[batch_id]
+        record = self._record(batch_id)
         if record.batch.status in TERMINAL:
             raise OpenAIError(409, f"Cannot cancel a batch with status {record.batch.status!r}.",
                               param="batch_id", code="batch_not_cancellable")
@@ -249,7 +252,6 @@ class BatchService:
     async def _finish(self, record: BatchRecord, job: JobRecord) -> None:
         try:
             status = self._final_status(record, job)
-            self._count(record, job)
             await asyncio.to_thread(self._deliver, record, job, status)
             if status == "failed":
                 record.batch.errors = BatchErrors(data=[BatchError(code="batch_failed", message=m)
@@ -268,10 +270,10 @@ class BatchService:
         ids = {kind: derived_file_id(batch.id, kind) for kind in ("output", "error")}
         uploads = {kind: self.store.open_upload(FileStore.content_key(i), overwrite=True) for kind, i in ids.items()}
         seen: set[str] | None = None if job.state == JobState.COMPLETED else set()
+        folder = open_store(job.output) if job.output else None
         try:
-            if job.output and open_store(job.output).exists("spec.json"):
-                done = write_batch(open_store(job.output), uploads["output"], uploads["error"],
-                                   model=str(batch.model), seen=seen)
+            if folder is not None and folder.exists(layout.SPEC):
+                done = write_batch(folder, uploads["output"], uploads["error"], model=str(batch.model), seen=seen)
                 lines = {"output": done.lines, "error": done.error_lines}
             else:
                 lines = {"output": 0, "error": 0}
@@ -298,9 +300,9 @@ class BatchService:
         written = 0
         with self.files.open(file_id) as f:
             for line in f:
-                parsed = parse_line(line) if line.strip() else None
-                if isinstance(parsed, dict) and parsed["custom_id"] not in seen:
-                    errors.write(unrun_line(parsed["custom_id"], status))
+                custom_id = custom_id_of(line) if line.strip() else None
+                if custom_id is not None and custom_id not in seen:
+                    errors.write(unrun_line(custom_id, status))
                     written += 1
         return written
 

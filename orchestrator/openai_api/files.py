@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from array import array
 from collections.abc import Iterator
 from typing import IO, Any, BinaryIO, Literal
 
@@ -20,11 +21,10 @@ from pydantic import BaseModel, Field
 
 from orchestrator.errors import StorageError
 from orchestrator.openai_api.errors import bad_request, not_found
-from orchestrator.run.input_checks import first_repeat, parse_line, repeat_message, repeated_digests
+from orchestrator.run.input_checks import digest, first_repeat, parse_line, repeat_message, repeated
 from orchestrator.storage import Store
 from orchestrator.storage.reader import RangeReader
-
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+from workers.prompts import BATCH_URLS as ENDPOINTS  # the endpoints a job's Batch rows run
 SHOWN_LINES = 3  # bad lines one error names
 CHUNK = 1 << 20
 
@@ -84,6 +84,7 @@ def scan_batch_file(f: IO[bytes], record: FileRecord) -> None:
     """Check every line of a Batch input file (seekable), filling the record's request count, models and
     urls; an OpenAIError (400) naming the first bad lines, or the first repeated custom_id."""
     bad: list[str] = []
+    digests = array("Q")  # of each request's custom_id: 8 bytes a line, for the repeat check
     for number, line in enumerate(_rewound(f), start=1):
         if not line.strip():
             continue
@@ -96,6 +97,7 @@ def scan_batch_file(f: IO[bytes], record: FileRecord) -> None:
         record.requests += 1
         record.models.setdefault(parsed["body"]["model"], number)
         record.urls.setdefault(parsed["url"], number)
+        digests.append(digest(parsed["custom_id"]))
     if bad:
         more = f" (and {len(bad) - SHOWN_LINES} more bad lines)" if len(bad) > SHOWN_LINES else ""
         raise bad_request("The file is not a valid Batch input JSONL file: " + "; ".join(bad[:SHOWN_LINES]) + more +
@@ -103,8 +105,8 @@ def scan_batch_file(f: IO[bytes], record: FileRecord) -> None:
     if record.requests == 0:
         raise bad_request("The file has no requests: a Batch input file has one JSON request per line.",
                           param="file", code="invalid_file")
-    repeated = repeated_digests(_rewound(f))
-    repeat = first_repeat(_rewound(f), repeated) if repeated else None
+    repeats = repeated(digests)
+    repeat = first_repeat(_rewound(f), repeats) if repeats else None
     if repeat is not None:
         raise bad_request(repeat_message(repeat), param="file", code="duplicate_custom_id")
 
@@ -187,7 +189,8 @@ class FileStore:
 
     def open(self, file_id: str) -> BinaryIO:
         """A file's content as a buffered stream, read from the store a range at a time."""
-        key = self.content_key(self.get(file_id).file.id)
+        self.get(file_id)
+        key = self.content_key(file_id)
         size = self.store.size(key)
         if size is None:
             raise StorageError(f"{self.store.uri}/{key} is missing")

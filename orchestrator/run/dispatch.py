@@ -141,6 +141,7 @@ class PoolDispatcher:
         self._kinds: Counter[type] = Counter()  # pending events by kind
         self._ready: deque[asyncio.Future[Any]] = deque()  # done futures, in the order they finished
         self._hungry: dict[int, None] = {}  # workers that may have a free slot (an ordered set)
+        self._size = -1  # the pool's size when all its workers were last offered work
         self._turn = itertools.count()
         self._wake = asyncio.Event()
         self._closed = False
@@ -155,7 +156,7 @@ class PoolDispatcher:
         return run
 
     def _offer_all(self) -> None:
-        """Offer work to every worker again: a job joined, a retry is due, a worker started."""
+        """Offer work to every worker again: a job joined, a retry is due, the pool changed size."""
         self._hungry.update(dict.fromkeys(self.pool.workers))
 
     def _track(self, fut: asyncio.Future[Any], event: Event) -> None:
@@ -219,6 +220,9 @@ class PoolDispatcher:
     def _fill(self) -> None:
         """Give each worker with a free slot attempts until it is full or no job has one for it."""
         per_worker = self.pool.resources.shards_in_flight
+        if len(self.pool.workers) != self._size:  # the pool grew (a lease, a replacement) or shrank
+            self._size = len(self.pool.workers)
+            self._offer_all()
         for wid in list(self._hungry):
             if not self.runs:
                 return
@@ -301,8 +305,6 @@ class PoolDispatcher:
             case WorkerStarted() if not fut.cancelled() and fut.exception() is not None:
                 self._start_error = f"{type(fut.exception()).__name__}: {fut.exception()}"
                 log.error("a replacement worker failed to start: %s", self._start_error)
-            case WorkerStarted():
-                self._offer_all()
             case CountsDue() if self.on_counts is not None and fut.exception() is None:
                 try:
                     self.on_counts(fut.result())
@@ -347,7 +349,6 @@ class PoolDispatcher:
 
     async def run(self) -> None:
         """Run until closed and idle; a worker replacement placed and loading completes first."""
-        self._offer_all()
         while not (self._closed and not self.runs and not self._pending(AttemptDone, WorkerStarted)):
             self._drop_unplaced()
             self._fill()

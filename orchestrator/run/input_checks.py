@@ -119,7 +119,7 @@ def _parquet_findings(source: Source) -> Findings:
     return found
 
 
-def _custom_id(line: bytes) -> str | None:
+def custom_id_of(line: bytes) -> str | None:
     """A Batch line's custom_id as the output row carries it (str), or None when it has none.
 
     Lines that open with their only `"custom_id"` key (as OpenAI writes them) are read without
@@ -140,19 +140,24 @@ def _custom_id(line: bytes) -> str | None:
     return None if value is None else str(value)
 
 
-def _digest(custom_id: str) -> int:
+def digest(custom_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "big") | 1  # 0: no id
 
 
 def repeated_digests(lines: Iterable[bytes]) -> set[int]:
     """Digests of custom_ids that occur more than once (a false match is ruled out later): one pass,
-    8 bytes a line, sorted."""
-    import numpy as np
-
+    8 bytes a line."""
     digests = array("Q")
     for line in lines:
-        custom_id = _custom_id(line) if line.strip() else None
-        digests.append(0 if custom_id is None else _digest(custom_id))
+        custom_id = custom_id_of(line) if line.strip() else None
+        digests.append(0 if custom_id is None else digest(custom_id))
+    return repeated(digests)
+
+
+def repeated(digests: array) -> set[int]:  # type: ignore[type-arg]
+    """The digests (other than 0, no id) that occur more than once, found by sorting."""
+    import numpy as np
+
     ordered = np.sort(np.frombuffer(digests, dtype=np.uint64))
     repeats = ordered[1:][(ordered[1:] == ordered[:-1]) & (ordered[1:] != 0)]
     return {int(d) for d in np.unique(repeats)}
@@ -164,8 +169,8 @@ def first_repeat(lines: Iterable[bytes], repeated: set[int]) -> tuple[str, int, 
     found: tuple[str, int, int] | None = None
     ids = set()
     for number, line in enumerate(lines, start=1):
-        custom_id = _custom_id(line) if line.strip() else None
-        if custom_id is None or _digest(custom_id) not in repeated:
+        custom_id = custom_id_of(line) if line.strip() else None
+        if custom_id is None or digest(custom_id) not in repeated:
             continue
         if custom_id in first:
             ids.add(custom_id)
