@@ -26,6 +26,7 @@ S3_MAX_ATTEMPTS = 10
 PLACEMENT_TIMEOUT_S = 600.0
 STALL_S = 120.0  # a run's summary names each wait this long with no shard committed
 CANCEL_GRACE_S = 60.0  # how long a cancelled job waits for its running attempts to stop
+STEP_LINGER_S = 0.005  # how long a worker holds finished results for others finishing with them (workers/inbox.py)
 COUNTS_POLL_S = 2.0  # how often workers' token and row counts reach the coordinator
 MAX_RUNNING_JOBS = 4
 IDLE_RELEASE_S = 600.0  # a pool with no job for this long gives its GPUs back

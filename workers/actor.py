@@ -17,6 +17,7 @@ from orchestrator.spec.model import FakeEngineArgs, ModelSpec
 from orchestrator.storage import open_store
 from workers import placement
 from workers.engine import Engine, EngineInfo, root_cause
+from workers.inbox import Inbox, Jobs, Results, Work
 from workers.pipeline import run_staged_shard
 from workers.shard import WorkerCounts, run_shard
 
@@ -81,7 +82,7 @@ def _make_engine(model: ModelSpec, on_gpu: bool) -> Engine:
 
 @ray.remote
 class GenerationWorker:
-    """Loads the engine once (`start`), then `process` runs shards concurrently on it."""
+    """Loads the engine once (`start`), then `step` runs batches of shards concurrently on it."""
 
     def __init__(self, model: ModelSpec, on_gpu: bool, threads: int | None = None):
         self.model, self.on_gpu = model, on_gpu
@@ -93,6 +94,7 @@ class GenerationWorker:
         self.counts: dict[str, dict[str, int]] = {}
         self.engine_loads = 0
         self.reaper: Any = None
+        self.inbox = Inbox(Jobs())
 
     def _make_engine(self, model: ModelSpec) -> Engine:
         if model.engine != "fake" and self.reaper is None:
@@ -109,7 +111,13 @@ class GenerationWorker:
                 raise _start_failure(e, logs) from None
         return self.engine.info
 
+    async def step(self, jobs: dict[str, tuple[Any, Any]], work: list[Work], cancels: list[int]) -> Results:
+        """Start a batch of attempts, stop some, and collect the results finished (workers/inbox.py)."""
+        assert self.engine is not None, "start() the worker first"
+        return await self.inbox.step(jobs, work, cancels, self.process)
+
     async def process(self, spec: JobSpec, plan: Plan, shard: Shard, attempt: int) -> CommitOutcome | None:
+        """One attempt of `shard`: generate its rows on the engine and commit them."""
         assert self.engine is not None, "start() the worker first"
         store = open_store(spec.output.uri).child(plan.job_id)
         counts = self.counts.setdefault(plan.job_id, {})

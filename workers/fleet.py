@@ -15,7 +15,9 @@ finalized from such a run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+from typing import Any
 
 import ray
 
@@ -27,12 +29,13 @@ from orchestrator.spec.model import FakeEngineArgs
 from orchestrator.storage import Store, open_store
 from workers.engine import Engine
 from workers.fake_engine import sleeping_engine
+from workers.inbox import Inbox, Jobs, Results, Work
 from workers.shard import WorkerCounts, run_shard
 
 
 @ray.remote
 class SimulatedFleet:
-    """Engines added and removed one at a time; `process` runs a shard on one of them."""
+    """Engines added and removed one at a time; `step` runs a batch of shards on one of them."""
 
     def __init__(self, model_name: str, commit: bool = True):
         self.model_name, self.commit = model_name, commit
@@ -40,16 +43,25 @@ class SimulatedFleet:
         self.engines: dict[int, Engine] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.stores: dict[tuple[str, str], Store] = {}
+        self.jobs = Jobs()
+        self.inboxes: dict[int, Inbox] = {}
         self._ids = itertools.count()
 
     def add_engine(self, args: FakeEngineArgs) -> int:
         index = next(self._ids)
         self.engines[index], self.args[index] = sleeping_engine(self.model_name, args), args
+        self.inboxes[index] = Inbox(self.jobs)
         return index
 
     def remove_engine(self, index: int) -> None:
         self.engines.pop(index, None)
         self.args.pop(index, None)
+        self.inboxes.pop(index, None)
+
+    async def step(self, index: int, jobs: dict[str, tuple[Any, Any]], work: list[Work], cancels: list[int]) -> Results:
+        """A `GenerationWorker.step` for engine `index` (its attempts after removal fail: engine dead)."""
+        inbox = self.inboxes.get(index) or Inbox(self.jobs)
+        return await inbox.step(jobs, work, cancels, functools.partial(self.process, index))
 
     async def process(self, index: int, spec: JobSpec, plan: Plan, shard: Shard, attempt: int) -> CommitOutcome | None:
         engine = self.engines.get(index)

@@ -10,28 +10,19 @@ are `WorkerPool`s.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
 
-from orchestrator.plan.planner import Shard
-from orchestrator.run.handles import Call, drained, ray_call
+from orchestrator.run.channel import Channel
+from orchestrator.run.handles import drained
 from orchestrator.spec.job import Resources
 from orchestrator.spec.model import FakeEngineArgs, ModelSpec
 from workers.fleet import SimulatedFleet
 from workers.shard import WorkerCounts
-
-
-class FleetHandle:
-    """One simulated engine behind the `WorkerHandle` interface."""
-
-    def __init__(self, actor: Any, engine: int):
-        self.actor, self.engine = actor, engine
-
-    def process(self, spec_ref: Any, plan_ref: Any, shard: Shard, attempt: int) -> Call:
-        return ray_call(self.actor.process.remote(self.engine, spec_ref, plan_ref, shard, attempt))
 
 
 class FleetPool:
@@ -47,6 +38,7 @@ class FleetPool:
         self.actors = [SimulatedFleet.options(num_cpus=0, max_concurrency=1_000_000).remote(model.name, commit)  # type: ignore[attr-defined]
                        for _ in range(processes)]
         self.workers: dict[int, tuple[int, int]] = {}  # worker id -> (actor, engine)
+        self.channels: dict[int, Channel] = {}
         self.unplaced: set[asyncio.Task[Any]] = set()
         self._ids = itertools.count()
 
@@ -55,6 +47,7 @@ class FleetPool:
         actor = wid % len(self.actors)
         engine = await self.actors[actor].add_engine.remote(self.engine_args(wid))
         self.workers[wid] = (actor, engine)
+        self.channels[wid] = Channel(functools.partial(self.actors[actor].step.remote, engine))
         return wid
 
     async def grow(self, n: int) -> None:
@@ -62,13 +55,13 @@ class FleetPool:
 
     def remove(self, worker_id: int) -> None:
         placed = self.workers.pop(worker_id, None)
+        self.channels.pop(worker_id, None)
         if placed is not None:
             actor, engine = placed
             self.actors[actor].remove_engine.remote(engine)
 
-    def handle(self, worker_id: int) -> FleetHandle:
-        actor, engine = self.workers[worker_id]
-        return FleetHandle(self.actors[actor], engine)
+    def handle(self, worker_id: int) -> Channel:
+        return self.channels[worker_id]
 
     def put(self, value: Any) -> Any:
         return ray.put(value)
@@ -83,3 +76,4 @@ class FleetPool:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.workers.clear()
+        self.channels.clear()

@@ -1,10 +1,10 @@
-"""What the dispatcher needs of a pool and its workers, and the Ray implementation of it.
+"""What the dispatcher needs of a pool and its workers, and what an attempt's outcome means.
 
 The dispatcher schedules, retries and replaces; it never talks to Ray. A pool hands it one
-`WorkerHandle` per live worker and stores each job's spec and plan once (`put`); an attempt comes
-back as a typed `AttemptResult` (succeeded, failed for a stated reason, cancelled), so how Ray
-reports a dead actor or a dead engine is decided here, once, and a test can stand in for Ray with
-in-memory handles.
+`WorkerHandle` per live worker (on Ray, a `Channel`: orchestrator/run/channel.py) and stores each
+job's spec and plan once (`put`); an attempt comes back as a typed `AttemptResult` (succeeded,
+failed for a stated reason, cancelled), so how Ray reports a dead actor or a dead engine is decided
+here, once, and a test can stand in for Ray with in-memory handles.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import ray
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 
 from orchestrator.commit.shards import CommitOutcome
@@ -103,9 +102,9 @@ class Pool(Protocol):
 
 
 def classify(error: BaseException) -> AttemptResult:
-    """What a failed Ray call of `GenerationWorker.process` means: the actor died (worker_lost), its
-    engine died (engine_dead, raised in the worker and wrapped by Ray), the attempt itself failed,
-    or it was cancelled."""
+    """What an attempt's error means, raised in the worker or by the Ray call that carried it: the
+    actor died (worker_lost), its engine died (engine_dead, maybe wrapped by Ray), the attempt
+    itself failed, or it was cancelled."""
     if isinstance(error, (TaskCancelledError, asyncio.CancelledError)):
         return Cancelled()
     cause = error.cause if isinstance(error, RayTaskError) else error
@@ -116,46 +115,6 @@ def classify(error: BaseException) -> AttemptResult:
     else:
         reason = "attempt_failed"
     return Failed(reason, cause or error)
-
-
-def settled(source: asyncio.Future[Any], how: Callable[[BaseException], AttemptResult] = classify
-            ) -> asyncio.Future[AttemptResult]:
-    """`source`'s outcome as an AttemptResult (its error mapped by `how`); cancelling the result
-    cancels `source`, as cancelling `source` itself would have."""
-    out: asyncio.Future[AttemptResult] = source.get_loop().create_future()
-
-    def copy(done: asyncio.Future[Any]) -> None:
-        if out.done():
-            return
-        if done.cancelled():
-            out.set_result(Cancelled())
-        elif (error := done.exception()) is not None:
-            out.set_result(how(error))
-        else:
-            out.set_result(Succeeded(done.result()))
-
-    def forward(result: asyncio.Future[AttemptResult]) -> None:
-        if result.cancelled():
-            source.cancel()
-
-    source.add_done_callback(copy)
-    out.add_done_callback(forward)
-    return out
-
-
-class RayWorkerHandle:
-    """A `GenerationWorker` actor behind the `WorkerHandle` interface."""
-
-    def __init__(self, actor: Any):
-        self.actor = actor
-
-    def process(self, spec_ref: Any, plan_ref: Any, shard: Shard, attempt: int) -> Call:
-        return ray_call(self.actor.process.remote(spec_ref, plan_ref, shard, attempt))
-
-
-def ray_call(ref: Any) -> Call:
-    """An attempt running as the Ray task `ref`: its settled result, and cancelling it."""
-    return Call(settled(asyncio.wrap_future(ref.future())), lambda: ray.cancel(ref))
 
 
 async def drained(calls: list[Any]) -> WorkerCounts:

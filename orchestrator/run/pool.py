@@ -13,7 +13,8 @@ import ray
 
 from orchestrator import defaults
 from orchestrator.errors import JobFailedError, Problem, SpecError
-from orchestrator.run.handles import RayWorkerHandle, drained
+from orchestrator.run.channel import Channel
+from orchestrator.run.handles import drained
 from orchestrator.spec.job import Resources
 from orchestrator.spec.model import ModelSpec
 from workers.actor import GenerationWorker
@@ -31,6 +32,7 @@ class Worker:
     id: int
     actor: Any
     info: EngineInfo | None = None
+    channel: Channel | None = None
 
 
 def workers_that_fit(resources: Resources, cluster: Mapping[str, float], used: Mapping[str, float] | None = None) -> int:
@@ -79,7 +81,7 @@ class WorkerPool:
         threads = max(1, int(r.cpus_per_worker)) if not r.gpus_per_worker else None
         actor = GenerationWorker.options(num_gpus=r.gpus_per_worker, num_cpus=r.cpus_per_worker,
                                          max_concurrency=10_000).remote(self.model, bool(r.gpus_per_worker), threads)
-        worker = Worker(next(self._ids), actor)
+        worker = Worker(next(self._ids), actor, channel=Channel(actor.step.remote))
         task = asyncio.current_task()
         if task is not None:
             self.unplaced.add(task)
@@ -115,9 +117,11 @@ class WorkerPool:
         if worker is not None:
             ray.kill(worker.actor, no_restart=True)
 
-    def handle(self, worker_id: int) -> RayWorkerHandle:
+    def handle(self, worker_id: int) -> Channel:
         """The dispatcher's handle on a live worker."""
-        return RayWorkerHandle(self.workers[worker_id].actor)
+        channel = self.workers[worker_id].channel
+        assert channel is not None
+        return channel
 
     def put(self, value: Any) -> Any:
         """Store a job's spec or plan in Ray once; each attempt then sends its reference."""

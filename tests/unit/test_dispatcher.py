@@ -4,10 +4,9 @@ failure, each in milliseconds and without Ray (tests/integration/test_dispatch.p
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -28,9 +27,9 @@ from orchestrator.run.handles import (
     Succeeded,
     classify,
     drained,
-    settled,
 )
 from orchestrator.spec.job import JobSpec, Resources
+from tests.unit.aio import on_loop
 from tests.unit.specs import make_spec
 from workers.shard import WorkerCounts
 
@@ -230,16 +229,6 @@ async def dispatching(pool: FakePool, **kwargs: Any) -> AsyncIterator[PoolDispat
         await asyncio.wait_for(loop, 1)  # a loop that does not end (an attempt never let go) fails the test
 
 
-def on_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test on a loop of its own, within 5 s (pytest still sees its fixtures)."""
-
-    @functools.wraps(test)
-    def sync(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 5))
-
-    return sync
-
-
 async def until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0)
@@ -386,24 +375,13 @@ async def test_the_counts_of_every_worker_reach_on_counts_merged(monkeypatch: py
     assert seen[0] == WorkerCounts({"A": {"completion_tokens": 10}}, {"retries": 2})
 
 
-@on_loop
-async def test_ray_failures_and_a_settled_future_map_to_typed_results() -> None:
+def test_ray_failures_map_to_typed_results() -> None:
     dead, shard, lost = EngineDeadError("engine died"), ShardError("bad row"), RayActorError()
     assert classify(RayTaskError("process", "tb", dead).as_instanceof_cause()) == Failed("engine_dead", dead)
     assert classify(RayTaskError("process", "tb", shard).as_instanceof_cause()) == Failed("attempt_failed", shard)
+    assert classify(dead) == Failed("engine_dead", dead) and classify(shard) == Failed("attempt_failed", shard)
     assert classify(lost) == Failed("worker_lost", lost) and classify(TaskCancelledError()) == Cancelled()
     assert not Failed("attempt_failed", shard).worker_gone and Failed("engine_dead", dead).worker_gone
-    loop = asyncio.get_running_loop()
-    ok, bad, gone, source = (loop.create_future() for _ in range(4))
-    results = [settled(f) for f in (ok, bad, gone)]
-    ok.set_result(None)
-    bad.set_exception(lost)
-    gone.cancel()
-    assert await asyncio.gather(*results) == [Succeeded(None), Failed("worker_lost", lost), Cancelled()]
-    settled(source).cancel()  # cancelling what the dispatcher waits on stops the call under it
-    await asyncio.sleep(0)
-    assert source.cancelled()
-
 
 
 @on_loop
