@@ -4,10 +4,13 @@ GPU (`WorkerPool`, what production runs) up to 32, and the simulated fleet (`Fle
 processes hosting every engine) up to 1,000 GPUs. One run measures:
 
 - scaling efficiency thr(N) / (N * thr(1)), actors at N = 1, 8, 32 and the fleet at 1, 8, 32, 128, 1000;
-- sustained shards/s through the coordinator (1-row shards, real commits), and the driver's own CPU
-  per shard in µs (its process CPU time over the run, divided by the shards);
+- sustained shards/s through the coordinator (20,000 1-row shards on the fleet without commits: the
+  coordinator's capacity) and with real commits (there the workers' own CPU on the same two cores is
+  the bound), each with the driver's own CPU per shard in µs (its process CPU time over the run,
+  divided by the shards);
 - per-shard dispatch round trip p50/p99 next to a raw Ray actor call measured in the same run;
-- coordinator (driver) memory growth over a large job (10,000,000 rows by default);
+- coordinator (driver) memory growth over a large job (10,000,000 rows by default) and with 1,000 jobs
+  queued in the service;
 - a coordinator restart with 1,000 job records in its state store;
 - throughput with the Prometheus exporter on vs off.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import sys
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil  # noqa: E402
 import ray  # noqa: E402
 
+from orchestrator import defaults  # noqa: E402
 from orchestrator.run.dispatch import PoolDispatcher  # noqa: E402
 from orchestrator.run.driver import Tracker, execute, prepare  # noqa: E402
 from orchestrator.run.fleet import FleetPool  # noqa: E402
@@ -174,10 +179,18 @@ async def latency(tmp: Path, shards: int) -> dict[str, float]:
             "raw_actor_call_p50_ms": round(pct(raw, 0.5) * ms, 2), "raw_actor_call_p99_ms": round(pct(raw, 0.99) * ms, 2)}
 
 
+def rss() -> int:
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
 async def memory(tmp: Path, rows: int) -> dict[str, float]:
-    spec = fake_spec(tmp / "mem", "mem", rows=rows, rows_per_shard=max(1000, rows // 2000), workers=8,
-                     max_tokens=1, tokens_per_s=1e6, in_flight=3)
-    pool = await warm_pool(spec, 8, tmp, fleet=True)
+    """Driver RSS over a `rows`-row job at the default shard size (256 rows: 39,063 shards for 10M rows),
+    on the simulated fleet without commits: what grows with a job in the coordinator (the plan's stream,
+    dispatch, the tracker's per-shard stats), at the coordinator's own speed."""
+    spec = fake_spec(tmp / "mem", "mem", rows=rows, rows_per_shard=defaults.ROWS_PER_SHARD, workers=64,
+                     max_tokens=1, tokens_per_s=1e6, in_flight=8)
+    pool = await warm_pool(spec, 64, tmp, fleet=True, commit=False)
     me, peak, stop = psutil.Process(), [0], threading.Event()
 
     def sample() -> None:
@@ -185,14 +198,34 @@ async def memory(tmp: Path, rows: int) -> dict[str, float]:
             peak[0] = max(peak[0], me.memory_info().rss)
             time.sleep(0.2)
 
-    baseline = me.memory_info().rss
+    baseline = rss()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    seconds, _ = await run(spec, pool)
+    seconds, tracker = await run(spec, pool)
     stop.set()
     sampler.join()
     pool.close()
-    return {"rows": rows, "seconds": round(seconds, 1), "rss_growth_mb": round((peak[0] - baseline) / 2**20, 1)}
+    return {"rows": rows, "shards": len(tracker.stats), "seconds": round(seconds, 1),
+            "rss_growth_mb": round((max(peak[0], rss()) - baseline) / 2**20, 1)}
+
+
+async def queued(tmp: Path, jobs: int) -> dict[str, float]:
+    """Driver RSS growth with `jobs` 10M-row jobs queued in the service's coordinator (none running)."""
+    from orchestrator.service.coordinator import Coordinator
+
+    coordinator = Coordinator(str(tmp / "queued-state"), max_running_jobs=0)
+    await coordinator.start()
+    baseline = rss()
+    for i in range(jobs):  # rows drawn by samplers: the spec stays small, as a user's would
+        await coordinator.submit(parse_spec({
+            "name": f"queued-{i}", "model": {"path": "fake", "engine": "fake"},
+            "prompts": {"template": {"text": "row {{ i }} of {{ j }}", "rows": 10_000_000,
+                                     "seeds": {"i": {"uniform_int": [0, 999]}, "j": {"uniform_int": [0, 999]}}}},
+            "sampling": {"max_tokens": 256}, "output": {"uri": str(tmp / "queued-out")},
+            "resources": {"workers": 1, "gpus_per_worker": 0, "cpus_per_worker": 0}}))
+    grown = rss() - baseline
+    await coordinator.stop()
+    return {"jobs": jobs, "rss_growth_mb": round(grown / 2**20, 1), "kb_per_job": round(grown / 1024 / jobs, 1)}
 
 
 async def restart(tmp: Path, records: int) -> dict[str, float]:
@@ -239,12 +272,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "benchmark": "dispatch",
             "scaling_actors": await scaling(tmp, [1, 8, 32], fleet=False, **shape),
             "scaling_fleet": await scaling(tmp, args.fleet_sizes, fleet=True, **shape),
-            "sustained_actors": await shards_per_s(tmp, args.rate_shards, workers=8, in_flight=8, fleet=False),
-            "sustained_fleet": await shards_per_s(tmp, args.rate_shards, workers=64, in_flight=8, fleet=True),
+            "sustained_actors": await shards_per_s(tmp, args.commit_shards, workers=8, in_flight=8, fleet=False),
+            "sustained_fleet": await shards_per_s(tmp, args.commit_shards, workers=64, in_flight=8, fleet=True),
             "coordinator_capacity": await shards_per_s(tmp, args.rate_shards, workers=64, in_flight=8, fleet=True,
                                                        commit=False),
             "latency": await latency(tmp, args.latency_shards),
             "memory": await memory(tmp, args.memory_rows),
+            "queued_jobs": await queued(tmp, args.queued_jobs),
             "restart": await restart(tmp, args.restart_records),
             "exporter": await exporter(tmp, args.exporter_repeats),
         }
@@ -257,9 +291,12 @@ def main() -> None:
     ap.add_argument("--shard-tokens", type=int, default=2000,
                     help="tokens of a scaling shard at 100 tokens/s: 2000 is a 20 s shard, so 1,000 workers with 3 in "
                          "flight finish 150 shards/s, as 1,000 H100s do")
-    ap.add_argument("--rate-shards", type=int, default=4000)
+    ap.add_argument("--rate-shards", type=int, default=20_000, help="1-row shards of the coordinator-capacity run")
+    ap.add_argument("--commit-shards", type=int, default=2000,
+                    help="1-row shards of each sustained run with real commits (the workers' CPU bounds these)")
     ap.add_argument("--latency-shards", type=int, default=300)
     ap.add_argument("--memory-rows", type=int, default=10_000_000)
+    ap.add_argument("--queued-jobs", type=int, default=1000)
     ap.add_argument("--restart-records", type=int, default=1000)
     ap.add_argument("--exporter-repeats", type=int, default=3)
     args = ap.parse_args()

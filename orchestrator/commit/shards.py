@@ -13,6 +13,8 @@ import base64
 import hashlib
 import io
 import json
+import pickle
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,6 +54,29 @@ class ShardStats:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardStats:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+class StatsLedger(Mapping[int, ShardStats]):
+    """The stats of a run's committed shards by index, as the coordinator keeps them until finalize:
+    each packed into one small bytes object (~250 bytes a shard with its key, against ~700 as
+    objects), so a 10M-row job's 39,063 shards stay near 10 MB. Read back as `ShardStats`."""
+
+    _fields = tuple(ShardStats.__dataclass_fields__)
+
+    def __init__(self) -> None:
+        self._packed: dict[int, bytes] = {}
+
+    def add(self, index: int, stats: ShardStats) -> None:
+        self._packed[index] = pickle.dumps(tuple(getattr(stats, f) for f in self._fields), protocol=5)
+
+    def __getitem__(self, index: int) -> ShardStats:
+        return ShardStats(*pickle.loads(self._packed[index]))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
 
 
 @dataclass(frozen=True)

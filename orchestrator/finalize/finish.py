@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -81,7 +82,7 @@ def build_manifest(spec: JobSpec, plan: Plan, shards: list[ShardStats], results:
     })
 
 
-def finalize(store: Store, spec: JobSpec, plan: Plan, known: dict[int, ShardStats],
+def finalize(store: Store, spec: JobSpec, plan: Plan, known: Mapping[int, ShardStats],
              started_at: float) -> Manifest:
     """Run the quality pass, write the report, the dataset card, `_manifest.json` (once) and `_SUCCESS`."""
     if store.exists(layout.MANIFEST):

@@ -13,7 +13,7 @@ from typing import Any
 
 from orchestrator import defaults
 from orchestrator.commit import layout
-from orchestrator.commit.shards import CommitOutcome, ShardStats, committed_shards
+from orchestrator.commit.shards import CommitOutcome, ShardStats, StatsLedger, committed_shards
 from orchestrator.errors import ConflictError, JobFailedError, JobInterrupted
 from orchestrator.finalize.finish import finalize
 from orchestrator.finalize.manifest import Manifest, read_manifest
@@ -82,7 +82,7 @@ class Tracker:
 
     def __init__(self, plan: Plan, on_progress: Callable[[Progress], None] | None = None):
         self.plan, self.on_progress = plan, on_progress
-        self.stats: dict[int, ShardStats] = {}
+        self.stats = StatsLedger()
         self.rows_done = self.rows_before = self.tokens = self.generated = self.retries = self.replaced = 0
         self.shards_done = 0  # shards of this run now committed, by it or by a zombie attempt
         self.live_tokens = 0  # completion tokens the workers report, before their shards commit
@@ -111,7 +111,7 @@ class Tracker:
         self.shards_done += 1
         self.finished = now
         if outcome is not None and outcome.won:
-            self.stats[shard.index] = outcome.stats
+            self.stats.add(shard.index, outcome.stats)
             self.tokens += outcome.stats.completion_tokens
             self.generated += 1
             self.committed(outcome.stats)

@@ -16,6 +16,7 @@ from orchestrator.commit import layout, schemas
 from orchestrator.commit.shards import (
     ShardStats,
     ShardTables,
+    StatsLedger,
     commit_shard,
     committed_shards,
     decode_footer,
@@ -254,3 +255,14 @@ def test_a_losing_commit_reports_the_stats_it_tried(spec: JobSpec) -> None:
     outcome = commit(store, spec, 0, attempt=2)
     assert outcome.won is False
     assert outcome.stats == replace(stats(0, 2, 1), attempt=2)
+
+
+def test_the_ledger_gives_back_each_shards_stats_exactly_as_committed() -> None:
+    stats = [ShardStats(i, 2, 10, 1, 50, 70, 1.5, "rev-a", 999, "ab" * 32, 3, {"filler": 3}, {"timeout": 1},
+                        {"timeout": "took too long"}, {"7": 10}, 5, 2, 9, 1) for i in (4, 0, 17)]
+    stats.append(ShardStats(9, 1, 256, 0, 5000, 65536, 12.5, "fake"))
+    ledger = StatsLedger()
+    for s in stats:
+        ledger.add(s.index, s)
+    assert dict(ledger) == {s.index: s for s in stats} and len(ledger) == 4
+    assert ledger.get(3) is None and 17 in ledger and 3 not in ledger
