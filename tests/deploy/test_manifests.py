@@ -1,5 +1,6 @@
 """k8s/: every kustomization builds; native kinds pass kubernetes-validate --strict; custom resources
-match their CRD's schema; every pod runs under the restricted pod security profile."""
+match their CRD's schema; every pod (KubeRay's autoscaler sidecar and Jobs included) runs under the
+restricted pod security profile, but for the deviations a kustomization exists to make, listed here."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tests.deploy.sources import (
     K8S,
     KUSTOMIZATIONS,
     OVERLAYS,
+    RAY_KUSTOMIZATIONS,
     REPO,
     RULES,
     build,
@@ -28,6 +30,20 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip ins
 CUSTOM_GROUPS = ("ray.io/", "monitoring.coreos.com/")
 EXAMPLE_SECRETS = K8S / "examples" / "secrets.example.yaml"
 ids = [str(k.relative_to(K8S)) for k in KUSTOMIZATIONS]
+ray_ids = [str(k.relative_to(K8S)) for k in RAY_KUSTOMIZATIONS]
+WORKLOADS = ("Job", "Deployment", "StatefulSet", "DaemonSet")
+# Deviations from security_problems() that a kustomization exists to make, with the reason. Every
+# other problem, in these pods too, still fails.
+ALLOWED_DEVIATIONS: dict[Path, dict[str, list[str]]] = {
+    # A node-local model cache is a hostPath the workers write: the restricted (and baseline)
+    # profile refuses it, so the component makes the namespace enforce `privileged` (warn and
+    # audit stay restricted); k8s/components/model-cache is the restricted way.
+    K8S / "overlays" / "gpu-model-cache-hostpath": {
+        "synthfleet gpu": ["hostPath volume", "ray-worker: writable /models is not an emptyDir"]},
+    # The prefill Job's purpose is writing the weights into the claim the Ray pods read.
+    K8S / "examples" / "model-prefill": {
+        "synthfleet-model-prefill": ["download: writable /models is not an emptyDir"]},
+}
 
 
 def _is_custom(doc: dict[str, Any]) -> bool:
@@ -50,7 +66,7 @@ def test_the_example_secrets_are_valid_and_hold_placeholders_only() -> None:
     assert {s["metadata"]["name"] for s in secrets} == {"synthfleet-api-token", "synthfleet-ray-auth", "synthfleet-s3"}
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids)
+@pytest.mark.parametrize("kustomization", RAY_KUSTOMIZATIONS, ids=ray_ids)
 def test_custom_resources_match_their_crd_schemas(kustomization: Path) -> None:
     schemas = crd_schemas(schemas_dir())
     custom = [d for d in build(kustomization) if _is_custom(d)]
@@ -63,20 +79,38 @@ def test_custom_resources_match_their_crd_schemas(kustomization: Path) -> None:
         assert not errors, f"{doc['kind']}/{doc['metadata']['name']}: {errors}"
 
 
-def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every pod template of the Ray clusters and the RayJob's submitter, by a readable name."""
+def ray_pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every pod template of the Ray clusters and the RayJob's submitter, by a readable name. The head
+    is as KubeRay runs it with in-tree autoscaling: with the autoscaler sidecar, whose security
+    context and mounts come from autoscalerOptions."""
     out = {}
     for doc in docs:
         if doc["kind"] not in ("RayCluster", "RayJob"):
             continue
         cluster = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
         name = doc["metadata"]["name"]
-        out[f"{name} head"] = cluster["headGroupSpec"]["template"]["spec"]
+        out[f"{name} head"] = with_autoscaler(cluster)
         for group in cluster.get("workerGroupSpecs", []):
             out[f"{name} {group['groupName']}"] = group["template"]["spec"]
         if "submitterPodTemplate" in doc["spec"]:
             out[f"{name} submitter"] = doc["spec"]["submitterPodTemplate"]["spec"]
     return out
+
+
+def with_autoscaler(cluster: dict[str, Any]) -> dict[str, Any]:
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    if not cluster.get("enableInTreeAutoscaling"):
+        return dict(head)
+    options = cluster.get("autoscalerOptions", {})
+    sidecar = {"name": "autoscaler", "securityContext": options.get("securityContext", {}),
+               "volumeMounts": options.get("volumeMounts", [])}
+    return {**head, "containers": [*head["containers"], sidecar]}
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Ray pods and every other workload's pod template (a Job's, ...), by a readable name."""
+    return ray_pod_specs(docs) | {d["metadata"]["name"]: d["spec"]["template"]["spec"]
+                                  for d in docs if d["kind"] in WORKLOADS}
 
 
 def security_problems(spec: dict[str, Any]) -> list[str]:
@@ -100,8 +134,10 @@ def security_problems(spec: dict[str, Any]) -> list[str]:
         if sc.get("readOnlyRootFilesystem") is not True or sc.get("runAsNonRoot") is not True:
             problems.append(f"{c['name']}: root filesystem writable or root allowed")
         for mount in c.get("volumeMounts", []):
-            volume = volumes[mount["name"]]
-            if "emptyDir" not in volume and not mount.get("readOnly"):
+            volume = volumes.get(mount["name"])
+            if volume is None:
+                problems.append(f"{c['name']}: mounts {mount['name']}, which the pod does not have")
+            elif "emptyDir" not in volume and not mount.get("readOnly"):
                 problems.append(f"{c['name']}: writable {mount['mountPath']} is not an emptyDir")
     return problems
 
@@ -110,16 +146,23 @@ def security_problems(spec: dict[str, Any]) -> list[str]:
 def test_every_pod_runs_restricted_non_root_with_writable_space_only_in_empty_dirs(kustomization: Path) -> None:
     specs = pod_specs(build(kustomization))
     assert specs
-    assert {name: security_problems(s) for name, s in specs.items() if security_problems(s)} == {}
+    problems = {name: security_problems(s) for name, s in specs.items() if security_problems(s)}
+    assert problems == ALLOWED_DEVIATIONS.get(kustomization, {})
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_namespace_enforces_the_restricted_profile(overlay: str) -> None:
+    """Everywhere but with the node-local model cache (a hostPath, see ALLOWED_DEVIATIONS), which
+    enforces `privileged` and still warns and audits at `restricted`."""
     (namespace,) = find(build(K8S / "overlays" / overlay), "Namespace")
-    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    labels = namespace["metadata"]["labels"]
+    allowed = ALLOWED_DEVIATIONS.get(K8S / "overlays" / overlay, {})
+    hostpath = any("hostPath volume" in problems for problems in allowed.values())
+    assert labels["pod-security.kubernetes.io/enforce"] == ("privileged" if hostpath else "restricted")
+    assert labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "restricted"
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids)
+@pytest.mark.parametrize("kustomization", RAY_KUSTOMIZATIONS, ids=ray_ids)
 def test_ray_token_auth_is_on_for_every_ray_cluster(kustomization: Path) -> None:
     docs = build(kustomization)
     clusters = [d["spec"] for d in find(docs, "RayCluster")] + [d["spec"]["rayClusterSpec"] for d in find(docs, "RayJob")]
@@ -131,13 +174,13 @@ def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=ids)
+@pytest.mark.parametrize("kustomization", RAY_KUSTOMIZATIONS, ids=ray_ids)
 def test_ray_ports_are_open_only_to_the_clusters_own_pods(kustomization: Path) -> None:
     """Each Ray cluster's pods are selected by a policy whose only all-ports rule admits its own pods;
     other sources get named ports only (API, metrics, dashboard)."""
     docs = build(kustomization)
     policies = [p["spec"] for p in find(docs, "NetworkPolicy")]
-    for name in pod_specs(docs):
+    for name in ray_pod_specs(docs):
         if name.endswith("submitter"):
             continue
         labels = _pod_labels(docs, name)
