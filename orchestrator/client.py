@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import pyarrow as pa
 
 from orchestrator.errors import (
     AuthError,
+    ConfigError,
     ConflictError,
     JobFailedError,
     NotFoundError,
@@ -29,6 +31,7 @@ from orchestrator.errors import (
     ServerError,
     ServerUnavailableError,
     SpecError,
+    SynthfleetError,
 )
 from orchestrator.service.records import TERMINAL, JobRecord, JobState
 from orchestrator.spec.job import JobSpec
@@ -42,8 +45,31 @@ POLL_S = 1.0
 UNAVAILABLE_STATUS = frozenset({502, 503, 504})  # a proxy or load balancer with no server behind it
 
 
-def _unreachable(url: str, e: httpx.TransportError, timeout: float) -> ServerUnavailableError:
-    """What a transport failure means to the user: nothing answering, too slow, or the connection lost."""
+def tls_context(verify: bool | str | Path | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """What httpx needs for `verify`: True (the system's CAs), False (no check), or a context trusting
+    the CA file named (a file that cannot be read is a ConfigError naming it)."""
+    if isinstance(verify, (bool, ssl.SSLContext)):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=str(verify))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"cannot use {verify} as the CA file to trust: {e}; give a PEM file of the "
+                          "certificate that signed the server's") from None
+
+
+def _untrusted(e: httpx.TransportError) -> ssl.SSLCertVerificationError | None:
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
+def _unreachable(url: str, e: httpx.TransportError, timeout: float) -> SynthfleetError:
+    """What a transport failure means to the user: an untrusted certificate, nothing answering, too
+    slow, or the connection lost."""
+    if (bad := _untrusted(e)) is not None:
+        return ConfigError(f"the TLS certificate of {url} is not trusted ({bad.verify_message}): pass the CA "
+                           "that signed it (Client(url, verify='ca.pem'), --ca-file or $SYNTHFLEET_CA_FILE)")
     if isinstance(e, httpx.ConnectError):
         return ServerUnavailableError(f"cannot reach synthfleet at {url} — is synthfleet serve running?")
     if isinstance(e, httpx.TimeoutException):
@@ -157,11 +183,14 @@ class Job:
 class Client:
     """Talks to a synthfleet server's HTTP API."""
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0):
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0,
+                 verify: bool | str | Path | ssl.SSLContext = True):
+        """`verify` (https URLs): True trusts the system's CAs, a path trusts the CA in that PEM file
+        (a server behind an Ingress with a private CA, or a self-signed certificate), False checks nothing."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url, self.timeout = url.rstrip("/"), timeout
         self.token = token  # also what the `openai` SDK needs as api_key for the Batch API at url + "/v1"
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=tls_context(verify))
         self._server: Any = None
 
     @classmethod

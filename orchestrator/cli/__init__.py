@@ -59,6 +59,11 @@ def _remote_parsers(sub: Any) -> None:
         cmd.add_argument("--url", default=os.environ.get("SYNTHFLEET_URL", URL_DEFAULT),
                          help="the server's URL ($SYNTHFLEET_URL sets the default)")
         cmd.add_argument("--token-file", help=TOKEN_FILE_HELP)
+        cmd.add_argument("--ca-file", default=os.environ.get("SYNTHFLEET_CA_FILE"),
+                         help="PEM file of the CA that signed an https server's certificate (default: "
+                              "$SYNTHFLEET_CA_FILE, else the system's CAs)")
+        cmd.add_argument("--insecure", action="store_true",
+                         help="do not check an https server's certificate (default: checked)")
         cmd.set_defaults(fn=fn)
         if name == "submit":
             cmd.add_argument("spec", help="the job spec (YAML or JSON)")

@@ -22,7 +22,8 @@ def _client(args: argparse.Namespace) -> Client:
     from orchestrator.client import Client
     from orchestrator.service.api import load_token
 
-    return Client(args.url, token=load_token(args.token_file))
+    verify = False if args.insecure else (args.ca_file or True)
+    return Client(args.url, token=load_token(args.token_file), verify=verify)
 
 
 def _config_error(e: ConfigError) -> int:

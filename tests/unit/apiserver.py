@@ -23,13 +23,16 @@ START_TIMEOUT_S = 10.0
 
 
 @contextmanager
-def running_api(state: Path, *, token: str | None, max_body_bytes: int | None = None) -> Iterator[str]:
-    """Serve create_app(...) on a free port of 127.0.0.1 in a thread; yields its URL."""
+def running_api(state: Path, *, token: str | None, max_body_bytes: int | None = None,
+                tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """Serve create_app(...) on a free port of 127.0.0.1 in a thread; yields its URL. With `tls`
+    (certificate, key: PEM files) it serves https."""
     limits = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
     app = create_app(Coordinator(str(state)), token=token, **limits)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    certs = {} if tls is None else {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])}
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **certs))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -37,7 +40,7 @@ def running_api(state: Path, *, token: str | None, max_body_bytes: int | None = 
         assert thread.is_alive() and time.monotonic() < deadline, "the test API server did not start"
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=START_TIMEOUT_S)
