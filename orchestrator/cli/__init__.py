@@ -168,6 +168,10 @@ def _serve_parser(sub: Any) -> None:
                        help="jobs generating at once; the others wait in the queue")
     serve.add_argument("--idle-release-s", type=float, default=defaults.IDLE_RELEASE_S,
                        help="seconds a warm pool may stay without a job before its workers are released")
+    serve.add_argument("--autoscale", action="store_true",
+                       help="the cluster grows with the queue (KubeRay's autoscaler): ask Ray's autoscaler for the "
+                            "workers of running and next jobs, and queue a job the cluster cannot hold yet instead "
+                            "of refusing it (default: off, jobs must fit the cluster as it is)")
     serve.add_argument("--max-body-mb", type=_positive, default=defaults.MAX_BODY_MB,
                        help="larger request bodies are refused with HTTP 413")
     serve.add_argument("--model", action="append", metavar="NAME=PATH_OR_ID",

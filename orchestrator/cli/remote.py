@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         err.print(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}", highlight=False, markup=False)
         return EXIT_FAILED
     coordinator = Coordinator(args.state, ray_address=args.ray_address, max_running_jobs=args.max_running_jobs,
-                              idle_release_s=args.idle_release_s)
+                              idle_release_s=args.idle_release_s, autoscale=args.autoscale)
     app = create_app(coordinator, token=token, max_body_bytes=int(args.max_body_mb * MB), models=models,
                      max_file_bytes=int(args.max_file_mb * MB))
     banner = (f"synthfleet serving on {http_url(args.host, sock.getsockname()[1])} "

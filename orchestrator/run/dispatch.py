@@ -155,6 +155,10 @@ class PoolDispatcher:
         self._wake.set()
         return run
 
+    def wake(self) -> None:
+        """Look at the pool again (it grew): its new workers are offered work."""
+        self._wake.set()
+
     def _offer_all(self) -> None:
         """Offer work to every worker again: a job joined, a retry is due, the pool changed size."""
         self._hungry.update(dict.fromkeys(self.pool.workers))

@@ -3,8 +3,11 @@
 Jobs wait in priority order (FIFO within a priority); up to `max_running_jobs` run at once and share
 the workers of their pool fairly. Pools are keyed by model and worker shape and stay warm across
 jobs, so a second job on a model starts generating without loading weights again; a pool idle for
-`idle_release_s` is released, and pools never ask for more GPUs than the cluster has. Job records
-live in the state store, so a restarted coordinator resumes every unfinished job.
+`idle_release_s` is released, and pools never ask for more GPUs than the cluster has. With
+`autoscale` the cluster grows to the queue instead: the coordinator asks Ray's autoscaler for the
+workers its running and next jobs want (orchestrator/service/demand.py), a job the cluster cannot hold
+yet waits in the queue for the nodes, and pools grow as nodes arrive. Job records live in the state
+store, so a restarted coordinator resumes every unfinished job.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from orchestrator.run.driver import drive, prepare
 from orchestrator.run.pool import WorkerPool, fitting_workers
 from orchestrator.run.preflight import check_spec
 from orchestrator.run.ray_runtime import ensure_ray
+from orchestrator.service.demand import Demand
 from orchestrator.service.metrics import Metrics
 from orchestrator.service.pools import PoolManager
 from orchestrator.service.records import JobRecord, JobState, JobStore
@@ -40,8 +44,9 @@ class Coordinator:
 
     def __init__(self, state_uri: str, *, ray_address: str | None = None, metrics: Metrics | None = None,
                  max_running_jobs: int = defaults.MAX_RUNNING_JOBS, idle_release_s: float = defaults.IDLE_RELEASE_S,
-                 pools: list[WorkerPool] | None = None):
+                 pools: list[WorkerPool] | None = None, autoscale: bool = False, demand: Demand | None = None):
         self.records = JobStore(open_store(state_uri))
+        self.autoscale, self.demand = autoscale, demand or Demand()
         self.ray_address, self.max_running = ray_address, max_running_jobs
         self.metrics = metrics or Metrics()
         self.keeper = RecordKeeper(self.records, self.metrics)
@@ -74,6 +79,8 @@ class Coordinator:
     async def stop(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
+        if self.autoscale:
+            self.demand.release()  # a stopped coordinator keeps no nodes up
         self.pools.close_dispatchers()
         for task in self.running.values():
             task.cancel()
@@ -85,7 +92,8 @@ class Coordinator:
     async def submit(self, spec: JobSpec, *, priority: int = 0, idempotency_key: str | None = None) -> JobRecord:
         """Queue a job (validated first: SpecError, nothing queued). Same spec, same job."""
         await asyncio.to_thread(check_spec, spec)
-        fitting_workers(spec.resources)  # SpecError when the cluster could never hold one worker
+        if not self.autoscale:  # with an autoscaler the cluster grows to hold it
+            fitting_workers(spec.resources)  # SpecError when the cluster could never hold one worker
         job_id = spec.job_id
         if idempotency_key is not None:
             digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
@@ -139,6 +147,9 @@ class Coordinator:
         last_save = time.monotonic()
         while True:
             self._start_queued()
+            if self.autoscale:
+                self.demand.update(self._wanted())
+                self.pools.regrow()
             self.pools.release_idle()
             self.keeper.update_gauges(self.jobs)
             self.pools.update_gauges()
@@ -154,10 +165,20 @@ class Coordinator:
             except TimeoutError:
                 pass
 
+    def _queued(self) -> list[JobRecord]:
+        """Queued jobs in the order they start: priority, then submission."""
+        return sorted((r for r in self.jobs.values() if r.state == JobState.QUEUED),
+                      key=lambda r: (-r.priority, r.sequence))
+
+    def _wanted(self) -> list[JobSpec]:
+        """The specs whose workers the cluster should hold: running jobs, then the queued ones that
+        start next (as many as `max_running_jobs` leaves room for)."""
+        running = [self.jobs[job_id].spec for job_id in self.running]
+        room = max(0, self.max_running - len(running))
+        return running + [r.spec for r in self._queued()[:room]]
+
     def _start_queued(self) -> None:
-        queued = sorted((r for r in self.jobs.values() if r.state == JobState.QUEUED),
-                        key=lambda r: (-r.priority, r.sequence))
-        for record in queued:
+        for record in self._queued():
             if len(self.running) >= self.max_running:
                 return
             if not self.pools.can_start(record.spec):

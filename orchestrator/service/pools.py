@@ -40,6 +40,8 @@ class PoolEntry:
     loop: asyncio.Task[None]
     idle_since: float = field(default_factory=time.monotonic)
     claims: int = 0  # jobs between taking this pool and finishing with it (growing it included)
+    wanted: int = 0  # the largest `resources.workers` of the jobs holding it
+    growing: asyncio.Task[None] | None = None  # a `regrow` under way
 
 
 class PoolManager:
@@ -62,6 +64,9 @@ class PoolManager:
 
     async def stop(self) -> None:
         """After `close_dispatchers`: wait for the dispatch loops, close the pools this service made."""
+        for entry in self.entries.values():
+            if entry.growing is not None:
+                entry.growing.cancel()
         await asyncio.gather(*(e.loop for e in self.entries.values()), return_exceptions=True)
         for entry in self.entries.values():
             if entry.pool not in self.given:
@@ -116,13 +121,39 @@ class PoolManager:
                     self.metrics.workers.labels(entry.pool.model.name, state).set(0)
 
     async def _grow(self, entry: PoolEntry, spec: JobSpec) -> None:
-        want = min(spec.resources.workers, len(entry.pool.workers) + self.capacity(spec))
+        if entry.growing is not None:  # a regrow under way: the workers it adds count
+            await asyncio.gather(entry.growing, return_exceptions=True)
+        await self._grow_to(entry, min(spec.resources.workers, len(entry.pool.workers) + self.capacity(spec)))
+
+    async def _grow_to(self, entry: PoolEntry, want: int) -> None:
         if len(entry.pool.workers) < want:
             before = set(entry.pool.workers)
             await entry.pool.grow(want)
             for wid, worker in entry.pool.workers.items():
                 if wid not in before and worker.info is not None:
-                    self.metrics.engine_load.labels(spec.model.name).observe(worker.info.load_seconds)
+                    self.metrics.engine_load.labels(entry.pool.model.name).observe(worker.info.load_seconds)
+            entry.dispatcher.wake()  # its new workers take attempts now
+
+    def regrow(self) -> None:
+        """Grow the pools of running jobs that have fewer workers than those jobs want, as far as the
+        cluster now has room: an autoscaler's nodes arrive after the job started on the first ones."""
+        cluster: dict[str, float] | None = None
+        for key, entry in self.entries.items():
+            have = len(entry.pool.workers)
+            if not entry.claims or have >= entry.wanted or (entry.growing is not None and not entry.growing.done()):
+                continue
+            cluster = cluster or ray.cluster_resources()
+            shape = entry.pool.resources.model_copy(update={"workers": entry.wanted})
+            want = workers_that_fit(shape, cluster, self._used(key))
+            if want > have:
+                log.info("growing the pool of %s from %d to %d workers", entry.pool.model.name, have, want)
+                entry.growing = asyncio.ensure_future(self._regrow(entry, want))
+
+    async def _regrow(self, entry: PoolEntry, want: int) -> None:
+        try:
+            await self._grow_to(entry, want)
+        except Exception as e:  # noqa: BLE001 - its jobs go on with the workers they have
+            log.warning("the pool of %s could not grow to %d workers: %s", entry.pool.model.name, want, e)
 
     @asynccontextmanager
     async def lease(self, spec: JobSpec, tracker: Tracker) -> AsyncIterator[PoolDispatcher]:
@@ -130,12 +161,15 @@ class PoolManager:
         until the lease ends."""
         entry = self.entry_for(spec) or self._adopt(WorkerPool(spec.model, spec.resources))
         entry.claims += 1
+        entry.wanted = max(entry.wanted, spec.resources.workers)
         try:
             await self._grow(entry, spec)
             yield entry.dispatcher
         finally:
             entry.claims -= 1
             entry.idle_since = time.monotonic()
+            if not entry.claims:
+                entry.wanted = 0
 
     def update_gauges(self) -> None:
         for entry in self.entries.values():

@@ -101,6 +101,7 @@ def test_the_head_runs_synthfleet_serve_with_flags_the_cli_accepts(overlay: str)
     assert (args.command, args.host, args.ray_address) == ("serve", "0.0.0.0", "auto")
     assert args.port == cli.parser().parse_args(["serve"]).port  # the CLI's default API port
     assert args.state.startswith("s3://")
+    assert args.autoscale  # the worker group autoscales: the coordinator asks for its queue's workers
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
