@@ -37,8 +37,7 @@ class FleetPool:
         self.engine_args = engine_args or (lambda _: default)
         self.actors = [SimulatedFleet.options(num_cpus=0, max_concurrency=1_000_000).remote(model.name, commit)  # type: ignore[attr-defined]
                        for _ in range(processes)]
-        self.workers: dict[int, tuple[int, int]] = {}  # worker id -> (actor, engine)
-        self.channels: dict[int, Channel] = {}
+        self.workers: dict[int, tuple[int, int, Channel]] = {}  # worker id -> (actor, engine, its handle)
         self.unplaced: set[asyncio.Task[Any]] = set()
         self._ids = itertools.count()
 
@@ -46,8 +45,7 @@ class FleetPool:
         wid = next(self._ids)
         actor = wid % len(self.actors)
         engine = await self.actors[actor].add_engine.remote(self.engine_args(wid))
-        self.workers[wid] = (actor, engine)
-        self.channels[wid] = Channel(functools.partial(self.actors[actor].step.remote, engine))
+        self.workers[wid] = (actor, engine, Channel(functools.partial(self.actors[actor].step.remote, engine)))
         return wid
 
     async def grow(self, n: int) -> None:
@@ -55,13 +53,12 @@ class FleetPool:
 
     def remove(self, worker_id: int) -> None:
         placed = self.workers.pop(worker_id, None)
-        self.channels.pop(worker_id, None)
         if placed is not None:
-            actor, engine = placed
+            actor, engine, _ = placed
             self.actors[actor].remove_engine.remote(engine)
 
     def handle(self, worker_id: int) -> Channel:
-        return self.channels[worker_id]
+        return self.workers[worker_id][2]
 
     def put(self, value: Any) -> Any:
         return ray.put(value)
@@ -76,4 +73,3 @@ class FleetPool:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.workers.clear()
-        self.channels.clear()

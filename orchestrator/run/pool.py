@@ -31,8 +31,8 @@ class PlacementError(RuntimeError):
 class Worker:
     id: int
     actor: Any
+    channel: Channel  # the dispatcher's handle on it
     info: EngineInfo | None = None
-    channel: Channel | None = None
 
 
 def workers_that_fit(resources: Resources, cluster: Mapping[str, float], used: Mapping[str, float] | None = None) -> int:
@@ -81,7 +81,7 @@ class WorkerPool:
         threads = max(1, int(r.cpus_per_worker)) if not r.gpus_per_worker else None
         actor = GenerationWorker.options(num_gpus=r.gpus_per_worker, num_cpus=r.cpus_per_worker,
                                          max_concurrency=10_000).remote(self.model, bool(r.gpus_per_worker), threads)
-        worker = Worker(next(self._ids), actor, channel=Channel(actor.step.remote))
+        worker = Worker(next(self._ids), actor, Channel(actor.step.remote))
         task = asyncio.current_task()
         if task is not None:
             self.unplaced.add(task)
@@ -119,9 +119,7 @@ class WorkerPool:
 
     def handle(self, worker_id: int) -> Channel:
         """The dispatcher's handle on a live worker."""
-        channel = self.workers[worker_id].channel
-        assert channel is not None
-        return channel
+        return self.workers[worker_id].channel
 
     def put(self, value: Any) -> Any:
         """Store a job's spec or plan in Ray once; each attempt then sends its reference."""

@@ -44,9 +44,9 @@ class Coordinator:
 
     def __init__(self, state_uri: str, *, ray_address: str | None = None, metrics: Metrics | None = None,
                  max_running_jobs: int = defaults.MAX_RUNNING_JOBS, idle_release_s: float = defaults.IDLE_RELEASE_S,
-                 pools: list[WorkerPool] | None = None, autoscale: bool = False, demand: Demand | None = None):
+                 pools: list[WorkerPool] | None = None, autoscale: bool = False):
         self.records = JobStore(open_store(state_uri))
-        self.autoscale, self.demand = autoscale, demand or Demand()
+        self.autoscale, self.demand = autoscale, Demand()
         self.ray_address, self.max_running = ray_address, max_running_jobs
         self.metrics = metrics or Metrics()
         self.keeper = RecordKeeper(self.records, self.metrics)
@@ -146,9 +146,10 @@ class Coordinator:
     async def _schedule_loop(self) -> None:
         last_save = time.monotonic()
         while True:
-            self._start_queued()
+            queued = self._queued()
+            self._start_queued(queued)
             if self.autoscale:
-                self.demand.update(self._wanted())
+                self.demand.update(self._wanted(queued))
                 self.pools.regrow()
             self.pools.release_idle()
             self.keeper.update_gauges(self.jobs)
@@ -170,15 +171,15 @@ class Coordinator:
         return sorted((r for r in self.jobs.values() if r.state == JobState.QUEUED),
                       key=lambda r: (-r.priority, r.sequence))
 
-    def _wanted(self) -> list[JobSpec]:
-        """The specs whose workers the cluster should hold: running jobs, then the queued ones that
-        start next (as many as `max_running_jobs` leaves room for)."""
+    def _wanted(self, queued: list[JobRecord]) -> list[JobSpec]:
+        """The specs whose workers the cluster should hold: running jobs, then the `queued` ones that
+        start next (as many as `max_running_jobs` leaves room for; one just started is running)."""
         running = [self.jobs[job_id].spec for job_id in self.running]
         room = max(0, self.max_running - len(running))
-        return running + [r.spec for r in self._queued()[:room]]
+        return running + [r.spec for r in queued if r.id not in self.running][:room]
 
-    def _start_queued(self) -> None:
-        for record in self._queued():
+    def _start_queued(self, queued: list[JobRecord]) -> None:
+        for record in queued:
             if len(self.running) >= self.max_running:
                 return
             if not self.pools.can_start(record.spec):

@@ -76,9 +76,9 @@ def test_the_coordinator_wants_its_running_jobs_and_the_queued_ones_that_start_n
         coordinator.jobs[name] = record
     coordinator.running["run"] = None  # type: ignore[assignment]
     # Running first; then two of the queue (3 slots, 1 taken): by priority, then submission order.
-    assert [s.name for s in coordinator._wanted()] == ["run", "high", "late"]
+    assert [s.name for s in coordinator._wanted(coordinator._queued())] == ["run", "high", "late"]
     coordinator.max_running = 1
-    assert [s.name for s in coordinator._wanted()] == ["run"]
+    assert [s.name for s in coordinator._wanted(coordinator._queued())] == ["run"]
 
 
 class FakePool:
