@@ -17,7 +17,7 @@ from orchestrator.spec.model import FakeEngineArgs, ModelSpec
 from orchestrator.storage import open_store
 from workers import placement
 from workers.engine import Engine, EngineInfo, root_cause
-from workers.inbox import Inbox, Jobs, Results, Work
+from workers.inbox import Inboxes, Jobs, Results, Work
 from workers.pipeline import run_staged_shard
 from workers.shard import WorkerCounts, run_shard
 
@@ -94,7 +94,7 @@ class GenerationWorker:
         self.counts: dict[str, dict[str, int]] = {}
         self.engine_loads = 0
         self.reaper: Any = None
-        self.inbox = Inbox(Jobs())
+        self.inboxes = Inboxes(Jobs())
 
     def _make_engine(self, model: ModelSpec) -> Engine:
         if model.engine != "fake" and self.reaper is None:
@@ -111,10 +111,11 @@ class GenerationWorker:
                 raise _start_failure(e, logs) from None
         return self.engine.info
 
-    async def step(self, jobs: dict[str, tuple[Any, Any]], work: list[Work], cancels: list[int]) -> Results:
+    async def step(self, session: str, jobs: dict[str, tuple[Any, Any]], work: list[Work],
+                   cancels: list[int]) -> Results:
         """Start a batch of attempts, stop some, and collect the results finished (workers/inbox.py)."""
         assert self.engine is not None, "start() the worker first"
-        return await self.inbox.step(jobs, work, cancels, self.process)
+        return await self.inboxes.step(session, jobs, work, cancels, self.process)
 
     async def process(self, spec: JobSpec, plan: Plan, shard: Shard, attempt: int) -> CommitOutcome | None:
         """One attempt of `shard`: generate its rows on the engine and commit them."""

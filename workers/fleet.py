@@ -29,7 +29,7 @@ from orchestrator.spec.model import FakeEngineArgs
 from orchestrator.storage import Store, open_store
 from workers.engine import Engine
 from workers.fake_engine import sleeping_engine
-from workers.inbox import Inbox, Jobs, Results, Work
+from workers.inbox import Inboxes, Jobs, Results, Work
 from workers.shard import WorkerCounts, run_shard
 
 
@@ -44,13 +44,13 @@ class SimulatedFleet:
         self.counts: dict[str, dict[str, int]] = {}
         self.stores: dict[tuple[str, str], Store] = {}
         self.jobs = Jobs()
-        self.inboxes: dict[int, Inbox] = {}
+        self.inboxes: dict[int, Inboxes] = {}
         self._ids = itertools.count()
 
     def add_engine(self, args: FakeEngineArgs) -> int:
         index = next(self._ids)
         self.engines[index], self.args[index] = sleeping_engine(self.model_name, args), args
-        self.inboxes[index] = Inbox(self.jobs)
+        self.inboxes[index] = Inboxes(self.jobs)
         return index
 
     def remove_engine(self, index: int) -> None:
@@ -58,10 +58,11 @@ class SimulatedFleet:
         self.args.pop(index, None)
         self.inboxes.pop(index, None)
 
-    async def step(self, index: int, jobs: dict[str, tuple[Any, Any]], work: list[Work], cancels: list[int]) -> Results:
+    async def step(self, index: int, session: str, jobs: dict[str, tuple[Any, Any]], work: list[Work],
+                   cancels: list[int]) -> Results:
         """A `GenerationWorker.step` for engine `index` (its attempts after removal fail: engine dead)."""
-        inbox = self.inboxes.get(index) or Inbox(self.jobs)
-        return await inbox.step(jobs, work, cancels, functools.partial(self.process, index))
+        inboxes = self.inboxes.get(index) or Inboxes(self.jobs)
+        return await inboxes.step(session, jobs, work, cancels, functools.partial(self.process, index))
 
     async def process(self, index: int, spec: JobSpec, plan: Plan, shard: Shard, attempt: int) -> CommitOutcome | None:
         engine = self.engines.get(index)

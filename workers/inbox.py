@@ -72,37 +72,61 @@ def sendable(result: AttemptResult) -> AttemptResult:
     return result
 
 
+class Inboxes:
+    """An engine's inboxes, one per coordinator session (`Channel._open`): a session's results go only
+    to its own steps, so a coordinator gone with attempts under way never takes a later one's."""
+
+    def __init__(self, jobs: Jobs, linger_s: float = defaults.STEP_LINGER_S):
+        self.jobs, self.linger_s = jobs, linger_s
+        self._sessions: dict[str, Inbox] = {}
+
+    async def step(self, session: str, jobs: dict[str, tuple[Any, Any]], work: list[Work], cancels: list[int],
+                   run: Run) -> Results:
+        inbox = self._sessions.get(session) or self._sessions.setdefault(session, Inbox(self.jobs, self.linger_s))
+        try:
+            return await inbox.step(jobs, work, cancels, run)
+        finally:
+            if inbox.idle:
+                self._sessions.pop(session, None)
+
+
 class Inbox:
-    """The attempts under way on one engine and the results not yet collected."""
+    """The attempts of one session under way on one engine and the results not yet collected."""
 
     def __init__(self, jobs: Jobs, linger_s: float = defaults.STEP_LINGER_S):
         self.jobs, self.linger_s = jobs, linger_s
         self.running: dict[int, asyncio.Task[Any]] = {}
         self.done: Results = []
         self._changed = asyncio.Event()
-        self._waiter = False  # a step is waiting for results
+        self._waiters = 0  # steps waiting for results
+
+    @property
+    def idle(self) -> bool:
+        return not (self.running or self.done or self._waiters)
 
     async def step(self, jobs: dict[str, tuple[Any, Any]], work: list[Work], cancels: list[int], run: Run) -> Results:
         """Start `work` with `run`, stop the attempts in `cancels`, and return the results finished
-        (waiting for one unless another step already is, or nothing runs)."""
+        (waiting for one unless this step carried work or cancels while another waits, or nothing runs)."""
         for w in work:
             self._start(w.key, self._attempt(jobs[w.job], w, run))
         for key in cancels:
             task = self.running.get(key)
             if task is not None:
                 task.cancel()
-        if self._waiter:
+        if self._waiters and (work or cancels):
             return self._take()
-        self._waiter = True
+        self._waiters += 1
         try:
-            while not self.done and self.running:
-                self._changed.clear()
-                await self._changed.wait()
-            # a moment for attempts finishing together to leave in this call, not one call each
-            await asyncio.sleep(self.linger_s if self.running else 0)
+            while True:
+                while not self.done and self.running:
+                    self._changed.clear()
+                    await self._changed.wait()
+                # a moment for attempts finishing together to leave in this call, not one call each
+                await asyncio.sleep(self.linger_s if self.running else 0)
+                if self.done or not self.running:  # another step may have taken them meanwhile
+                    return self._take()
         finally:
-            self._waiter = False
-        return self._take()
+            self._waiters -= 1
 
     async def _attempt(self, refs: tuple[Any, Any], w: Work, run: Run) -> Any:
         spec, plan = await self.jobs.get(w.job, refs)

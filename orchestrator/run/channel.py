@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,8 @@ from orchestrator.plan.planner import Shard
 from orchestrator.run.handles import AttemptResult, Call, Cancelled, classify
 from workers.inbox import Results, Work
 
-# step(jobs, work, cancels) -> the Ray reference of its result
-Send = Callable[[dict[str, tuple[Any, Any]], list[Work], list[int]], Any]
+# step(session, jobs, work, cancels) -> the Ray reference of its result
+Send = Callable[[str, dict[str, tuple[Any, Any]], list[Work], list[int]], Any]
 
 _keys = itertools.count()
 
@@ -34,15 +35,24 @@ class Channel:
 
     def __init__(self, send: Send):
         self.send = send
+        self.sent = 0  # steps ever sent (a test's window into batching)
+        self._open(None)
+
+    def _open(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """A session on `loop`: a pool outlives a service (given pools, `Client.local`), and what an
+        earlier loop left (steps out, a flush scheduled, attempts it waits for) never reaches this one;
+        the worker routes each session's results to that session's own steps."""
+        self._loop, self.session = loop, uuid.uuid4().hex
         self.pending: dict[int, asyncio.Future[AttemptResult]] = {}  # attempts sent or queued, by key
         self.calls = 0  # steps out
-        self.sent = 0  # steps ever sent (a test's window into batching)
         self._work: list[Work] = []
         self._jobs: dict[str, tuple[Any, Any]] = {}
         self._cancels: list[int] = []
         self._flushing = False
 
     def process(self, spec_ref: Any, plan_ref: Any, shard: Shard, attempt: int) -> Call:
+        if asyncio.get_running_loop() is not self._loop:
+            self._open(asyncio.get_running_loop())
         key = next(_keys)
         job = job_key(spec_ref, plan_ref)
         result: asyncio.Future[AttemptResult] = asyncio.get_running_loop().create_future()
@@ -76,7 +86,7 @@ class Channel:
         work, cancels = self._work, self._cancels
         self._work, self._cancels, self._jobs = [], [], {}
         try:
-            ref = self.send(jobs, work, cancels)
+            ref = self.send(self.session, jobs, work, cancels)
         except Exception as e:  # noqa: BLE001 - the actor is gone already: as its failed call
             self._fail(e)
             return

@@ -19,7 +19,7 @@ from orchestrator.run.channel import Channel
 from orchestrator.run.handles import AttemptResult, Cancelled, Failed, Succeeded
 from tests.unit.aio import on_loop
 from tests.unit.specs import make_spec
-from workers.inbox import Inbox, Jobs, Work, sendable
+from workers.inbox import Inbox, Inboxes, Jobs, Work, sendable
 
 
 class Ref:
@@ -53,8 +53,9 @@ class Worker:
     """An inbox behind a `send`: each call runs `step`; `gates[shard]` holds that shard until set."""
 
     def __init__(self, linger_s: float = 0.0):
-        self.inbox = Inbox(Jobs(), linger_s)
+        self.inboxes = Inboxes(Jobs(), linger_s)
         self.calls: list[tuple[list[int], list[int]]] = []  # (shards sent, keys cancelled) per call
+        self.sessions: list[str] = []
         self.gates: dict[int, asyncio.Event] = {}
         self.errors: dict[int, BaseException] = {}
         self.dead = False
@@ -66,13 +67,14 @@ class Worker:
             raise self.errors[shard.index]
         return f"{plan.job_id}/{shard.index}/{attempt}"
 
-    def send(self, jobs: dict[str, Any], work: list[Work], cancels: list[int]) -> Call:
+    def send(self, session: str, jobs: dict[str, Any], work: list[Work], cancels: list[int]) -> Call:
         self.calls.append(([w.shard.index for w in work], cancels))
+        self.sessions.append(session)
         if self.dead:
             task: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             task.set_exception(RayActorError())
             return Call(task)
-        return Call(asyncio.ensure_future(self.inbox.step(jobs, work, cancels, self.run)))
+        return Call(asyncio.ensure_future(self.inboxes.step(session, jobs, work, cancels, self.run)))
 
 
 SPEC, PLAN = Ref("spec", make_spec()), Ref("plan", Plan("J", "hash", 100, 1))
@@ -152,7 +154,7 @@ async def test_a_cancel_stops_the_running_attempt_and_an_unsent_one_never_leaves
     running.cancel()
     assert await asyncio.wait_for(asyncio.gather(running.result, unsent.result), 1) == [Cancelled(), Cancelled()]
     assert [shards for shards, _ in worker.calls] == [[0], []]  # shard 1 was never sent
-    assert worker.calls[1][1] and not worker.inbox.running
+    assert worker.calls[1][1] and not worker.inboxes._sessions  # nothing left under way on the worker
 
 
 @on_loop
@@ -176,3 +178,44 @@ async def test_errors_come_back_typed_and_always_picklable() -> None:
 async def test_a_step_with_nothing_running_returns_at_once() -> None:
     inbox = Inbox(Jobs())
     assert await asyncio.wait_for(inbox.step({}, [], [], Worker().run), 1) == []
+
+
+@on_loop
+async def test_a_session_gone_with_a_step_out_never_takes_a_later_sessions_results() -> None:
+    worker = Worker()
+    gate = asyncio.Event()
+    worker.gates[0] = gate  # the old session's attempt runs on; its step waits for it, for nobody
+    old = asyncio.ensure_future(worker.inboxes.step("old", {"j": (SPEC, PLAN)}, [Work(1, "j", Shard(0, 0, 1), 1)],
+                                                    [], worker.run))
+    await asyncio.sleep(0.01)
+    new = await asyncio.wait_for(worker.inboxes.step("new", {"j": (SPEC, PLAN)}, [Work(2, "j", Shard(1, 1, 2), 1)],
+                                                     [], worker.run), 1)
+    assert new == [(2, Succeeded("J/1/1"))] and not old.done()  # type: ignore[arg-type]
+    gate.set()
+    assert await asyncio.wait_for(old, 1) == [(1, Succeeded("J/0/1"))]  # type: ignore[arg-type]
+    assert not worker.inboxes._sessions  # both sessions idle: nothing kept
+
+
+def test_a_channel_used_from_a_new_event_loop_starts_afresh() -> None:
+    """A pool outlives a service (`Client.local` with given pools): a loop that ended with a step out
+    and an attempt under way must not stall the next loop's attempts."""
+    worker = Worker()
+    worker.gates[0] = asyncio.Event()  # never set: shard 0 runs on after its loop is gone
+    channel = Channel(lambda *args: worker.send(*args))
+
+    async def first() -> None:
+        start(channel, range(1))
+        await asyncio.sleep(0.01)  # sent; its step waits for it
+
+    async def second() -> list[AttemptResult]:
+        worker.gates.clear()
+        worker.gates[1] = asyncio.Event()  # finishes after the call that carried it returned
+        futures = start(channel, range(1, 4))
+        await asyncio.sleep(0.05)
+        worker.gates[1].set()  # collected only if this loop keeps a step out of its own
+        return await asyncio.wait_for(asyncio.gather(*futures), 2)
+
+    asyncio.run(first())
+    worker.inboxes = Inboxes(Jobs(), 0.0)  # the worker's own loop lives on in an actor; here, a fresh one
+    assert asyncio.run(second()) == [Succeeded(f"J/{i}/1") for i in range(1, 4)]  # type: ignore[comparison-overlap]
+    assert len(set(worker.sessions)) == 2  # the second loop's steps were a session of their own
